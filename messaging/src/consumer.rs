@@ -1,0 +1,204 @@
+//! The consumer loop: manual acks, bounded prefetch, and one place that decides what happens to
+//! a message after its handler ran.
+//!
+//! - `Ok` → ack (the handler only returns once its effect is durable).
+//! - [`HandleError::Poison`] or an undecodable envelope → reject without requeue, so the queue
+//!   dead-letters it to `<queue>.dlq`; the reason is logged with the message id.
+//! - [`HandleError::Retry`] (Redis down, lock held, database busy) → the handler is run again in
+//!   place with a capped backoff, holding the delivery, for up to `retry_budget`; after that the
+//!   message is given back to the queue (nack + requeue). Retrying in place keeps a short outage
+//!   from burning through the quorum queue's delivery limit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::broker::Attachment;
+use crate::envelope::{DecodeError, Incoming};
+
+/// What a handler can say instead of "done".
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The message can never be processed: dead-letter it.
+    #[error("poison message: {0}")]
+    Poison(String),
+    /// Something we depend on is unavailable right now: try again later.
+    #[error("transient failure: {0}")]
+    Retry(String),
+}
+
+impl From<DecodeError> for HandleError {
+    fn from(e: DecodeError) -> Self {
+        Self::Poison(e.to_string())
+    }
+}
+
+/// A message handler: returns once the message's effect is durable.
+pub type Handler = Arc<dyn Fn(Incoming) -> BoxFuture<'static, Result<(), HandleError>> + Send + Sync>;
+
+/// One consumer on one queue.
+pub struct Consumer {
+    pub queue: String,
+    /// Shown in the management UI next to the connection name.
+    pub tag: String,
+    pub prefetch: u16,
+    /// How many deliveries are handled at once (≤ prefetch).
+    pub concurrency: usize,
+    pub retry_budget: Duration,
+    pub handler: Handler,
+}
+
+impl Consumer {
+    pub fn new(queue: &str, service: &str, handler: Handler) -> Self {
+        Self {
+            queue: queue.to_owned(),
+            tag: format!("{service}.{queue}"),
+            prefetch: 32,
+            concurrency: 8,
+            retry_budget: Duration::from_secs(30),
+            handler,
+        }
+    }
+
+    pub fn with_prefetch(mut self, prefetch: u16, concurrency: usize) -> Self {
+        self.prefetch = prefetch;
+        self.concurrency = concurrency.clamp(1, usize::from(prefetch.max(1)));
+        self
+    }
+
+    pub fn with_retry_budget(mut self, budget: Duration) -> Self {
+        self.retry_budget = budget;
+        self
+    }
+}
+
+impl Attachment for Consumer {
+    fn attach(self: Arc<Self>, connection: Arc<Connection>) -> BoxFuture<'static, lapin::Result<tokio::task::JoinHandle<()>>> {
+        Box::pin(async move {
+            let channel = connection.create_channel().await?;
+            channel.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
+            let stream = channel
+                .basic_consume(
+                    self.queue.as_str().into(),
+                    self.tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            info!(queue = %self.queue, prefetch = self.prefetch, "consuming");
+            Ok(tokio::spawn(async move {
+                self.consume(stream).await;
+                drop(channel);
+            }))
+        })
+    }
+}
+
+impl Consumer {
+    async fn consume(self: Arc<Self>, mut stream: lapin::Consumer) {
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let mut running = JoinSet::new();
+        while let Some(delivery) = stream.next().await {
+            let delivery = match delivery {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(queue = %self.queue, error = %e, "consumer stream failed");
+                    break;
+                }
+            };
+            let Ok(slot) = slots.clone().acquire_owned().await else { break };
+            let this = self.clone();
+            running.spawn(async move {
+                this.process(delivery).await;
+                drop(slot);
+            });
+            while running.try_join_next().is_some() {}
+        }
+        // Deliveries still in flight belong to a dead channel: they will be redelivered.
+        running.shutdown().await;
+    }
+
+    async fn process(&self, delivery: Delivery) {
+        let queue = self.queue.as_str();
+        metrics::counter!("messages_consumed_total", "queue" => queue.to_owned()).increment(1);
+        if delivery.redelivered {
+            metrics::counter!("messages_redelivered_total", "queue" => queue.to_owned()).increment(1);
+        }
+        let incoming = match Incoming::decode(&delivery) {
+            Ok(incoming) => incoming,
+            Err(e) => {
+                error!(queue, delivery_tag = delivery.delivery_tag, reason = %e, "dead-lettering a message whose envelope cannot be read");
+                dead_letter(&delivery, queue).await;
+                return;
+            }
+        };
+        let span = info_span!(
+            "message",
+            queue,
+            message_id = %incoming.meta.message_id,
+            kind = %incoming.meta.kind,
+            order_id = incoming.meta.correlation_id.as_deref().unwrap_or(""),
+            traceparent = incoming.meta.traceparent.as_deref().unwrap_or(""),
+        );
+        self.handle(&delivery, incoming).instrument(span).await;
+    }
+
+    async fn handle(&self, delivery: &Delivery, incoming: Incoming) {
+        let queue = self.queue.as_str();
+        let started = Instant::now();
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(3))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            match (self.handler)(incoming.clone()).await {
+                Ok(()) => {
+                    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                        warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
+                    } else {
+                        metrics::counter!("messages_acked_total", "queue" => queue.to_owned()).increment(1);
+                    }
+                    return;
+                }
+                Err(HandleError::Poison(reason)) => {
+                    error!(%reason, "dead-lettering a message that cannot be processed");
+                    dead_letter(delivery, queue).await;
+                    return;
+                }
+                Err(HandleError::Retry(reason)) if started.elapsed() >= self.retry_budget => {
+                    warn!(%reason, budget = ?self.retry_budget, "still failing after the retry budget; giving the message back to the queue");
+                    let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+                    if delivery.nack(requeue).await.is_ok() {
+                        metrics::counter!("messages_nacked_total", "queue" => queue.to_owned()).increment(1);
+                    }
+                    return;
+                }
+                Err(HandleError::Retry(reason)) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(3));
+                    warn!(%reason, retry_in = ?delay, "transient failure; retrying");
+                    metrics::counter!("messages_retried_total", "queue" => queue.to_owned()).increment(1);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+async fn dead_letter(delivery: &Delivery, queue: &str) {
+    match delivery.reject(BasicRejectOptions { requeue: false }).await {
+        Ok(_) => metrics::counter!("messages_dead_lettered_total", "queue" => queue.to_owned()).increment(1),
+        Err(e) => warn!(queue, error = %e, "reject failed; the message will be redelivered"),
+    }
+}

@@ -1,0 +1,104 @@
+//! The Redis side of idempotency: `processed:<key>` markers and `lock:<key>` locks.
+//!
+//! A lock is `SET lock:<key> <owner token> NX PX <ttl>` and is released by compare-and-delete
+//! (a Lua script), so a process whose lock expired can never delete someone else's lock. Keys
+//! carry an optional prefix so that test runs sharing one Redis do not see each other.
+
+use std::time::Duration;
+
+use deadpool_redis::{Config, Pool, Runtime};
+use redis::{AsyncCommands, Script};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("redis pool: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis config: {0}")]
+    Config(#[from] deadpool_redis::CreatePoolError),
+}
+
+/// A Redis pool whose connections time out quickly, so that an outage shows up as an error
+/// within a second instead of hanging a consumer.
+pub fn redis_pool(url: &str) -> Result<Pool, GuardError> {
+    let mut config = Config::from_url(url);
+    let timeouts = deadpool_redis::Timeouts {
+        wait: Some(Duration::from_secs(1)),
+        create: Some(Duration::from_secs(1)),
+        recycle: Some(Duration::from_secs(1)),
+    };
+    config.pool = Some(deadpool_redis::PoolConfig { max_size: 16, timeouts, ..Default::default() });
+    Ok(config.create_pool(Some(Runtime::Tokio1))?)
+}
+
+/// `PING`, for readiness checks.
+pub async fn ping(pool: &Pool) -> bool {
+    let Ok(mut conn) = pool.get().await else { return false };
+    let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
+    pong.is_ok()
+}
+
+/// A held lock; give it back with [`Guard::release`].
+#[derive(Debug)]
+pub struct Lock {
+    key: String,
+    token: String,
+}
+
+#[derive(Clone)]
+pub struct Guard {
+    pool: Pool,
+    prefix: String,
+}
+
+const RELEASE: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
+
+impl Guard {
+    pub fn new(pool: Pool, prefix: &str) -> Self {
+        Self { pool, prefix: prefix.to_owned() }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    fn key(&self, kind: &str, key: &str) -> String {
+        format!("{}{kind}:{key}", self.prefix)
+    }
+
+    pub async fn is_processed(&self, key: &str) -> Result<bool, GuardError> {
+        let mut conn = self.pool.get().await?;
+        Ok(conn.exists(self.key("processed", key)).await?)
+    }
+
+    pub async fn mark_processed(&self, key: &str, ttl: Duration) -> Result<(), GuardError> {
+        let mut conn = self.pool.get().await?;
+        let _: () = conn.set_ex(self.key("processed", key), 1, ttl.as_secs()).await?;
+        Ok(())
+    }
+
+    /// Takes `lock:<key>` unless somebody holds it.
+    pub async fn try_lock(&self, key: &str, ttl: Duration) -> Result<Option<Lock>, GuardError> {
+        let mut conn = self.pool.get().await?;
+        let key = self.key("lock", key);
+        let token = Uuid::new_v4().to_string();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.map(|_| Lock { key, token }))
+    }
+
+    /// Deletes the lock only if it is still ours. Returns whether it was.
+    pub async fn release(&self, lock: Lock) -> Result<bool, GuardError> {
+        let mut conn = self.pool.get().await?;
+        let deleted: i64 = Script::new(RELEASE).key(&lock.key).arg(&lock.token).invoke_async(&mut conn).await?;
+        Ok(deleted == 1)
+    }
+}

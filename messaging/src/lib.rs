@@ -1,0 +1,32 @@
+//! Messaging plumbing shared by every service of the saga: the message envelope, the broker
+//! topology, a reconnecting broker link with a confirmed publisher, the consumer loop, AMQP
+//! request/response, the Redis idempotency guard, SQLite inbox/outbox and the outbox relay, and
+//! the operational HTTP endpoints.
+
+pub mod broker;
+pub mod config;
+pub mod consumer;
+pub mod contracts;
+pub mod envelope;
+pub mod idempotency;
+pub mod ops;
+pub mod outbox;
+pub mod problem;
+pub mod rpc;
+pub mod store;
+pub mod telemetry;
+pub mod topology;
+
+pub use broker::{Broker, BrokerConfig, PublishError};
+pub use consumer::{Consumer, HandleError, Handler};
+pub use envelope::{Incoming, MessageMeta, OutgoingMessage};
+pub use store::Db;
+
+/// Builds a [`Handler`] from an async closure.
+pub fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Incoming) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), HandleError>> + Send + 'static,
+{
+    std::sync::Arc::new(move |msg| Box::pin(f(msg)))
+}

@@ -1,0 +1,83 @@
+//! The operational HTTP endpoints every service serves: `/health`, `/ready`, `/metrics`, and
+//! the server loop with graceful shutdown.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures::future::BoxFuture;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+
+/// Names a dependency and says whether it answers.
+pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, Vec<(&'static str, bool)>> + Send + Sync>;
+
+/// The usual check: the broker link is up and Redis answers `PING`.
+pub fn broker_and_redis(broker: Broker, redis: deadpool_redis::Pool) -> ReadyCheck {
+    Arc::new(move || {
+        let broker = broker.clone();
+        let redis = redis.clone();
+        Box::pin(async move { vec![("broker", broker.is_connected()), ("redis", crate::idempotency::ping(&redis).await)] })
+    })
+}
+
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; then ours just is not the global one.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// `/health`, `/ready` and `/metrics`, to merge into a service's router.
+pub fn routes(ready: ReadyCheck) -> Router {
+    let metrics = metrics_handle();
+    Router::new()
+        .route("/health", get(|| async { axum::Json(json!({ "status": "ok" })) }))
+        .route("/ready", get(move || readiness(ready.clone())))
+        .route("/metrics", get(move || async move { metrics.render() }))
+}
+
+async fn readiness(ready: ReadyCheck) -> impl IntoResponse {
+    let checks = ready().await;
+    let all_ok = checks.iter().all(|(_, ok)| *ok);
+    let body: serde_json::Map<String, serde_json::Value> =
+        checks.into_iter().map(|(name, ok)| (name.to_owned(), json!(if ok { "up" } else { "down" }))).collect();
+    let status = if all_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(json!({ "ready": all_ok, "checks": body })))
+}
+
+/// Serves `app` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}
+
+/// Resolves when the process gets Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,161 @@
+//! SQLite access shared by the services: a pooled database, its inbox and its outbox schema.
+//!
+//! Every database is in WAL mode with `synchronous=FULL`, so a committed transaction survives a
+//! crash of the process and of the machine; writes run in `BEGIN IMMEDIATE` transactions so two
+//! writers queue on the busy timeout instead of failing on a lock upgrade.
+
+use std::path::Path;
+
+use deadpool_sqlite::rusqlite::{self, Connection, Transaction, TransactionBehavior, params};
+use deadpool_sqlite::{Config, Pool, Runtime};
+
+use crate::envelope::OutgoingMessage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("could not open database {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_sqlite::PoolError),
+    #[error("database worker: {0}")]
+    Interact(String),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// The inbox (message ids already applied) and outbox (messages still to publish) tables.
+pub const MESSAGING_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS inbox (
+    message_id TEXT PRIMARY KEY,
+    received_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    correlation_id TEXT,
+    traceparent TEXT,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+";
+
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and applies `schema` and the
+    /// messaging tables.
+    pub async fn open(path: &Path, schema: &'static str) -> Result<Self, DbError> {
+        let open_err = |reason: String| DbError::Open { path: path.display().to_string(), reason };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        }
+        let pool = Config::new(path).create_pool(Runtime::Tokio1).map_err(|e| open_err(e.to_string()))?;
+        let db = Self { pool };
+        db.call(move |conn| {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.execute_batch(MESSAGING_SCHEMA)?;
+            conn.execute_batch(schema)
+        })
+        .await?;
+        Ok(db)
+    }
+
+    /// Runs `f` on a pooled connection in the blocking pool.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, DbError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
+    {
+        let conn = self.pool.get().await?;
+        conn.interact(move |conn| {
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            f(conn)
+        })
+        .await
+        .map_err(|e| DbError::Interact(e.to_string()))?
+        .map_err(DbError::from)
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits it if `f` returns `Ok`.
+    pub async fn write<R, F>(&self, f: F) -> Result<R, DbError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Transaction) -> Result<R, rusqlite::Error> + Send + 'static,
+    {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let result = f(&tx)?;
+            tx.commit()?;
+            Ok(result)
+        })
+        .await
+    }
+}
+
+/// Records `message_id` in the inbox. Returns `false` when it was there already, i.e. the
+/// message was applied before and must not be applied again.
+pub fn inbox_first_time(tx: &Transaction, message_id: &str) -> rusqlite::Result<bool> {
+    let inserted = tx.execute("INSERT OR IGNORE INTO inbox (message_id) VALUES (?1)", params![message_id])?;
+    Ok(inserted == 1)
+}
+
+/// Stores `msg` in the outbox, to be published by the relay after the transaction commits.
+pub fn outbox_enqueue(tx: &Transaction, msg: &OutgoingMessage) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO outbox (message_id, exchange, routing_key, correlation_id, traceparent, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![msg.message_id, msg.exchange, msg.routing_key, msg.correlation_id, msg.traceparent, msg.body],
+    )?;
+    Ok(())
+}
+
+/// A row of the outbox.
+pub(crate) struct OutboxRow {
+    pub id: i64,
+    pub message: OutgoingMessage,
+}
+
+pub(crate) fn outbox_batch(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, message_id, exchange, routing_key, correlation_id, traceparent, body
+         FROM outbox ORDER BY id LIMIT ?1",
+    )?;
+    let rows = stmt.query_map(params![limit as i64], |row| {
+        Ok(OutboxRow {
+            id: row.get(0)?,
+            message: OutgoingMessage {
+                message_id: row.get(1)?,
+                exchange: row.get(2)?,
+                routing_key: row.get(3)?,
+                correlation_id: row.get(4)?,
+                traceparent: row.get(5)?,
+                body: row.get(6)?,
+                reply_to: None,
+                mandatory: true,
+            },
+        })
+    })?;
+    rows.collect()
+}
+
+pub(crate) fn outbox_settle(tx: &Transaction, sent: &[i64], failed: &[(i64, String)]) -> rusqlite::Result<()> {
+    for id in sent {
+        tx.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
+    }
+    for (id, error) in failed {
+        tx.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1", params![id, error])?;
+    }
+    Ok(())
+}
+
+/// How many messages wait in the outbox (for metrics and tests).
+pub async fn outbox_len(db: &Db) -> Result<i64, DbError> {
+    db.call(|conn| conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))).await
+}
