@@ -1,0 +1,27 @@
+//! The harness of the end-to-end tests: every test gets its own RabbitMQ vhost, its own Redis
+//! key prefix and its own data directory, so tests run in parallel on the shared broker and
+//! Redis without seeing each other.
+
+pub mod amqp;
+pub mod env;
+pub mod redis_server;
+
+pub use env::TestEnv;
+
+/// Polls `check` every 50 ms until it returns `Some`, at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

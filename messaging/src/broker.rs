@@ -15,8 +15,8 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -74,7 +74,11 @@ pub enum PublishError {
     #[error("the broker refused the message (nack)")]
     Nacked,
     #[error("no queue is bound for {exchange}/{routing_key}: the message was returned ({reply})")]
-    Unroutable { exchange: String, routing_key: String, reply: String },
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+        reply: String,
+    },
     #[error("channel error: {0}")]
     Channel(#[from] lapin::Error),
 }
@@ -132,14 +136,27 @@ impl Broker {
     /// Waits until a link is up, at most `wait`.
     pub async fn wait_connected(&self, wait: Duration) -> bool {
         let mut rx = self.inner.link.subscribe();
-        tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(wait, rx.wait_for(Option::is_some))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Publishes and waits for the broker's confirm. `Ok` means the broker has the message
     /// (persisted, for a persistent message on a durable queue) and it was routed.
     pub async fn publish(&self, msg: &OutgoingMessage) -> Result<(), PublishError> {
-        let link = self.inner.link.borrow().clone().ok_or(PublishError::NotConnected)?;
-        let result = publish_on(&link.publisher, msg, self.service(), self.inner.config.confirm_timeout).await;
+        let link = self
+            .inner
+            .link
+            .borrow()
+            .clone()
+            .ok_or(PublishError::NotConnected)?;
+        let result = publish_on(
+            &link.publisher,
+            msg,
+            self.service(),
+            self.inner.config.confirm_timeout,
+        )
+        .await;
         if let Err(PublishError::Channel(e)) = &result {
             warn!(error = %e, message_id = %msg.message_id, "publishing channel failed; rebuilding the broker link");
             self.mark_broken(link.generation);
@@ -166,15 +183,23 @@ impl Broker {
                     delays = self.reconnect_delays();
                     self.serve_link(&connection, tasks, &shutdown).await;
                     self.inner.link.send_replace(None);
-                    let _ = tokio::time::timeout(Duration::from_secs(2), connection.close(200, "reconnecting".into())).await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        connection.close(200, "reconnecting".into()),
+                    )
+                    .await;
                     if shutdown.is_cancelled() {
                         break;
                     }
                     warn!(service = %self.service(), "lost the broker connection; reconnecting");
                 }
-                Err(e) => warn!(service = %self.service(), error = %e, "could not connect to the broker; retrying"),
+                Err(e) => {
+                    warn!(service = %self.service(), error = %e, "could not connect to the broker; retrying")
+                }
             }
-            let delay = delays.next().unwrap_or(self.inner.config.max_reconnect_delay);
+            let delay = delays
+                .next()
+                .unwrap_or(self.inner.config.max_reconnect_delay);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
@@ -194,14 +219,22 @@ impl Broker {
 
     async fn open_link(&self) -> lapin::Result<(Arc<Connection>, JoinSet<()>)> {
         let config = &self.inner.config;
-        let props = ConnectionProperties::default().with_connection_name(config.connection_name().into());
+        let props =
+            ConnectionProperties::default().with_connection_name(config.connection_name().into());
         let connection = Arc::new(Connection::connect(&config.url, props).await?);
         let setup = connection.create_channel().await?;
         topology::declare(&setup).await?;
         let _ = setup.close(200, "topology declared".into()).await;
         let publisher = connection.create_channel().await?;
-        publisher.confirm_select(ConfirmSelectOptions::default()).await?;
-        let attachments: Vec<_> = self.inner.attachments.lock().map(|l| l.clone()).unwrap_or_default();
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let attachments: Vec<_> = self
+            .inner
+            .attachments
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
         let mut tasks = JoinSet::new();
         for attachment in attachments {
             let handle = attachment.attach(connection.clone()).await?;
@@ -210,13 +243,21 @@ impl Broker {
             });
         }
         let generation = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.inner.link.send_replace(Some(Link { publisher, generation }));
+        self.inner.link.send_replace(Some(Link {
+            publisher,
+            generation,
+        }));
         info!(service = %config.service, connection = %config.connection_name(), "connected to the broker, topology declared");
         Ok((connection, tasks))
     }
 
     /// Returns when the link must be rebuilt (or on shutdown).
-    async fn serve_link(&self, connection: &Connection, mut tasks: JoinSet<()>, shutdown: &CancellationToken) {
+    async fn serve_link(
+        &self,
+        connection: &Connection,
+        mut tasks: JoinSet<()>,
+        shutdown: &CancellationToken,
+    ) {
         let mut events = connection.events_listener();
         let mut health = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -251,7 +292,10 @@ pub(crate) async fn publish_on(
     app_id: &str,
     confirm_timeout: Duration,
 ) -> Result<(), PublishError> {
-    let options = BasicPublishOptions { mandatory: msg.mandatory, ..Default::default() };
+    let options = BasicPublishOptions {
+        mandatory: msg.mandatory,
+        ..Default::default()
+    };
     let pending = channel
         .basic_publish(
             msg.exchange.as_str().into(),

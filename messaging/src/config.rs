@@ -19,10 +19,13 @@ where
     T::Err: std::fmt::Display,
 {
     match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => value
-            .trim()
-            .parse()
-            .map_err(|e: T::Err| ConfigError { name: name.into(), value, reason: e.to_string() }),
+        Ok(value) if !value.trim().is_empty() => {
+            value.trim().parse().map_err(|e: T::Err| ConfigError {
+                name: name.into(),
+                value,
+                reason: e.to_string(),
+            })
+        }
         _ => Ok(default),
     }
 }
@@ -42,7 +45,10 @@ impl CommonConfig {
     pub fn from_env(default_port: u16) -> Result<Self, ConfigError> {
         Ok(Self {
             http_addr: env_or("HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], default_port)))?,
-            amqp_url: env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())?,
+            amqp_url: env_or(
+                "AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
+            )?,
             redis_url: env_or("REDIS_URL", "redis://127.0.0.1:6379".to_owned())?,
             redis_prefix: env_or("REDIS_KEY_PREFIX", String::new())?,
             data_dir: env_or("DATA_DIR", PathBuf::from("./data"))?,

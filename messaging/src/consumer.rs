@@ -15,10 +15,12 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
 use lapin::Connection;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::FieldTable;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -44,7 +46,8 @@ impl From<DecodeError> for HandleError {
 }
 
 /// A message handler: returns once the message's effect is durable.
-pub type Handler = Arc<dyn Fn(Incoming) -> BoxFuture<'static, Result<(), HandleError>> + Send + Sync>;
+pub type Handler =
+    Arc<dyn Fn(Incoming) -> BoxFuture<'static, Result<(), HandleError>> + Send + Sync>;
 
 /// One consumer on one queue.
 pub struct Consumer {
@@ -83,10 +86,15 @@ impl Consumer {
 }
 
 impl Attachment for Consumer {
-    fn attach(self: Arc<Self>, connection: Arc<Connection>) -> BoxFuture<'static, lapin::Result<tokio::task::JoinHandle<()>>> {
+    fn attach(
+        self: Arc<Self>,
+        connection: Arc<Connection>,
+    ) -> BoxFuture<'static, lapin::Result<tokio::task::JoinHandle<()>>> {
         Box::pin(async move {
             let channel = connection.create_channel().await?;
-            channel.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
+            channel
+                .basic_qos(self.prefetch, BasicQosOptions::default())
+                .await?;
             let stream = channel
                 .basic_consume(
                     self.queue.as_str().into(),
@@ -116,7 +124,9 @@ impl Consumer {
                     break;
                 }
             };
-            let Ok(slot) = slots.clone().acquire_owned().await else { break };
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
             let this = self.clone();
             running.spawn(async move {
                 this.process(delivery).await;
@@ -132,7 +142,8 @@ impl Consumer {
         let queue = self.queue.as_str();
         metrics::counter!("messages_consumed_total", "queue" => queue.to_owned()).increment(1);
         if delivery.redelivered {
-            metrics::counter!("messages_redelivered_total", "queue" => queue.to_owned()).increment(1);
+            metrics::counter!("messages_redelivered_total", "queue" => queue.to_owned())
+                .increment(1);
         }
         let incoming = match Incoming::decode(&delivery) {
             Ok(incoming) => incoming,
@@ -168,7 +179,8 @@ impl Consumer {
                     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                         warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
                     } else {
-                        metrics::counter!("messages_acked_total", "queue" => queue.to_owned()).increment(1);
+                        metrics::counter!("messages_acked_total", "queue" => queue.to_owned())
+                            .increment(1);
                     }
                     return;
                 }
@@ -179,16 +191,21 @@ impl Consumer {
                 }
                 Err(HandleError::Retry(reason)) if started.elapsed() >= self.retry_budget => {
                     warn!(%reason, budget = ?self.retry_budget, "still failing after the retry budget; giving the message back to the queue");
-                    let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+                    let requeue = BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    };
                     if delivery.nack(requeue).await.is_ok() {
-                        metrics::counter!("messages_nacked_total", "queue" => queue.to_owned()).increment(1);
+                        metrics::counter!("messages_nacked_total", "queue" => queue.to_owned())
+                            .increment(1);
                     }
                     return;
                 }
                 Err(HandleError::Retry(reason)) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(3));
                     warn!(%reason, retry_in = ?delay, "transient failure; retrying");
-                    metrics::counter!("messages_retried_total", "queue" => queue.to_owned()).increment(1);
+                    metrics::counter!("messages_retried_total", "queue" => queue.to_owned())
+                        .increment(1);
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -198,7 +215,8 @@ impl Consumer {
 
 async fn dead_letter(delivery: &Delivery, queue: &str) {
     match delivery.reject(BasicRejectOptions { requeue: false }).await {
-        Ok(_) => metrics::counter!("messages_dead_lettered_total", "queue" => queue.to_owned()).increment(1),
+        Ok(_) => metrics::counter!("messages_dead_lettered_total", "queue" => queue.to_owned())
+            .increment(1),
         Err(e) => warn!(queue, error = %e, "reject failed; the message will be redelivered"),
     }
 }

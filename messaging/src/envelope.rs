@@ -59,7 +59,10 @@ impl OutgoingMessage {
     pub fn properties(&self, app_id: &str) -> BasicProperties {
         let mut headers = FieldTable::default();
         let traceparent = self.traceparent.clone().unwrap_or_else(new_traceparent);
-        headers.insert("traceparent".into(), AMQPValue::LongString(traceparent.into()));
+        headers.insert(
+            "traceparent".into(),
+            AMQPValue::LongString(traceparent.into()),
+        );
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
         let mut props = BasicProperties::default()
             .with_content_type("application/json".into())
@@ -198,26 +201,40 @@ mod tests {
         assert_eq!(meta.app_id.as_deref(), Some("gateway"));
         assert!(meta.traceparent.unwrap().starts_with("00-"));
         assert_eq!(props.delivery_mode(), &Some(2));
-        assert_eq!(Uuid::parse_str(&msg.message_id).unwrap().get_version_num(), 7);
+        assert_eq!(
+            Uuid::parse_str(&msg.message_id).unwrap().get_version_num(),
+            7
+        );
     }
 
     #[test]
     fn a_message_without_id_or_type_is_refused() {
         let props = BasicProperties::default().with_type("x".into());
-        assert_eq!(MessageMeta::decode(&props, false).unwrap_err(), DecodeError::MissingMessageId);
+        assert_eq!(
+            MessageMeta::decode(&props, false).unwrap_err(),
+            DecodeError::MissingMessageId
+        );
         let props = BasicProperties::default().with_message_id("m".into());
-        assert_eq!(MessageMeta::decode(&props, false).unwrap_err(), DecodeError::MissingType);
+        assert_eq!(
+            MessageMeta::decode(&props, false).unwrap_err(),
+            DecodeError::MissingType
+        );
         let props = BasicProperties::default()
             .with_message_id("m".into())
             .with_type("x".into())
             .with_content_type("text/plain".into());
-        assert!(matches!(MessageMeta::decode(&props, false), Err(DecodeError::NotJson(_))));
+        assert!(matches!(
+            MessageMeta::decode(&props, false),
+            Err(DecodeError::NotJson(_))
+        ));
     }
 
     #[test]
     fn traceparent_is_kept_when_given() {
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let msg = OutgoingMessage::json("e", "k", None, &1).unwrap().with_traceparent(Some(tp));
+        let msg = OutgoingMessage::json("e", "k", None, &1)
+            .unwrap()
+            .with_traceparent(Some(tp));
         let meta = MessageMeta::decode(&msg.properties("a"), false).unwrap();
         assert_eq!(meta.traceparent.as_deref(), Some(tp));
     }

@@ -29,13 +29,19 @@ pub fn redis_pool(url: &str) -> Result<Pool, GuardError> {
         create: Some(Duration::from_secs(1)),
         recycle: Some(Duration::from_secs(1)),
     };
-    config.pool = Some(deadpool_redis::PoolConfig { max_size: 16, timeouts, ..Default::default() });
+    config.pool = Some(deadpool_redis::PoolConfig {
+        max_size: 16,
+        timeouts,
+        ..Default::default()
+    });
     Ok(config.create_pool(Some(Runtime::Tokio1))?)
 }
 
 /// `PING`, for readiness checks.
 pub async fn ping(pool: &Pool) -> bool {
-    let Ok(mut conn) = pool.get().await else { return false };
+    let Ok(mut conn) = pool.get().await else {
+        return false;
+    };
     let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
     pong.is_ok()
 }
@@ -57,7 +63,10 @@ const RELEASE: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return re
 
 impl Guard {
     pub fn new(pool: Pool, prefix: &str) -> Self {
-        Self { pool, prefix: prefix.to_owned() }
+        Self {
+            pool,
+            prefix: prefix.to_owned(),
+        }
     }
 
     pub fn pool(&self) -> &Pool {
@@ -75,7 +84,9 @@ impl Guard {
 
     pub async fn mark_processed(&self, key: &str, ttl: Duration) -> Result<(), GuardError> {
         let mut conn = self.pool.get().await?;
-        let _: () = conn.set_ex(self.key("processed", key), 1, ttl.as_secs()).await?;
+        let _: () = conn
+            .set_ex(self.key("processed", key), 1, ttl.as_secs())
+            .await?;
         Ok(())
     }
 
@@ -98,7 +109,11 @@ impl Guard {
     /// Deletes the lock only if it is still ours. Returns whether it was.
     pub async fn release(&self, lock: Lock) -> Result<bool, GuardError> {
         let mut conn = self.pool.get().await?;
-        let deleted: i64 = Script::new(RELEASE).key(&lock.key).arg(&lock.token).invoke_async(&mut conn).await?;
+        let deleted: i64 = Script::new(RELEASE)
+            .key(&lock.key)
+            .arg(&lock.token)
+            .invoke_async(&mut conn)
+            .await?;
         Ok(deleted == 1)
     }
 }

@@ -13,6 +13,7 @@ pub mod ops;
 pub mod outbox;
 pub mod problem;
 pub mod rpc;
+pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod topology;

@@ -23,7 +23,12 @@ pub fn broker_and_redis(broker: Broker, redis: deadpool_redis::Pool) -> ReadyChe
     Arc::new(move || {
         let broker = broker.clone();
         let redis = redis.clone();
-        Box::pin(async move { vec![("broker", broker.is_connected()), ("redis", crate::idempotency::ping(&redis).await)] })
+        Box::pin(async move {
+            vec![
+                ("broker", broker.is_connected()),
+                ("redis", crate::idempotency::ping(&redis).await),
+            ]
+        })
     })
 }
 
@@ -45,7 +50,10 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub fn routes(ready: ReadyCheck) -> Router {
     let metrics = metrics_handle();
     Router::new()
-        .route("/health", get(|| async { axum::Json(json!({ "status": "ok" })) }))
+        .route(
+            "/health",
+            get(|| async { axum::Json(json!({ "status": "ok" })) }),
+        )
         .route("/ready", get(move || readiness(ready.clone())))
         .route("/metrics", get(move || async move { metrics.render() }))
 }
@@ -53,15 +61,30 @@ pub fn routes(ready: ReadyCheck) -> Router {
 async fn readiness(ready: ReadyCheck) -> impl IntoResponse {
     let checks = ready().await;
     let all_ok = checks.iter().all(|(_, ok)| *ok);
-    let body: serde_json::Map<String, serde_json::Value> =
-        checks.into_iter().map(|(name, ok)| (name.to_owned(), json!(if ok { "up" } else { "down" }))).collect();
-    let status = if all_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({ "ready": all_ok, "checks": body })))
+    let body: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, ok)| (name.to_owned(), json!(if ok { "up" } else { "down" })))
+        .collect();
+    let status = if all_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({ "ready": all_ok, "checks": body })),
+    )
 }
 
 /// Serves `app` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }
 
 /// Resolves when the process gets Ctrl-C or SIGTERM.
@@ -69,10 +92,11 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

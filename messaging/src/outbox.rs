@@ -29,7 +29,11 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(db: Db, broker: Broker) -> Self {
-        Self { db, broker, wake: Arc::new(Notify::new()) }
+        Self {
+            db,
+            broker,
+            wake: Arc::new(Notify::new()),
+        }
     }
 
     /// Tells the relay that a transaction just committed outbox rows.
@@ -68,7 +72,11 @@ impl Relay {
 
     /// Publishes one batch; returns how many rows it sent, or why none went out.
     async fn relay_batch(&self) -> Result<usize, String> {
-        let rows = self.db.call(|conn| outbox_batch(conn, BATCH)).await.map_err(|e| e.to_string())?;
+        let rows = self
+            .db
+            .call(|conn| outbox_batch(conn, BATCH))
+            .await
+            .map_err(|e| e.to_string())?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -76,7 +84,9 @@ impl Relay {
             return Err("not connected to the broker".into());
         }
         // Publishing every row before awaiting any confirm pipelines the confirms.
-        let results = futures::future::join_all(rows.iter().map(|row| self.broker.publish(&row.message))).await;
+        let results =
+            futures::future::join_all(rows.iter().map(|row| self.broker.publish(&row.message)))
+                .await;
         let mut sent = Vec::new();
         let mut failed = Vec::new();
         for (row, result) in rows.iter().zip(results) {
@@ -91,7 +101,10 @@ impl Relay {
         }
         let count = sent.len();
         let first_error = failed.first().map(|(_, e)| e.clone());
-        self.db.write(move |tx| outbox_settle(tx, &sent, &failed)).await.map_err(|e| e.to_string())?;
+        self.db
+            .write(move |tx| outbox_settle(tx, &sent, &failed))
+            .await
+            .map_err(|e| e.to_string())?;
         debug!(count, "outbox rows relayed");
         metrics::counter!("outbox_relayed_total").increment(count as u64);
         match first_error {

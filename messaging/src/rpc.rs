@@ -56,10 +56,21 @@ impl RpcClient {
     }
 
     /// Sends `body` as a `routing_key` command and waits up to `timeout` for the reply body.
-    pub async fn call<T: Serialize>(&self, routing_key: &str, body: &T, timeout: Duration) -> Result<Vec<u8>, RpcError> {
-        let channel = self.channel.lock().ok().and_then(|c| c.clone()).ok_or(PublishError::NotConnected)?;
+    pub async fn call<T: Serialize>(
+        &self,
+        routing_key: &str,
+        body: &T,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RpcError> {
+        let channel = self
+            .channel
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .ok_or(PublishError::NotConnected)?;
         let correlation_id = Uuid::now_v7().to_string();
-        let mut msg = OutgoingMessage::json(topology::COMMANDS, routing_key, Some(&correlation_id), body)?;
+        let mut msg =
+            OutgoingMessage::json(topology::COMMANDS, routing_key, Some(&correlation_id), body)?;
         msg.reply_to = Some(REPLY_TO.to_owned());
         let (tx, rx) = oneshot::channel();
         self.register(&correlation_id, Some(tx));
@@ -86,13 +97,26 @@ impl RpcClient {
 }
 
 impl Attachment for RpcClient {
-    fn attach(self: Arc<Self>, connection: Arc<Connection>) -> BoxFuture<'static, lapin::Result<tokio::task::JoinHandle<()>>> {
+    fn attach(
+        self: Arc<Self>,
+        connection: Arc<Connection>,
+    ) -> BoxFuture<'static, lapin::Result<tokio::task::JoinHandle<()>>> {
         Box::pin(async move {
             let channel = connection.create_channel().await?;
-            channel.confirm_select(ConfirmSelectOptions::default()).await?;
-            let no_ack = BasicConsumeOptions { no_ack: true, ..Default::default() };
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            let no_ack = BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            };
             let mut replies = channel
-                .basic_consume(REPLY_TO.into(), format!("{}.rpc-replies", self.service).as_str().into(), no_ack, FieldTable::default())
+                .basic_consume(
+                    REPLY_TO.into(),
+                    format!("{}.rpc-replies", self.service).as_str().into(),
+                    no_ack,
+                    FieldTable::default(),
+                )
                 .await?;
             if let Ok(mut slot) = self.channel.lock() {
                 *slot = Some(channel);
@@ -100,7 +124,14 @@ impl Attachment for RpcClient {
             let pending = self.pending.clone();
             Ok(tokio::spawn(async move {
                 while let Some(Ok(delivery)) = replies.next().await {
-                    let Some(id) = delivery.properties.correlation_id().as_ref().map(|c| c.to_string()) else { continue };
+                    let Some(id) = delivery
+                        .properties
+                        .correlation_id()
+                        .as_ref()
+                        .map(|c| c.to_string())
+                    else {
+                        continue;
+                    };
                     let waiter = pending.lock().ok().and_then(|mut p| p.remove(&id));
                     if let Some(tx) = waiter {
                         let _ = tx.send(delivery.data);
@@ -115,13 +146,21 @@ impl Attachment for RpcClient {
 }
 
 /// Answers an RPC request. A request whose caller has gone away is simply dropped by the broker.
-pub async fn reply<T: Serialize>(broker: &Broker, request: &Incoming, body: &T) -> Result<(), HandleError> {
+pub async fn reply<T: Serialize>(
+    broker: &Broker,
+    request: &Incoming,
+    body: &T,
+) -> Result<(), HandleError> {
     let Some(reply_to) = request.meta.reply_to.as_deref() else {
         return Err(HandleError::Poison("request has no reply_to".into()));
     };
     let correlation_id = request.meta.correlation_id.as_deref();
-    let mut msg = OutgoingMessage::json("", reply_to, correlation_id, body).map_err(|e| HandleError::Poison(e.to_string()))?;
+    let mut msg = OutgoingMessage::json("", reply_to, correlation_id, body)
+        .map_err(|e| HandleError::Poison(e.to_string()))?;
     msg.mandatory = false;
     msg.traceparent = request.meta.traceparent.clone();
-    broker.publish(&msg).await.map_err(|e| HandleError::Retry(format!("reply not published: {e}")))
+    broker
+        .publish(&msg)
+        .await
+        .map_err(|e| HandleError::Retry(format!("reply not published: {e}")))
 }

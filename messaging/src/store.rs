@@ -52,11 +52,16 @@ impl Db {
     /// Opens (creating if needed) the database at `path` and applies `schema` and the
     /// messaging tables.
     pub async fn open(path: &Path, schema: &'static str) -> Result<Self, DbError> {
-        let open_err = |reason: String| DbError::Open { path: path.display().to_string(), reason };
+        let open_err = |reason: String| DbError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         }
-        let pool = Config::new(path).create_pool(Runtime::Tokio1).map_err(|e| open_err(e.to_string()))?;
+        let pool = Config::new(path)
+            .create_pool(Runtime::Tokio1)
+            .map_err(|e| open_err(e.to_string()))?;
         let db = Self { pool };
         db.call(move |conn| {
             conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -102,7 +107,10 @@ impl Db {
 /// Records `message_id` in the inbox. Returns `false` when it was there already, i.e. the
 /// message was applied before and must not be applied again.
 pub fn inbox_first_time(tx: &Transaction, message_id: &str) -> rusqlite::Result<bool> {
-    let inserted = tx.execute("INSERT OR IGNORE INTO inbox (message_id) VALUES (?1)", params![message_id])?;
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO inbox (message_id) VALUES (?1)",
+        params![message_id],
+    )?;
     Ok(inserted == 1)
 }
 
@@ -111,7 +119,14 @@ pub fn outbox_enqueue(tx: &Transaction, msg: &OutgoingMessage) -> rusqlite::Resu
     tx.execute(
         "INSERT INTO outbox (message_id, exchange, routing_key, correlation_id, traceparent, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![msg.message_id, msg.exchange, msg.routing_key, msg.correlation_id, msg.traceparent, msg.body],
+        params![
+            msg.message_id,
+            msg.exchange,
+            msg.routing_key,
+            msg.correlation_id,
+            msg.traceparent,
+            msg.body
+        ],
     )?;
     Ok(())
 }
@@ -145,17 +160,25 @@ pub(crate) fn outbox_batch(conn: &Connection, limit: usize) -> rusqlite::Result<
     rows.collect()
 }
 
-pub(crate) fn outbox_settle(tx: &Transaction, sent: &[i64], failed: &[(i64, String)]) -> rusqlite::Result<()> {
+pub(crate) fn outbox_settle(
+    tx: &Transaction,
+    sent: &[i64],
+    failed: &[(i64, String)],
+) -> rusqlite::Result<()> {
     for id in sent {
         tx.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
     }
     for (id, error) in failed {
-        tx.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1", params![id, error])?;
+        tx.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+            params![id, error],
+        )?;
     }
     Ok(())
 }
 
 /// How many messages wait in the outbox (for metrics and tests).
 pub async fn outbox_len(db: &Db) -> Result<i64, DbError> {
-    db.call(|conn| conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))).await
+    db.call(|conn| conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0)))
+        .await
 }

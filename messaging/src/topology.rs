@@ -79,41 +79,64 @@ pub fn work_queue_args(queue: &str) -> FieldTable {
     args.insert("x-dead-letter-routing-key".into(), text(queue));
     args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
     args.insert("x-overflow".into(), text("reject-publish"));
-    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
     args
 }
 
 fn dlq_args() -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     args
 }
 
 fn rpc_queue_args() -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(RPC_MESSAGE_TTL_MS));
+    args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(RPC_MESSAGE_TTL_MS),
+    );
     args
 }
 
 /// Declares every exchange, queue and binding. Safe to call any number of times.
 pub async fn declare(channel: &Channel) -> lapin::Result<()> {
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     for (name, kind) in [
         (COMMANDS, ExchangeKind::Direct),
         (EVENTS, ExchangeKind::Topic),
         (DLX, ExchangeKind::Direct),
     ] {
-        channel.exchange_declare(name.into(), kind, durable, FieldTable::default()).await?;
+        channel
+            .exchange_declare(name.into(), kind, durable, FieldTable::default())
+            .await?;
     }
-    let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     for queue in WORK_QUEUES {
-        channel.queue_declare(queue.into(), durable_queue, work_queue_args(queue)).await?;
+        channel
+            .queue_declare(queue.into(), durable_queue, work_queue_args(queue))
+            .await?;
         let dlq = dlq(queue);
-        channel.queue_declare(dlq.as_str().into(), durable_queue, dlq_args()).await?;
+        channel
+            .queue_declare(dlq.as_str().into(), durable_queue, dlq_args())
+            .await?;
         bind(channel, DLX, queue, &dlq).await?;
     }
     for queue in [ORDERS_RPC_QUEUE, PRODUCTS_RPC_QUEUE] {
-        channel.queue_declare(queue.into(), durable_queue, rpc_queue_args()).await?;
+        channel
+            .queue_declare(queue.into(), durable_queue, rpc_queue_args())
+            .await?;
     }
     for (exchange, key, queue) in BINDINGS {
         bind(channel, exchange, key, queue).await?;

@@ -1,0 +1,68 @@
+//! [`TestEnv`]: a private vhost on the shared broker, a Redis key prefix and a temp directory.
+
+use anyhow::{Context, Result, bail};
+use uuid::Uuid;
+
+/// Where the shared broker's management API is (the test command enables the plugin).
+pub fn management_url() -> String {
+    std::env::var("RABBITMQ_MANAGEMENT_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into())
+}
+
+/// The shared broker's AMQP address without a vhost.
+pub fn amqp_base() -> String {
+    std::env::var("TEST_AMQP_BASE").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub struct TestEnv {
+    pub vhost: String,
+    pub amqp_url: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl TestEnv {
+    /// Creates a fresh vhost named after the test, grants guest on it, and a temp dir.
+    pub async fn new(name: &str) -> Result<Self> {
+        let id = Uuid::new_v4().simple().to_string();
+        let vhost = format!("test-{name}-{}", &id[..8]);
+        let http = reqwest::Client::new();
+        let mgmt = management_url();
+        let put = |path: String, body: serde_json::Value| {
+            http.put(format!("{mgmt}{path}")).basic_auth("guest", Some("guest")).json(&body).send()
+        };
+        let created = put(format!("/api/vhosts/{vhost}"), serde_json::json!({})).await.context("management API unreachable: is rabbitmq_management enabled?")?;
+        if !created.status().is_success() {
+            bail!("could not create vhost {vhost}: {}", created.status());
+        }
+        let perms = serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"});
+        let granted = put(format!("/api/permissions/{vhost}/guest"), perms).await?;
+        if !granted.status().is_success() {
+            bail!("could not grant guest on {vhost}: {}", granted.status());
+        }
+        Ok(Self {
+            amqp_url: format!("{}/{vhost}", amqp_base()),
+            redis_url: redis_url(),
+            redis_prefix: format!("{vhost}:"),
+            vhost,
+            dir: tempfile::tempdir()?,
+            http,
+        })
+    }
+
+    /// A data directory of its own for one service.
+    pub fn data_dir(&self, service: &str) -> std::path::PathBuf {
+        self.dir.path().join(service)
+    }
+
+    /// Deletes the vhost (and so every queue of the test). Call at the end of a test.
+    pub async fn cleanup(self) {
+        let url = format!("{}/api/vhosts/{}", management_url(), self.vhost);
+        let _ = self.http.delete(url).basic_auth("guest", Some("guest")).send().await;
+    }
+}

@@ -1,0 +1,84 @@
+//! The life cycle every service shares: bind the HTTP port, run background tasks (broker link,
+//! outbox relay, sweepers) and stop them all together. Tests spawn a service on port 0 and stop
+//! it; `main` runs it until Ctrl-C or SIGTERM.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// A running service.
+pub struct Running {
+    pub name: &'static str,
+    /// Where its HTTP server listens (the real port when configured with port 0).
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Binds `addr` and serves `router` on it.
+    pub async fn start(
+        name: &'static str,
+        addr: SocketAddr,
+        router: Router,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let mut running = Self {
+            name,
+            addr,
+            shutdown: CancellationToken::new(),
+            tasks: JoinSet::new(),
+        };
+        running.spawn(move |stop| async move {
+            if let Err(e) = crate::ops::serve(listener, router, stop).await {
+                warn!(error = %e, "http server stopped");
+            }
+        });
+        info!(service = name, %addr, "listening");
+        Ok(running)
+    }
+
+    /// Runs a background task that must return once its token is cancelled.
+    pub fn spawn<F, Fut>(&mut self, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task(self.shutdown.clone()));
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Asks every task to stop and waits for them (at most 10 s, then aborts the rest).
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                service = self.name,
+                "tasks did not stop within 10 s; aborting them"
+            );
+            self.tasks.shutdown().await;
+        }
+        info!(service = self.name, "stopped");
+    }
+
+    /// Runs until Ctrl-C or SIGTERM, then stops cleanly.
+    pub async fn run_until_signal(self) {
+        crate::ops::shutdown_signal().await;
+        info!(service = self.name, "shutting down");
+        self.stop().await;
+    }
+}

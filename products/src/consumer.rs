@@ -1,0 +1,82 @@
+//! The `products_queue` consumer: `product.reserveStock` and `product.releaseStock`.
+
+use messaging::contracts::{ReleaseStock, ReserveStock};
+use messaging::outbox::Relay;
+use messaging::topology::keys;
+use messaging::{Db, HandleError, Handler, Incoming};
+use tracing::info;
+
+use crate::store::{self, Reserved};
+
+#[derive(Clone)]
+pub struct StockHandler {
+    pub db: Db,
+    pub relay: Relay,
+}
+
+impl StockHandler {
+    pub fn into_handler(self) -> Handler {
+        messaging::handler(move |msg| {
+            let this = self.clone();
+            async move { this.handle(msg).await }
+        })
+    }
+
+    async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
+        match msg.meta.kind.as_str() {
+            keys::RESERVE_STOCK => self.reserve(msg).await,
+            keys::RELEASE_STOCK => self.release(msg).await,
+            other => Err(HandleError::Poison(format!(
+                "products_queue does not take {other:?} messages"
+            ))),
+        }
+    }
+
+    async fn reserve(&self, msg: Incoming) -> Result<(), HandleError> {
+        let req: ReserveStock = msg.json()?;
+        if req.quantity == 0 {
+            return Err(HandleError::Poison("reserve of quantity 0".into()));
+        }
+        let (order_id, product_id, quantity) =
+            (req.order_id.clone(), req.product_id.clone(), req.quantity);
+        let outcome = self
+            .db
+            .write(move |tx| store::reserve(tx, &msg, &req))
+            .await
+            .map_err(retry)?;
+        self.relay.wake();
+        let label = match &outcome {
+            Reserved::Reserved => {
+                info!(%order_id, %product_id, quantity, "stock reserved");
+                "reserved"
+            }
+            Reserved::Rejected(reason) => {
+                info!(%order_id, %product_id, quantity, %reason, "stock reservation refused");
+                "rejected"
+            }
+            Reserved::Duplicate => {
+                info!(%order_id, "reservation already handled; duplicate ignored");
+                "duplicate"
+            }
+        };
+        metrics::counter!("stock_reservations_total", "outcome" => label).increment(1);
+        Ok(())
+    }
+
+    async fn release(&self, msg: Incoming) -> Result<(), HandleError> {
+        let req: ReleaseStock = msg.json()?;
+        let order_id = req.order_id.clone();
+        let released = self
+            .db
+            .write(move |tx| store::release(tx, &msg, &req))
+            .await
+            .map_err(retry)?;
+        info!(%order_id, released, "stock release handled");
+        Ok(())
+    }
+}
+
+/// A database error is worth retrying (busy, disk full for a while); the message stays.
+fn retry(e: messaging::store::DbError) -> HandleError {
+    HandleError::Retry(format!("products.db: {e}"))
+}

@@ -1,0 +1,9 @@
+//! The products service binary: configuration from the environment, then run until a signal.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    messaging::telemetry::init();
+    let config = products::Config::from_env()?;
+    products::spawn(config).await?.run_until_signal().await;
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! The `products_rpc` consumer: `products.get` and `products.create` requests from the gateway.
+
+use messaging::broker::Broker;
+use messaging::contracts::{CreateProduct, Found, GetById};
+use messaging::topology::keys;
+use messaging::{Db, HandleError, Handler, Incoming};
+use tracing::info;
+
+use crate::store;
+
+#[derive(Clone)]
+pub struct RpcHandler {
+    pub db: Db,
+    pub broker: Broker,
+}
+
+impl RpcHandler {
+    pub fn into_handler(self) -> Handler {
+        messaging::handler(move |msg| {
+            let this = self.clone();
+            async move { this.handle(msg).await }
+        })
+    }
+
+    async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
+        match msg.meta.kind.as_str() {
+            keys::PRODUCTS_GET => {
+                let GetById { id } = msg.json()?;
+                let found = self
+                    .db
+                    .call(move |conn| store::get_product(conn, &id))
+                    .await
+                    .map_err(retry)?;
+                messaging::rpc::reply(&self.broker, &msg, &Found { found }).await
+            }
+            keys::PRODUCTS_CREATE => {
+                let new: CreateProduct = msg.json()?;
+                let request_id = msg.meta.message_id.clone();
+                let product = self
+                    .db
+                    .write(move |tx| store::create_product(tx, &request_id, &new))
+                    .await
+                    .map_err(retry)?;
+                info!(product_id = %product.id, stock = product.stock, "product created");
+                messaging::rpc::reply(&self.broker, &msg, &product).await
+            }
+            other => Err(HandleError::Poison(format!(
+                "products_rpc does not take {other:?} requests"
+            ))),
+        }
+    }
+}
+
+fn retry(e: messaging::store::DbError) -> HandleError {
+    HandleError::Retry(format!("products.db: {e}"))
+}
