@@ -34,9 +34,14 @@ impl TestEnv {
         let http = reqwest::Client::new();
         let mgmt = management_url();
         let put = |path: String, body: serde_json::Value| {
-            http.put(format!("{mgmt}{path}")).basic_auth("guest", Some("guest")).json(&body).send()
+            http.put(format!("{mgmt}{path}"))
+                .basic_auth("guest", Some("guest"))
+                .json(&body)
+                .send()
         };
-        let created = put(format!("/api/vhosts/{vhost}"), serde_json::json!({})).await.context("management API unreachable: is rabbitmq_management enabled?")?;
+        let created = put(format!("/api/vhosts/{vhost}"), serde_json::json!({}))
+            .await
+            .context("management API unreachable: is rabbitmq_management enabled?")?;
         if !created.status().is_success() {
             bail!("could not create vhost {vhost}: {}", created.status());
         }
@@ -63,6 +68,11 @@ impl TestEnv {
     /// Deletes the vhost (and so every queue of the test). Call at the end of a test.
     pub async fn cleanup(self) {
         let url = format!("{}/api/vhosts/{}", management_url(), self.vhost);
-        let _ = self.http.delete(url).basic_auth("guest", Some("guest")).send().await;
+        let _ = self
+            .http
+            .delete(url)
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await;
     }
 }

@@ -5,8 +5,10 @@
 pub mod amqp;
 pub mod env;
 pub mod redis_server;
+pub mod system;
 
 pub use env::TestEnv;
+pub use system::{Options, System};
 
 /// Polls `check` every 50 ms until it returns `Some`, at most `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, mut check: F) -> Option<T>

@@ -14,7 +14,11 @@ pub struct RedisServer {
 impl RedisServer {
     pub async fn start() -> Result<Self> {
         let port = free_port()?;
-        let mut server = Self { port, dir: tempfile::tempdir()?, child: None };
+        let mut server = Self {
+            port,
+            dir: tempfile::tempdir()?,
+            child: None,
+        };
         server.restart().await?;
         Ok(server)
     }
@@ -26,7 +30,16 @@ impl RedisServer {
     /// (Re)starts the server on the same port; data is kept in an append-only file.
     pub async fn restart(&mut self) -> Result<()> {
         let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -36,7 +49,10 @@ impl RedisServer {
             .context("start redis-server")?;
         self.child = Some(child);
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -55,5 +71,7 @@ impl RedisServer {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

@@ -1,0 +1,57 @@
+//! The gateway: the HTTP API of the saga.
+//!
+//! `POST /orders` publishes `orders.create` and answers 202 only after the broker confirmed it;
+//! reads and product creation go to the owning service over AMQP request/response.
+
+pub mod extract;
+pub mod http;
+pub mod idempotency;
+pub mod requests;
+
+use std::time::Duration;
+
+use messaging::broker::{Broker, BrokerConfig};
+use messaging::config::{CommonConfig, env_or};
+use messaging::idempotency::redis_pool;
+use messaging::rpc::RpcClient;
+use messaging::service::Running;
+
+pub const SERVICE: &str = "gateway";
+pub const DEFAULT_PORT: u16 = 3000;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// `RPC_TIMEOUT_MS`: how long a read waits for the owning service before 504.
+    pub rpc_timeout: Duration,
+    /// `MAX_BODY_BYTES`: larger request bodies get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            common: CommonConfig::from_env(DEFAULT_PORT)?,
+            rpc_timeout: Duration::from_millis(env_or("RPC_TIMEOUT_MS", 3_000)?),
+            max_body_bytes: env_or("MAX_BODY_BYTES", 16 * 1024)?,
+        })
+    }
+}
+
+/// Connects to the broker and Redis and starts serving the API.
+pub async fn spawn(config: Config) -> anyhow::Result<Running> {
+    let redis = redis_pool(&config.common.redis_url)?;
+    let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));
+    let rpc = RpcClient::new(&broker);
+    let state = http::AppState {
+        broker: broker.clone(),
+        rpc,
+        keys: idempotency::IdempotencyStore::new(redis.clone(), &config.common.redis_prefix),
+        rpc_timeout: config.rpc_timeout,
+    };
+    let ready = messaging::ops::broker_and_redis(broker.clone(), redis);
+    let router = http::router(state, config.max_body_bytes).merge(messaging::ops::routes(ready));
+    let mut running = Running::start(SERVICE, config.common.http_addr, router).await?;
+    running.spawn(move |stop| broker.run(stop));
+    Ok(running)
+}

@@ -1,0 +1,91 @@
+//! The orders service: the saga orchestrator.
+//!
+//! It consumes `orders_queue` (`orders.create`, `product.stockReserved`,
+//! `product.stockRejected`), keeps each order's saga state in `orders.db`, decides behind Redis
+//! markers and locks, cancels orders whose deadline passed, and answers `orders.get` on
+//! `orders_rpc`. Everything it sends goes through the outbox.
+
+pub mod consumer;
+pub mod deadline;
+pub mod rpc;
+pub mod saga;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use messaging::broker::{Broker, BrokerConfig};
+use messaging::config::{CommonConfig, env_or};
+use messaging::idempotency::{Guard, redis_pool};
+use messaging::outbox::Relay;
+use messaging::service::Running;
+use messaging::topology::{ORDERS_QUEUE, ORDERS_RPC_QUEUE};
+use messaging::{Consumer, Db};
+
+pub const SERVICE: &str = "orders";
+pub const DEFAULT_PORT: u16 = 3002;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// `ORDER_DEADLINE_MS`: how long an order waits for a stock answer before it is cancelled.
+    pub deadline: Duration,
+    /// `ORDERS_PREFETCH`: unacked deliveries the saga consumer may hold.
+    pub prefetch: u16,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            common: CommonConfig::from_env(DEFAULT_PORT)?,
+            deadline: Duration::from_millis(env_or("ORDER_DEADLINE_MS", 30_000)?),
+            prefetch: env_or("ORDERS_PREFETCH", 32)?,
+        })
+    }
+}
+
+/// Opens `orders.db`, connects to the broker and Redis, and starts the saga.
+pub async fn spawn(config: Config) -> anyhow::Result<Running> {
+    let db = Db::open(&config.common.data_dir.join("orders.db"), store::SCHEMA).await?;
+    let redis = redis_pool(&config.common.redis_url)?;
+    let guard = Guard::new(redis.clone(), &config.common.redis_prefix);
+    let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));
+    let relay = Relay::new(db.clone(), broker.clone());
+    let saga = saga::Saga {
+        db: db.clone(),
+        guard,
+        relay: relay.clone(),
+    };
+
+    let orders = consumer::OrdersHandler {
+        saga: saga.clone(),
+        deadline: config.deadline,
+    };
+    broker.attach(Arc::new(
+        Consumer::new(ORDERS_QUEUE, SERVICE, orders.into_handler())
+            .with_prefetch(config.prefetch, 8),
+    ));
+    let reads = rpc::RpcHandler {
+        db,
+        broker: broker.clone(),
+    };
+    broker.attach(Arc::new(
+        Consumer::new(ORDERS_RPC_QUEUE, SERVICE, reads.into_handler()).with_prefetch(16, 8),
+    ));
+
+    let ready = messaging::ops::broker_and_redis(broker.clone(), redis);
+    let mut running = Running::start(
+        SERVICE,
+        config.common.http_addr,
+        messaging::ops::routes(ready),
+    )
+    .await?;
+    let (deadline, sweep_every) = (
+        config.deadline,
+        (config.deadline / 10).clamp(Duration::from_millis(100), Duration::from_secs(1)),
+    );
+    running.spawn(move |stop| broker.run(stop));
+    running.spawn(move |stop| relay.run(stop));
+    running.spawn(move |stop| deadline::run(saga, deadline, sweep_every, stop));
+    Ok(running)
+}

@@ -1,0 +1,265 @@
+//! [`System`]: gateway, orders and products running in this process on random ports against a
+//! [`TestEnv`], with an HTTP client for the API and direct read access to the SQLite files.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use messaging::Db;
+use messaging::config::CommonConfig;
+use messaging::service::Running;
+use serde_json::{Value, json};
+
+use crate::TestEnv;
+
+/// How a test wants the system set up.
+#[derive(Clone)]
+pub struct Options {
+    pub deadline: Duration,
+    /// Redis for orders and gateway (defaults to the env's shared Redis).
+    pub redis_url: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(30),
+            redis_url: None,
+        }
+    }
+}
+
+pub struct System {
+    pub gateway: Option<Running>,
+    pub orders: Option<Running>,
+    pub products: Option<Running>,
+    pub http: reqwest::Client,
+    gateway_url: String,
+    common: CommonConfig,
+    options: Options,
+}
+
+impl System {
+    /// Starts all three services.
+    pub async fn start(env: &TestEnv, options: Options) -> Result<Self> {
+        let mut system = Self::empty(env, options);
+        system.start_products().await?;
+        system.start_orders().await?;
+        system.start_gateway().await?;
+        Ok(system)
+    }
+
+    /// Starts nothing yet; use the `start_*` methods.
+    pub fn empty(env: &TestEnv, options: Options) -> Self {
+        let common = CommonConfig {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            amqp_url: env.amqp_url.clone(),
+            redis_url: options
+                .redis_url
+                .clone()
+                .unwrap_or_else(|| env.redis_url.clone()),
+            redis_prefix: env.redis_prefix.clone(),
+            data_dir: env.dir.path().to_path_buf(),
+        };
+        Self {
+            gateway: None,
+            orders: None,
+            products: None,
+            http: reqwest::Client::new(),
+            gateway_url: String::new(),
+            common,
+            options,
+        }
+    }
+
+    pub async fn start_products(&mut self) -> Result<()> {
+        let config = products::Config {
+            common: self.common.clone(),
+            prefetch: 32,
+        };
+        self.products = Some(products::spawn(config).await?);
+        Ok(())
+    }
+
+    pub async fn start_orders(&mut self) -> Result<()> {
+        let config = orders::Config {
+            common: self.common.clone(),
+            deadline: self.options.deadline,
+            prefetch: 32,
+        };
+        self.orders = Some(orders::spawn(config).await?);
+        Ok(())
+    }
+
+    pub async fn start_gateway(&mut self) -> Result<()> {
+        let config = gateway::Config {
+            common: self.common.clone(),
+            rpc_timeout: Duration::from_secs(5),
+            max_body_bytes: 16 * 1024,
+        };
+        let running = gateway::spawn(config).await?;
+        self.gateway_url = running.url();
+        self.gateway = Some(running);
+        self.wait_ready(&self.gateway_url.clone()).await
+    }
+
+    /// Waits until a service's `/ready` says 200.
+    pub async fn wait_ready(&self, base: &str) -> Result<()> {
+        let ready = crate::eventually(Duration::from_secs(20), || async {
+            let response = self.http.get(format!("{base}/ready")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+        ready.with_context(|| format!("{base} never became ready"))
+    }
+
+    pub async fn stop_products(&mut self) {
+        if let Some(running) = self.products.take() {
+            running.stop().await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        for running in [
+            self.gateway.take(),
+            self.orders.take(),
+            self.products.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            running.stop().await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway_url)
+    }
+
+    /// `POST /products`; returns the new product's id.
+    pub async fn create_product(&self, stock: i64) -> Result<String> {
+        let body =
+            json!({ "name": "widget", "price": 9.99, "stock": stock, "sellerId": "seller-1" });
+        let response = self
+            .http
+            .post(self.url("/products"))
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 201,
+            "create product: {} {}",
+            response.status(),
+            response.text().await?
+        );
+        let product: Value = response.json().await?;
+        product["id"]
+            .as_str()
+            .map(str::to_owned)
+            .context("product without id")
+    }
+
+    pub async fn stock(&self, product_id: &str) -> Result<i64> {
+        let product: Value = self
+            .http
+            .get(self.url(&format!("/products/{product_id}")))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        product["stock"].as_i64().context("product without stock")
+    }
+
+    /// `POST /orders` with an optional Idempotency-Key.
+    pub async fn place_order(
+        &self,
+        product_id: &str,
+        quantity: i64,
+        key: Option<&str>,
+    ) -> Result<reqwest::Response> {
+        let mut request = self
+            .http
+            .post(self.url("/orders"))
+            .json(&json!({ "productId": product_id, "quantity": quantity }));
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        Ok(request.send().await?)
+    }
+
+    /// Places an order that must be accepted; returns its id.
+    pub async fn accepted_order(&self, product_id: &str, quantity: i64) -> Result<String> {
+        let response = self.place_order(product_id, quantity, None).await?;
+        anyhow::ensure!(
+            response.status() == 202,
+            "order not accepted: {}",
+            response.status()
+        );
+        let body: Value = response.json().await?;
+        body["orderId"]
+            .as_str()
+            .map(str::to_owned)
+            .context("202 without orderId")
+    }
+
+    /// `GET /orders/{id}` as JSON (None on 404).
+    pub async fn order(&self, id: &str) -> Result<Option<Value>> {
+        let response = self
+            .http
+            .get(self.url(&format!("/orders/{id}")))
+            .send()
+            .await?;
+        if response.status() == 404 {
+            return Ok(None);
+        }
+        Ok(Some(response.error_for_status()?.json().await?))
+    }
+
+    /// orders.db, read directly.
+    pub async fn orders_db(&self) -> Result<Db> {
+        Ok(Db::open(&self.common.data_dir.join("orders.db"), "").await?)
+    }
+
+    /// Waits until none of `ids` is PENDING any more; returns status by id.
+    pub async fn wait_terminal(
+        &self,
+        ids: &[String],
+        timeout: Duration,
+    ) -> Result<HashMap<String, String>> {
+        let db = self.orders_db().await?;
+        let wanted: Vec<String> = ids.to_vec();
+        let statuses = crate::eventually(timeout, || {
+            let (db, wanted) = (db.clone(), wanted.clone());
+            async move {
+                let all = db
+                    .call(|conn| {
+                        let mut stmt = conn.prepare("SELECT id, status FROM orders")?;
+                        let rows = stmt.query_map([], |r| {
+                            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                        })?;
+                        rows.collect::<Result<HashMap<_, _>, _>>()
+                    })
+                    .await
+                    .ok()?;
+                let done = wanted
+                    .iter()
+                    .all(|id| all.get(id).is_some_and(|s| s != "PENDING"));
+                done.then(|| {
+                    wanted
+                        .iter()
+                        .map(|id| (id.clone(), all[id].clone()))
+                        .collect()
+                })
+            }
+        })
+        .await;
+        statuses.context("orders did not all reach a terminal state in time")
+    }
+}
+
+/// How many of `statuses` are `status`.
+pub fn count(statuses: &HashMap<String, String>, status: &str) -> usize {
+    statuses.values().filter(|s| *s == status).count()
+}

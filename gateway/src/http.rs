@@ -1,0 +1,249 @@
+//! The routes of the API and what each answers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use messaging::OutgoingMessage;
+use messaging::broker::{Broker, PublishError};
+use messaging::contracts::{CreateOrder, CreateProduct, Found, GetById, OrderView, ProductView};
+use messaging::problem::Problem;
+use messaging::rpc::{RpcClient, RpcError};
+use messaging::topology::{COMMANDS, keys};
+use serde::de::DeserializeOwned;
+use tracing::{Instrument, info, info_span, warn};
+use uuid::Uuid;
+
+use crate::extract::ValidJson;
+use crate::idempotency::{IdempotencyStore, KeyUse, order_id_for, valid_key};
+use crate::requests::{OrderAccepted, OrderRequest, ProductRequest, ProductResponse, price_cents};
+
+/// Seconds a client should wait before retrying after a 503.
+const RETRY_AFTER: u64 = 1;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: Broker,
+    pub rpc: Arc<RpcClient>,
+    pub keys: IdempotencyStore,
+    pub rpc_timeout: Duration,
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/orders", post(place_order))
+        .route("/orders/{id}", get(get_order))
+        .route("/products", post(create_product))
+        .route("/products/{id}", get(get_product))
+        .fallback(|| async {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                "no such route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(record_request))
+        .with_state(state)
+}
+
+/// One span and one duration sample per request, labelled by route and status.
+async fn record_request(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let span = info_span!("request", %method, %route, request_id = %Uuid::now_v7());
+    let started = Instant::now();
+    let response = next.run(req).instrument(span.clone()).await;
+    let status = response.status().as_u16().to_string();
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::histogram!("http_request_duration_seconds", "route" => route.clone(), "method" => method.clone(), "status" => status.clone()).record(elapsed);
+    metrics::counter!("http_requests_total", "route" => route, "method" => method, "status" => status).increment(1);
+    response
+}
+
+async fn place_order(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ValidJson(req): ValidJson<OrderRequest>,
+) -> Result<Response, Problem> {
+    let key = idempotency_key(&headers)?;
+    let order_id = match &key {
+        Some(key) => {
+            let claimed = state.keys.claim(key, &req).await.map_err(|e| {
+                warn!(error = %e, "redis unavailable; cannot honour Idempotency-Key");
+                unavailable(
+                    "the idempotency store is unavailable; retry with the same Idempotency-Key",
+                )
+            })?;
+            if claimed == KeyUse::Conflict {
+                return Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency-key-reused",
+                    "Idempotency-Key reused",
+                    "this Idempotency-Key was already used with a different body",
+                ));
+            }
+            order_id_for(key, &req)
+        }
+        None => Uuid::now_v7().to_string(),
+    };
+    let command = CreateOrder {
+        order_id: order_id.clone(),
+        product_id: req.product_id.trim().to_owned(),
+        quantity: req.quantity as u32,
+        customer_id: req.customer_id.clone(),
+        idempotency_key: key,
+    };
+    let msg = OutgoingMessage::json(COMMANDS, keys::ORDERS_CREATE, Some(&order_id), &command)
+        .map_err(|e| internal(e.to_string()))?
+        .with_traceparent(traceparent(&headers));
+    if let Err(e) = state.broker.publish(&msg).await {
+        warn!(%order_id, message_id = %msg.message_id, error = %e, "orders.create not confirmed; answering 503");
+        return Err(unavailable(
+            "the order could not be handed to the broker; retry (with the same Idempotency-Key)",
+        ));
+    }
+    info!(%order_id, message_id = %msg.message_id, "order accepted");
+    let location = format!("/orders/{order_id}");
+    let body = OrderAccepted {
+        order_id,
+        status: "PENDING".into(),
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if valid_key(key) => Ok(Some(key.to_owned())),
+        _ => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-idempotency-key",
+            "Invalid Idempotency-Key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// A valid incoming W3C `traceparent`, carried into the messages the request causes.
+fn traceparent(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let parts: Vec<_> = value.split('-').collect();
+    let well_formed = parts.len() == 4
+        && [2, 32, 16, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(n, p)| p.len() == *n && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    well_formed.then_some(value)
+}
+
+async fn get_order(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, Problem> {
+    let found: Found<OrderView> =
+        call(&state, keys::ORDERS_GET, &GetById { id: id.clone() }).await?;
+    found
+        .found
+        .map(Json)
+        .ok_or_else(|| Problem::not_found("order", &id))
+}
+
+async fn get_product(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ProductResponse>, Problem> {
+    let found: Found<ProductView> =
+        call(&state, keys::PRODUCTS_GET, &GetById { id: id.clone() }).await?;
+    found
+        .found
+        .map(|p| Json(p.into()))
+        .ok_or_else(|| Problem::not_found("product", &id))
+}
+
+async fn create_product(
+    State(state): State<AppState>,
+    ValidJson(req): ValidJson<ProductRequest>,
+) -> Result<Response, Problem> {
+    let new = CreateProduct {
+        name: req.name.trim().to_owned(),
+        price_cents: price_cents(req.price).unwrap_or_default(),
+        stock: req.stock,
+        seller_id: req.seller_id,
+    };
+    let product: ProductView = call(&state, keys::PRODUCTS_CREATE, &new).await?;
+    info!(product_id = %product.id, stock = product.stock, "product created");
+    let location = format!("/products/{}", product.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(ProductResponse::from(product)),
+    )
+        .into_response())
+}
+
+/// Asks the owning service and maps the ways that can fail onto HTTP.
+async fn call<Req: serde::Serialize, Resp: DeserializeOwned>(
+    state: &AppState,
+    key: &str,
+    body: &Req,
+) -> Result<Resp, Problem> {
+    let reply = state
+        .rpc
+        .call(key, body, state.rpc_timeout)
+        .await
+        .map_err(|e| match e {
+            RpcError::Timeout(after) => {
+                warn!(request = key, ?after, "no reply from the owning service");
+                Problem::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream-timeout",
+                    "Upstream timeout",
+                    format!("no answer from the service within {after:?}"),
+                )
+            }
+            RpcError::Publish(PublishError::NotConnected) | RpcError::Publish(_) => {
+                warn!(request = key, error = %e, "request not accepted by the broker");
+                unavailable("the broker did not accept the request; retry shortly")
+            }
+            RpcError::Encode(e) => internal(e.to_string()),
+        })?;
+    serde_json::from_slice(&reply).map_err(|e| internal(format!("unreadable reply to {key}: {e}")))
+}
+
+fn unavailable(detail: &str) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "Service unavailable",
+        detail,
+    )
+    .with_retry_after(RETRY_AFTER)
+}
+
+fn internal(detail: String) -> Problem {
+    warn!(%detail, "internal error");
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "Internal error",
+        detail,
+    )
+}

@@ -1,0 +1,126 @@
+//! The `Idempotency-Key` of `POST /orders`.
+//!
+//! The order id of a keyed request is derived from the key (UUID v5 of customer and key), so a
+//! replay names the same order even if Redis forgot the key; the orders service ignores a create
+//! for an order it has. Redis keeps, for 24 h, the fingerprint of the first body sent with the
+//! key (`idempotency:<sha256>`), so the same key with another body is refused with 422.
+
+use deadpool_redis::Pool;
+use messaging::idempotency::GuardError;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::requests::OrderRequest;
+
+const TTL_SECONDS: u64 = 24 * 3600;
+const MAX_KEY_LEN: usize = 255;
+
+/// The namespace of order ids derived from idempotency keys.
+const ORDER_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7273_4000_8000_6964_656d_706f);
+
+#[derive(Debug, PartialEq)]
+pub enum KeyUse {
+    /// First time: go ahead.
+    New,
+    /// Same key, same body: the same order again.
+    Replay,
+    /// Same key, another body.
+    Conflict,
+}
+
+#[derive(Clone)]
+pub struct IdempotencyStore {
+    pool: Pool,
+    prefix: String,
+}
+
+/// A key must be 1–255 visible ASCII characters.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The order id a keyed request names.
+pub fn order_id_for(key: &str, req: &OrderRequest) -> String {
+    let scope = format!("{}\n{key}", req.customer_id.as_deref().unwrap_or(""));
+    Uuid::new_v5(&ORDER_NAMESPACE, scope.as_bytes()).to_string()
+}
+
+fn fingerprint(req: &OrderRequest) -> String {
+    let canonical = serde_json::to_vec(req).unwrap_or_default();
+    hex::encode(Sha256::digest(canonical))
+}
+
+impl IdempotencyStore {
+    pub fn new(pool: Pool, prefix: &str) -> Self {
+        Self {
+            pool,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Records the key with this body's fingerprint, or compares with the one recorded.
+    pub async fn claim(&self, key: &str, req: &OrderRequest) -> Result<KeyUse, GuardError> {
+        let scope = format!("{}\n{key}", req.customer_id.as_deref().unwrap_or(""));
+        let redis_key = format!(
+            "{}idempotency:{}",
+            self.prefix,
+            hex::encode(Sha256::digest(scope.as_bytes()))
+        );
+        let print = fingerprint(req);
+        let mut conn = self.pool.get().await?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&redis_key)
+            .arg(&print)
+            .arg("NX")
+            .arg("EX")
+            .arg(TTL_SECONDS)
+            .query_async(&mut conn)
+            .await?;
+        if set.is_some() {
+            return Ok(KeyUse::New);
+        }
+        let recorded: Option<String> = redis::cmd("GET")
+            .arg(&redis_key)
+            .query_async(&mut conn)
+            .await?;
+        Ok(match recorded {
+            Some(p) if p == print => KeyUse::Replay,
+            Some(_) => KeyUse::Conflict,
+            // Expired between SET and GET: treat as new; the order id is the same anyway.
+            None => KeyUse::New,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_id_depends_on_key_and_customer_only() {
+        let req = |q| OrderRequest {
+            product_id: "p".into(),
+            quantity: q,
+            customer_id: Some("c".into()),
+        };
+        assert_eq!(order_id_for("k", &req(1)), order_id_for("k", &req(2)));
+        assert_ne!(order_id_for("k", &req(1)), order_id_for("k2", &req(1)));
+        let other_customer = OrderRequest {
+            customer_id: Some("d".into()),
+            ..req(1)
+        };
+        assert_ne!(
+            order_id_for("k", &req(1)),
+            order_id_for("k", &other_customer)
+        );
+        assert_ne!(fingerprint(&req(1)), fingerprint(&req(2)));
+    }
+
+    #[test]
+    fn keys_are_visible_ascii() {
+        assert!(valid_key("abc-123_X"));
+        assert!(!valid_key(""));
+        assert!(!valid_key("has space"));
+        assert!(!valid_key(&"x".repeat(256)));
+    }
+}

@@ -1,0 +1,131 @@
+//! The confirming step of the saga, behind Redis markers and locks.
+//!
+//! For a stock answer about order `o`:
+//! `GET processed:o` (seen → ack and ignore) → `SET lock:o <token> NX PX 10000` (held → retry
+//! later) → guarded transition in orders.db with its outbox rows → `SET processed:o EX 86400` →
+//! compare-and-delete the lock. The idempotency key of this step is the order id: an order has
+//! exactly one stock answer that counts. The deadline sweeper takes the same lock, so a late
+//! answer and a cancellation never interleave. Without Redis nothing is confirmed: the message
+//! waits (in-place retries, then requeue) until Redis is back.
+
+use std::time::Duration;
+
+use messaging::contracts::StockAnswer;
+use messaging::idempotency::{Guard, GuardError};
+use messaging::outbox::Relay;
+use messaging::topology::keys;
+use messaging::{Db, HandleError, Incoming};
+use tracing::{info, warn};
+
+use crate::store::{self, Applied};
+
+pub const LOCK_TTL: Duration = Duration::from_secs(10);
+pub const PROCESSED_TTL: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Clone)]
+pub struct Saga {
+    pub db: Db,
+    pub guard: Guard,
+    pub relay: Relay,
+}
+
+impl Saga {
+    /// Handles `product.stockReserved` / `product.stockRejected`.
+    pub async fn on_stock_answer(&self, msg: Incoming) -> Result<(), HandleError> {
+        let answer: StockAnswer = msg.json()?;
+        let reserved = msg.meta.kind == keys::STOCK_RESERVED;
+        let key = answer.order_id.clone();
+        if self.guard.is_processed(&key).await.map_err(redis_down)? {
+            info!(order_id = %key, "stock answer already processed; duplicate acked and ignored");
+            metrics::counter!("saga_duplicates_skipped_total").increment(1);
+            return Ok(());
+        }
+        let Some(lock) = self
+            .guard
+            .try_lock(&key, LOCK_TTL)
+            .await
+            .map_err(redis_down)?
+        else {
+            metrics::counter!("saga_lock_contention_total").increment(1);
+            return Err(HandleError::Retry(format!(
+                "lock:{key} is held by another consumer"
+            )));
+        };
+        let traceparent = msg.meta.traceparent.clone();
+        let applied = self
+            .db
+            .write(move |tx| {
+                store::apply_stock_answer(tx, &answer, reserved, traceparent.as_deref())
+            })
+            .await;
+        let outcome = match applied {
+            Ok(applied) => self.finish(&key, applied).await,
+            Err(e) => Err(HandleError::Retry(format!("orders.db: {e}"))),
+        };
+        if let Err(e) = self.guard.release(lock).await {
+            // The lock expires by itself within LOCK_TTL.
+            warn!(order_id = %key, error = %e, "could not release the lock; it will expire");
+        }
+        outcome
+    }
+
+    async fn finish(&self, order_id: &str, applied: Applied) -> Result<(), HandleError> {
+        match &applied {
+            Applied::Transitioned(status) => {
+                self.relay.wake();
+                info!(%order_id, status, "order decided");
+                metrics::counter!("saga_transitions_total", "to" => *status).increment(1);
+            }
+            Applied::Compensated => {
+                self.relay.wake();
+                info!(%order_id, "reservation arrived after the order was cancelled; releasing the stock");
+                metrics::counter!("saga_compensations_total").increment(1);
+            }
+            Applied::AlreadyDone(status) => {
+                info!(%order_id, %status, "order already decided; answer ignored")
+            }
+            Applied::UnknownOrder => {
+                return Err(HandleError::Poison(format!(
+                    "stock answer for unknown order {order_id}"
+                )));
+            }
+        }
+        self.guard
+            .mark_processed(order_id, PROCESSED_TTL)
+            .await
+            .map_err(redis_down)
+    }
+
+    /// Cancels an order whose deadline passed, under the order's lock. Returns whether it did.
+    pub async fn cancel_if_pending(
+        &self,
+        order_id: &str,
+        reason: &str,
+    ) -> Result<bool, GuardError> {
+        let Some(lock) = self.guard.try_lock(order_id, LOCK_TTL).await? else {
+            return Ok(false);
+        };
+        let (id, why) = (order_id.to_owned(), reason.to_owned());
+        let cancelled = self.db.write(move |tx| store::cancel(tx, &id, &why)).await;
+        if let Err(e) = self.guard.release(lock).await {
+            warn!(%order_id, error = %e, "could not release the lock; it will expire");
+        }
+        match cancelled {
+            Ok(true) => {
+                self.relay.wake();
+                info!(%order_id, %reason, "order cancelled");
+                metrics::counter!("saga_transitions_total", "to" => "CANCELLED").increment(1);
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => {
+                warn!(%order_id, error = %e, "could not cancel the order; will try again");
+                Ok(false)
+            }
+        }
+    }
+}
+
+fn redis_down(e: GuardError) -> HandleError {
+    HandleError::Retry(format!("redis unavailable: {e}"))
+}
