@@ -4,6 +4,7 @@
 
 pub mod amqp;
 pub mod env;
+pub mod management;
 pub mod redis_server;
 pub mod system;
 
