@@ -22,7 +22,6 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::broker::Attachment;
@@ -115,7 +114,6 @@ impl Attachment for Consumer {
 impl Consumer {
     async fn consume(self: Arc<Self>, mut stream: lapin::Consumer) {
         let slots = Arc::new(Semaphore::new(self.concurrency));
-        let mut running = JoinSet::new();
         while let Some(delivery) = stream.next().await {
             let delivery = match delivery {
                 Ok(d) => d,
@@ -128,14 +126,14 @@ impl Consumer {
                 break;
             };
             let this = self.clone();
-            running.spawn(async move {
+            // Detached on purpose: when the link drops, a handler in the middle of its step
+            // finishes it (commit, marker, lock release) instead of being cut off between two
+            // awaits and leaving a lock to expire. Its ack then fails and the broker redelivers.
+            tokio::spawn(async move {
                 this.process(delivery).await;
                 drop(slot);
             });
-            while running.try_join_next().is_some() {}
         }
-        // Deliveries still in flight belong to a dead channel: they will be redelivered.
-        running.shutdown().await;
     }
 
     async fn process(&self, delivery: Delivery) {
@@ -199,6 +197,10 @@ impl Consumer {
                         metrics::counter!("messages_nacked_total", "queue" => queue.to_owned())
                             .increment(1);
                     }
+                    return;
+                }
+                Err(HandleError::Retry(reason)) if delivery.acker.poisoned() => {
+                    warn!(%reason, "channel closed while retrying; the broker will redeliver the message");
                     return;
                 }
                 Err(HandleError::Retry(reason)) => {
