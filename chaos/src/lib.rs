@@ -1,0 +1,383 @@
+//! The chaos suite: the services run as separate processes against a private RabbitMQ node and
+//! a private Redis; a bounded load of `POST /orders` runs while the broker, Redis and services
+//! are SIGKILLed and restarted on a schedule; then the harness waits for quiescence and checks
+//! that nothing accepted was lost, left pending or applied twice.
+//!
+//! `cargo run -p chaos -- --help` for the options; `chaos/tests/chaos.rs` runs it with the CI
+//! defaults as part of `cargo test --workspace`. Everything it starts is killed when the run
+//! ends, passed, failed or panicked (see [`processes`]).
+
+pub mod checks;
+pub mod events;
+pub mod load;
+pub mod management;
+pub mod node;
+pub mod processes;
+pub mod redis;
+pub mod report;
+pub mod schedule;
+pub mod services;
+pub mod snapshot;
+pub mod system;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use messaging::topology::{ORDERS_QUEUE, PRODUCTS_QUEUE};
+
+use crate::events::{EventTap, TAP_QUEUE};
+use crate::management::Management;
+use crate::services::Service;
+use crate::system::{System, SystemOptions};
+
+/// Kill the broker, Redis and services under a bounded order load; check nothing is lost.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chaos", version, about, long_about = None)]
+pub struct Options {
+    /// How many orders the load places (each with its own Idempotency-Key).
+    #[arg(long, default_value_t = 2000)]
+    pub orders: usize,
+    /// Over how many seconds the orders are spread.
+    #[arg(long, default_value_t = 60)]
+    pub duration: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Products to order from (the first with little stock, the others ~90 % of demand).
+    #[arg(long, default_value_t = 5)]
+    pub products: usize,
+    /// Kill schedule: target@at+down in seconds from the start of the load, comma-separated.
+    /// Targets: broker, redis, gateway, orders, products.
+    #[arg(long, default_value = schedule::CI_SCHEDULE)]
+    pub schedule: String,
+    /// Requests a client sends for one order before it gives up (503 / connection errors).
+    #[arg(long, default_value_t = 40)]
+    pub max_attempts: u32,
+    /// Share of accepted orders replayed once with the same key.
+    #[arg(long, default_value_t = 0.05)]
+    pub replay_share: f64,
+    /// Seconds to wait after the load for every order to settle and every queue to drain.
+    #[arg(long, default_value_t = 180)]
+    pub quiesce_timeout: u64,
+    /// ORDER_DEADLINE_MS of the orders service.
+    #[arg(long, default_value_t = 30_000)]
+    pub order_deadline_ms: u64,
+    /// Where the summary is written (besides `<run dir>/report.md`).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Run directory (data, logs); default: a temporary directory, removed after a passing run.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Keep the temporary run directory even when the run passes.
+    #[arg(long)]
+    pub keep: bool,
+    /// Where the gateway, orders and products binaries are (default: next to this executable).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// RUST_LOG of the services (their logs go to files in the run directory).
+    #[arg(long, default_value = "info")]
+    pub service_log: String,
+}
+
+impl Options {
+    /// The command line that reproduces this run.
+    pub fn command(&self) -> String {
+        format!(
+            "cargo run -p chaos -- --orders {} --duration {} --concurrency {} --products {} --schedule {}",
+            self.orders, self.duration, self.concurrency, self.products, self.schedule
+        )
+    }
+}
+
+/// How a run ended.
+pub struct Outcome {
+    pub checks: Vec<checks::Check>,
+    pub passed: bool,
+    /// Ports of the run that still accepted connections after teardown (must be empty).
+    pub leftover_ports: Vec<u16>,
+    pub report: String,
+    /// The run directory, when it was kept.
+    pub kept_dir: Option<PathBuf>,
+}
+
+/// Runs the whole suite: start, load under kills, quiesce, check, report, tear down.
+pub async fn run(options: Options) -> Result<Outcome> {
+    let run_started = Instant::now();
+    let actions = schedule::parse(&options.schedule)?;
+    let temp = match &options.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            None
+        }
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("chaos-")
+                .tempdir()
+                .context("create the run directory")?,
+        ),
+    };
+    let run_dir = options
+        .dir
+        .clone()
+        .or_else(|| temp.as_ref().map(|t| t.path().to_path_buf()))
+        .context("no run directory")?;
+    let bin_dir = match &options.bin_dir {
+        Some(dir) => dir.clone(),
+        None => services::default_bin_dir()?,
+    };
+    println!("chaos: run directory {}", run_dir.display());
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(2))
+        .build()?;
+
+    let mut system = System::start(
+        &run_dir,
+        &bin_dir,
+        &SystemOptions {
+            order_deadline_ms: options.order_deadline_ms,
+            rust_log: options.service_log.clone(),
+        },
+        http.clone(),
+    )
+    .await?;
+    let tap = EventTap::start(&system.node.amqp_url())
+        .await
+        .context("start the event tap")?;
+    let gateway = system.gateway_url();
+    let products = load::create_products(&http, &gateway, options.products, options.orders).await?;
+    println!(
+        "chaos: {} products, stock {:?}; {} orders over {} s, {} clients; schedule {}",
+        products.len(),
+        products.iter().map(|p| p.initial_stock).collect::<Vec<_>>(),
+        options.orders,
+        options.duration,
+        options.concurrency,
+        options.schedule
+    );
+
+    // The load and the kills, together.
+    let load_started = Instant::now();
+    let plan = load::LoadPlan {
+        orders: options.orders,
+        duration: Duration::from_secs(options.duration),
+        concurrency: options.concurrency,
+        max_attempts: options.max_attempts,
+        replay_share: options.replay_share.clamp(0.0, 1.0),
+    };
+    // Aborted if the run ends early (an error, Ctrl-C).
+    let load_task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(load::run(
+        http.clone(),
+        gateway.clone(),
+        products.clone(),
+        plan,
+    )));
+    let mut done = Vec::new();
+    for action in &actions {
+        tokio::time::sleep_until((load_started + action.at).into()).await;
+        done.push(system.execute(*action, load_started).await);
+    }
+    let load = load_task.await.context("the load task panicked")?;
+    println!(
+        "[{:6.1}s] load finished: {} accepted, {} gave up, {} 503s retried, {} connection errors retried",
+        load_started.elapsed().as_secs_f64(),
+        load.accepted.len(),
+        load.gave_up,
+        load.retried_503,
+        load.retried_connection
+    );
+
+    // Quiescence.
+    let mgmt = Management::new(&system.node.management_url(), http.clone());
+    let host = messaging::config::hostname();
+    let expected_connections: Vec<String> = system
+        .services
+        .keys()
+        .map(|s| format!("{}@{host}", s.name()))
+        .collect();
+    let work_queues = [ORDERS_QUEUE, PRODUCTS_QUEUE];
+    let quiesce_started = Instant::now();
+    let settled = wait_quiescent(
+        &system,
+        &mgmt,
+        &load,
+        &work_queues,
+        &expected_connections,
+        Duration::from_secs(options.quiesce_timeout),
+    )
+    .await;
+    let quiesced_after = quiesce_started.elapsed().as_secs_f64();
+    println!(
+        "[{:6.1}s] {} after {quiesced_after:.1} s",
+        load_started.elapsed().as_secs_f64(),
+        if settled {
+            "quiescent"
+        } else {
+            "NOT quiescent (timed out)"
+        }
+    );
+
+    // Evidence and checks.
+    let tap = tap.stop().await;
+    let orders_dir = system
+        .data_dir(Service::Orders)
+        .context("no orders service")?;
+    let products_dir = system
+        .data_dir(Service::Products)
+        .context("no products service")?;
+    let orders = snapshot::orders(orders_dir).context("read orders.db")?;
+    let stock = snapshot::stock(products_dir).context("read products.db")?;
+    let queues = mgmt.queues().await.unwrap_or_default();
+    let connections = mgmt.connection_names().await.unwrap_or_default();
+    let evidence = checks::Evidence {
+        load: &load,
+        products: &products,
+        orders: &orders,
+        stock: &stock,
+        tap: &tap,
+        queues: &queues,
+        work_queues: &work_queues,
+        connections: &connections,
+        expected_connections: &expected_connections,
+        actions: &done,
+    };
+    let (mut checks, figures) = checks::run(&evidence);
+    for d in &done {
+        if let Some(e) = &d.error {
+            checks.push(checks::Check {
+                number: 0,
+                name: "restart",
+                passed: false,
+                detail: format!("{} did not come back: {e}", d.action.target),
+            });
+        }
+    }
+
+    let leftover_ports = system.shut_down().await;
+    checks.push(checks::Check {
+        number: 6,
+        name: "teardown leaves no process or port behind",
+        passed: leftover_ports.is_empty(),
+        detail: if leftover_ports.is_empty() {
+            "all ports of the run closed".into()
+        } else {
+            format!("still listening: {leftover_ports:?}")
+        },
+    });
+
+    let command = options.command();
+    let summary = report::Summary {
+        command: &command,
+        load: &load,
+        figures: &figures,
+        actions: &done,
+        checks: &checks,
+        quiesced_after,
+        total_seconds: run_started.elapsed().as_secs_f64(),
+        tap_deliveries: tap.deliveries,
+    };
+    let passed = summary.passed();
+    let report = summary.markdown();
+    println!("\n{}", summary.table());
+    for check in &checks {
+        println!("{check}");
+    }
+    summary.write(&run_dir.join("report.md"))?;
+    if let Some(path) = &options.report {
+        summary.write(path)?;
+        println!("chaos: report written to {}", path.display());
+    }
+    let kept_dir = match temp {
+        Some(temp) if passed && !options.keep => {
+            drop(temp);
+            None
+        }
+        Some(temp) => Some(temp.keep()),
+        None => Some(run_dir.clone()),
+    };
+    if let Some(dir) = &kept_dir {
+        println!("chaos: logs and data kept in {}", dir.display());
+    }
+    println!("chaos: {}", if passed { "PASSED" } else { "FAILED" });
+    Ok(Outcome {
+        checks,
+        passed,
+        leftover_ports,
+        report,
+        kept_dir,
+    })
+}
+
+/// Waits until every accepted order is decided, the outboxes are empty, the work queues and the
+/// tap queue are drained and every service is connected, three polls in a row (the
+/// management API's counts lag a little), at most `timeout`.
+async fn wait_quiescent(
+    system: &System,
+    mgmt: &Management,
+    load: &load::LoadOutcome,
+    work_queues: &[&str],
+    expected_connections: &[String],
+    timeout: Duration,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut calm = 0;
+    let mut last_report = Instant::now();
+    while Instant::now() < deadline {
+        let (pending, outboxes) = {
+            let orders_dir = system.data_dir(Service::Orders);
+            let products_dir = system.data_dir(Service::Products);
+            let pending = orders_dir
+                .and_then(|d| snapshot::orders(d).ok())
+                .map(|orders| {
+                    load.accepted
+                        .keys()
+                        .filter(|id| orders.get(*id).is_none_or(|o| o.status == "PENDING"))
+                        .count()
+                })
+                .unwrap_or(usize::MAX);
+            let outboxes: i64 = [
+                orders_dir.map(|d| d.join("orders.db")),
+                products_dir.map(|d| d.join("products.db")),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|db| snapshot::outbox_len(&db).unwrap_or(i64::MAX / 4))
+            .sum();
+            (pending, outboxes)
+        };
+        let queues = mgmt.queues().await.unwrap_or_default();
+        let busy: i64 = work_queues
+            .iter()
+            .chain(std::iter::once(&TAP_QUEUE))
+            .map(|name| {
+                queues
+                    .iter()
+                    .find(|q| q.name == *name)
+                    .map_or(1, |q| q.messages_ready + q.messages_unacknowledged)
+            })
+            .sum();
+        let connections = mgmt.connection_names().await.unwrap_or_default();
+        let missing = expected_connections
+            .iter()
+            .filter(|c| !connections.contains(c))
+            .count();
+        if pending == 0 && outboxes == 0 && busy == 0 && missing == 0 {
+            calm += 1;
+            if calm >= 3 {
+                return true;
+            }
+        } else {
+            calm = 0;
+            if last_report.elapsed() >= Duration::from_secs(10) {
+                println!(
+                    "chaos: waiting for quiescence: {pending} orders pending, {outboxes} in outboxes, {busy} in queues, {missing} connections missing"
+                );
+                last_report = Instant::now();
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    false
+}

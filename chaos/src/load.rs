@@ -1,0 +1,304 @@
+//! The load: a bounded number of `POST /orders`, spread evenly over the run, each with its own
+//! `Idempotency-Key`, against a few products with limited stock.
+//!
+//! Clients behave like real ones: a 503 or a connection error (refused, reset, timed out) is
+//! retried with the same key and the same body after a capped, jittered backoff (honouring
+//! `Retry-After`), a bounded number of times. Some accepted orders are replayed once more with
+//! their key, and the replay must name the same order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+/// A product the load orders from.
+#[derive(Debug, Clone)]
+pub struct Product {
+    pub id: String,
+    pub initial_stock: i64,
+}
+
+/// An order that got a 202.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub product_id: String,
+    pub quantity: i64,
+    pub key: String,
+    /// How many requests it took.
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    pub orders: usize,
+    pub duration: Duration,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    /// Share of accepted orders replayed once with the same key (0.0–1.0).
+    pub replay_share: f64,
+}
+
+/// What the clients saw.
+#[derive(Debug, Default)]
+pub struct LoadOutcome {
+    /// Order id → what was ordered.
+    pub accepted: HashMap<String, Accepted>,
+    pub retried_503: u64,
+    pub retried_connection: u64,
+    pub retried_other_5xx: u64,
+    /// Orders whose client gave up after `max_attempts` (never accepted: not counted as lost).
+    pub gave_up: u64,
+    /// Answers no correct server gives (4xx to a valid request, 202 without an order id, a
+    /// replay naming another order).
+    pub unexpected: Vec<String>,
+    pub replays: u64,
+    pub elapsed: Duration,
+}
+
+#[derive(Default)]
+struct Counters {
+    retried_503: AtomicU64,
+    retried_connection: AtomicU64,
+    retried_other_5xx: AtomicU64,
+    gave_up: AtomicU64,
+    replays: AtomicU64,
+}
+
+/// Creates `count` products through the gateway: the first one with little stock (so that
+/// rejections happen early), the others with about 90 % of what the load will ask of them, so
+/// that confirmations go on through every kill and the end of the run sees stock run out.
+pub async fn create_products(
+    http: &reqwest::Client,
+    gateway: &str,
+    count: usize,
+    orders: usize,
+) -> Result<Vec<Product>> {
+    let count = count.max(1);
+    // Quantities are 1..=3, so an order asks for 2 on average.
+    let demand = (orders * 2 / count).max(1) as i64;
+    let mut products = Vec::new();
+    for i in 0..count {
+        let stock = if i == 0 && count > 1 {
+            (demand / 20).max(5)
+        } else {
+            demand * 9 / 10
+        };
+        let body = json!({
+            "name": format!("chaos product {i}"),
+            "price": 9.99,
+            "stock": stock,
+            "sellerId": format!("seller-{}", i % 2),
+        });
+        let mut last = String::new();
+        let mut created = None;
+        for _ in 0..20 {
+            match http
+                .post(format!("{gateway}/products"))
+                .json(&body)
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 201 => {
+                    let product: Value = r.json().await.context("product body")?;
+                    created = product["id"].as_str().map(str::to_owned);
+                    break;
+                }
+                Ok(r) => last = format!("status {}", r.status()),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let Some(id) = created else {
+            bail!("could not create product {i}: {last}");
+        };
+        products.push(Product {
+            id,
+            initial_stock: stock,
+        });
+    }
+    Ok(products)
+}
+
+/// Runs the load to its end (every order accepted or given up) and reports what happened.
+pub async fn run(
+    http: reqwest::Client,
+    gateway: String,
+    products: Vec<Product>,
+    plan: LoadPlan,
+) -> LoadOutcome {
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let counters = Arc::new(Counters::default());
+    let accepted = Arc::new(Mutex::new(HashMap::new()));
+    let unexpected = Arc::new(Mutex::new(Vec::new()));
+    let products = Arc::new(products);
+    let spacing = plan.duration / plan.orders.max(1) as u32;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..plan.concurrency.max(1) {
+        let client = Client {
+            http: http.clone(),
+            gateway: gateway.clone(),
+            counters: counters.clone(),
+            max_attempts: plan.max_attempts,
+        };
+        let (next, accepted, unexpected, products) = (
+            next.clone(),
+            accepted.clone(),
+            unexpected.clone(),
+            products.clone(),
+        );
+        let (total, replay_share) = (plan.orders, plan.replay_share);
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= total {
+                    break;
+                }
+                tokio::time::sleep_until(started + spacing * i as u32).await;
+                let (product, quantity, replay) = {
+                    let mut rng = rand::rng();
+                    let p = rng.random_range(0..products.len());
+                    (
+                        products[p].id.clone(),
+                        rng.random_range(1..=3i64),
+                        rng.random_bool(replay_share),
+                    )
+                };
+                let key = format!("chaos-{}", uuid::Uuid::new_v4());
+                let body = json!({
+                    "productId": product,
+                    "quantity": quantity,
+                    "customerId": format!("customer-{}", i % 50),
+                });
+                match client.place(&key, &body).await {
+                    Placed::Accepted { order_id, attempts } => {
+                        if replay {
+                            client.counters.replays.fetch_add(1, Ordering::Relaxed);
+                            if let Placed::Accepted {
+                                order_id: again, ..
+                            } = client.place(&key, &body).await
+                                && again != order_id
+                            {
+                                unexpected.lock().await.push(format!(
+                                    "replay of key {key} named order {again}, not {order_id}"
+                                ));
+                            }
+                        }
+                        accepted.lock().await.insert(
+                            order_id,
+                            Accepted {
+                                product_id: product,
+                                quantity,
+                                key,
+                                attempts,
+                            },
+                        );
+                    }
+                    Placed::GaveUp => {
+                        client.counters.gave_up.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Placed::Unexpected(what) => unexpected.lock().await.push(what),
+                }
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    let accepted = std::mem::take(&mut *accepted.lock().await);
+    let unexpected = std::mem::take(&mut *unexpected.lock().await);
+    LoadOutcome {
+        accepted,
+        retried_503: counters.retried_503.load(Ordering::Relaxed),
+        retried_connection: counters.retried_connection.load(Ordering::Relaxed),
+        retried_other_5xx: counters.retried_other_5xx.load(Ordering::Relaxed),
+        gave_up: counters.gave_up.load(Ordering::Relaxed),
+        unexpected,
+        replays: counters.replays.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+    }
+}
+
+enum Placed {
+    Accepted { order_id: String, attempts: u32 },
+    GaveUp,
+    Unexpected(String),
+}
+
+struct Client {
+    http: reqwest::Client,
+    gateway: String,
+    counters: Arc<Counters>,
+    max_attempts: u32,
+}
+
+impl Client {
+    /// `POST /orders` until a 202 or a final answer, retrying with the same key.
+    async fn place(&self, key: &str, body: &Value) -> Placed {
+        let mut backoff = Duration::from_millis(200);
+        for attempt in 1..=self.max_attempts {
+            let sent = self
+                .http
+                .post(format!("{}/orders", self.gateway))
+                .header("Idempotency-Key", key)
+                .json(body)
+                .send()
+                .await;
+            let mut wait = backoff;
+            match sent {
+                Ok(r) if r.status() == 202 => {
+                    let order_id = match r.json::<Value>().await {
+                        Ok(v) => v["orderId"].as_str().map(str::to_owned),
+                        Err(_) => None,
+                    };
+                    return match order_id {
+                        Some(order_id) => Placed::Accepted {
+                            order_id,
+                            attempts: attempt,
+                        },
+                        None => Placed::Unexpected(format!("202 without orderId for key {key}")),
+                    };
+                }
+                Ok(r) if r.status() == 503 => {
+                    self.counters.retried_503.fetch_add(1, Ordering::Relaxed);
+                    let retry_after = r
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    if let Some(after) = retry_after {
+                        wait = wait.max(after);
+                    }
+                    debug!(key, attempt, "503; retrying with the same key");
+                }
+                Ok(r) if r.status().is_server_error() => {
+                    self.counters
+                        .retried_other_5xx
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(key, status = %r.status(), "server error; retrying with the same key");
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    return Placed::Unexpected(format!("key {key}: {status} {text}"));
+                }
+                Err(e) => {
+                    self.counters
+                        .retried_connection
+                        .fetch_add(1, Ordering::Relaxed);
+                    debug!(key, attempt, error = %e, "connection error; retrying with the same key");
+                }
+            }
+            let jitter = rand::rng().random_range(0.8..1.2);
+            tokio::time::sleep(wait.mul_f64(jitter)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        Placed::GaveUp
+    }
+}

@@ -1,0 +1,26 @@
+//! `chaos`: runs the chaos suite once and exits 0 when every check passed, 1 when one failed,
+//! 2 when the run itself could not be carried out. Ctrl-C stops it and kills everything it
+//! started.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    messaging::telemetry::init();
+    let options = chaos::Options::parse();
+    tokio::select! {
+        outcome = chaos::run(options) => match outcome {
+            Ok(outcome) if outcome.passed => std::process::ExitCode::SUCCESS,
+            Ok(_) => std::process::ExitCode::from(1),
+            Err(e) => {
+                eprintln!("chaos: the run could not be carried out: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        },
+        _ = tokio::signal::ctrl_c() => {
+            // Dropping the run kills every process group it started.
+            eprintln!("chaos: interrupted; stopping everything it started");
+            std::process::ExitCode::from(130)
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The services under test, each the workspace's own binary run as a separate process with the
+//! environment the README documents (`HTTP_ADDR`, `AMQP_URL`, `REDIS_URL`, `REDIS_KEY_PREFIX`,
+//! `DATA_DIR`, `RUST_LOG`, …), its own data directory and its own log file.
+//!
+//! Adding a service (the webhook publisher and the notifier, once they are in the workspace) is
+//! one more [`Service`] variant: its binary name, its extra environment, and whether its
+//! connection to the broker must be back at the end of the run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::processes::{Proc, Spec, free_port};
+
+/// A service of the saga, by the name of its binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Service {
+    Gateway,
+    Orders,
+    Products,
+}
+
+impl Service {
+    pub const ALL: [Service; 3] = [Service::Products, Service::Orders, Service::Gateway];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Gateway => "gateway",
+            Service::Orders => "orders",
+            Service::Products => "products",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// What every service gets from the harness.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub amqp_url: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub order_deadline_ms: u64,
+    pub rust_log: String,
+}
+
+pub struct ServiceProc {
+    pub service: Service,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    proc: Proc,
+}
+
+impl ServiceProc {
+    pub fn new(service: Service, bin_dir: &Path, run_dir: &Path, shared: &Shared) -> Result<Self> {
+        let program = bin_dir.join(service.name());
+        if !program.is_file() {
+            bail!(
+                "{} not found: build the services first (cargo build -p gateway -p orders -p products) or pass --bin-dir",
+                program.display()
+            );
+        }
+        let port = free_port()?;
+        let data_dir = run_dir.join(service.name());
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("create {}", data_dir.display()))?;
+        let mut env: BTreeMap<String, String> = [
+            ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("AMQP_URL", shared.amqp_url.clone()),
+            ("REDIS_URL", shared.redis_url.clone()),
+            ("REDIS_KEY_PREFIX", shared.redis_prefix.clone()),
+            ("DATA_DIR", data_dir.display().to_string()),
+            ("RUST_LOG", shared.rust_log.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        if service == Service::Orders {
+            env.insert(
+                "ORDER_DEADLINE_MS".into(),
+                shared.order_deadline_ms.to_string(),
+            );
+        }
+        let proc = Proc::new(Spec {
+            name: service.name().into(),
+            program,
+            args: Vec::new(),
+            env,
+            log: run_dir.join(format!("{}.log", service.name())),
+        });
+        Ok(Self {
+            service,
+            port,
+            data_dir,
+            proc,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the process and waits until it answers `GET /health` (it may still be connecting
+    /// to the broker: a service must come up while the broker is away).
+    pub async fn start(&mut self, http: &reqwest::Client) -> Result<()> {
+        self.proc.start()?;
+        let health = format!("{}/health", self.url());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(r) = http.get(&health).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if !self.proc.is_running() {
+                bail!(
+                    "{} exited at start; see {}",
+                    self.service.name(),
+                    self.proc.log_path().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("{} did not answer /health within 30 s", self.service.name())
+    }
+
+    /// Waits until `GET /ready` answers 200 (broker and Redis reachable), at most `wait`.
+    pub async fn wait_ready(&self, http: &reqwest::Client, wait: Duration) -> Result<()> {
+        let ready = format!("{}/ready", self.url());
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(r) = http.get(&ready).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("{} was not ready within {wait:?}", self.service.name())
+    }
+
+    pub fn sigkill(&mut self) {
+        self.proc.kill();
+    }
+
+    pub fn starts(&self) -> u32 {
+        self.proc.starts
+    }
+}
+
+/// Where the service binaries are: next to this executable (`target/<profile>/`, also when this
+/// is a test binary in `target/<profile>/deps/`).
+pub fn default_bin_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locate the running executable")?;
+    let mut dir = exe
+        .parent()
+        .context("the executable has no directory")?
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}

@@ -1,0 +1,181 @@
+//! Everything the harness runs: the private broker node, the private Redis and the services.
+//! Dropping it kills every process group it started (services first, the broker's epmd last).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tracing::{info, warn};
+
+use crate::node::{BrokerNode, NodePorts};
+use crate::processes::{self, free_port};
+use crate::redis::RedisServer;
+use crate::schedule::{Action, Done, Target};
+use crate::services::{Service, ServiceProc, Shared};
+
+pub struct System {
+    // Field order is drop order: services go before what they depend on.
+    pub services: BTreeMap<Service, ServiceProc>,
+    pub redis: RedisServer,
+    pub node: BrokerNode,
+    pub http: reqwest::Client,
+}
+
+/// Knobs of the system itself (not of the load).
+#[derive(Debug, Clone)]
+pub struct SystemOptions {
+    pub order_deadline_ms: u64,
+    pub rust_log: String,
+}
+
+impl System {
+    /// Starts the node, Redis and every service, and waits until each service is ready.
+    pub async fn start(
+        run_dir: &Path,
+        bin_dir: &Path,
+        options: &SystemOptions,
+        http: reqwest::Client,
+    ) -> Result<Self> {
+        let mut node = BrokerNode::init(&run_dir.join("rabbitmq"), NodePorts::free()?)?;
+        let mut redis = RedisServer::new(&run_dir.join("redis"), free_port()?)?;
+        redis.start().await?;
+        let started = Instant::now();
+        node.start()
+            .await
+            .context("start the private broker node")?;
+        println!(
+            "broker node {} up in {:.1} s (AMQP {}, management {}, dist {}, epmd {}); redis on {}",
+            node.node_name,
+            started.elapsed().as_secs_f64(),
+            node.ports.amqp,
+            node.ports.management,
+            node.ports.dist,
+            node.ports.epmd,
+            redis.port
+        );
+        let shared = Shared {
+            amqp_url: node.amqp_url(),
+            redis_url: redis.url(),
+            redis_prefix: "chaos:".into(),
+            order_deadline_ms: options.order_deadline_ms,
+            rust_log: options.rust_log.clone(),
+        };
+        let mut services = BTreeMap::new();
+        for service in Service::ALL {
+            services.insert(
+                service,
+                ServiceProc::new(service, bin_dir, run_dir, &shared)?,
+            );
+        }
+        let mut system = Self {
+            services,
+            redis,
+            node,
+            http,
+        };
+        let http = system.http.clone();
+        for service in Service::ALL {
+            system.service_mut(service)?.start(&http).await?;
+        }
+        for proc in system.services.values() {
+            proc.wait_ready(&system.http, Duration::from_secs(60))
+                .await?;
+        }
+        Ok(system)
+    }
+
+    fn service_mut(&mut self, service: Service) -> Result<&mut ServiceProc> {
+        self.services
+            .get_mut(&service)
+            .with_context(|| format!("{} is not part of this run", service.name()))
+    }
+
+    pub fn gateway_url(&self) -> String {
+        self.services
+            .get(&Service::Gateway)
+            .map(ServiceProc::url)
+            .unwrap_or_default()
+    }
+
+    pub fn data_dir(&self, service: Service) -> Option<&Path> {
+        self.services.get(&service).map(|s| s.data_dir.as_path())
+    }
+
+    /// Kills `action.target`, waits `action.down`, starts it again.
+    pub async fn execute(&mut self, action: Action, load_started: Instant) -> Done {
+        let since = |t: Instant| t.duration_since(load_started).as_secs_f64();
+        let killed_at = since(Instant::now());
+        println!("[{killed_at:6.1}s] SIGKILL {}", action.target);
+        let mut up_again = None;
+        let result: Result<()> = async {
+            match action.target {
+                Target::Broker => {
+                    self.node.sigkill().await?;
+                    tokio::time::sleep(action.down).await;
+                    let (_, at) = self.node.start().await?;
+                    up_again = Some(at);
+                }
+                Target::Redis => {
+                    self.redis.sigkill().await;
+                    tokio::time::sleep(action.down).await;
+                    self.redis.start().await?;
+                }
+                Target::Service(service) => {
+                    let http = self.http.clone();
+                    let proc = self.service_mut(service)?;
+                    proc.sigkill();
+                    tokio::time::sleep(action.down).await;
+                    proc.start(&http).await?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let restarted_at = since(Instant::now());
+        let error = result.err().map(|e| format!("{e:#}"));
+        match &error {
+            None => println!(
+                "[{restarted_at:6.1}s] {} back after {:.1} s",
+                action.target,
+                restarted_at - killed_at
+            ),
+            Some(e) => {
+                warn!(target = %action.target, error = %e, "restart failed");
+                println!(
+                    "[{restarted_at:6.1}s] {} did NOT come back: {e}",
+                    action.target
+                )
+            }
+        }
+        Done {
+            action,
+            killed_at,
+            restarted_at,
+            up_again,
+            error,
+        }
+    }
+
+    /// Every port the system listens on.
+    pub fn ports(&self) -> Vec<u16> {
+        let p = self.node.ports;
+        let mut ports = vec![p.amqp, p.management, p.dist, p.epmd, self.redis.port];
+        ports.extend(self.services.values().map(|s| s.port));
+        ports
+    }
+
+    /// Kills everything and returns the ports that still accept connections afterwards.
+    pub async fn shut_down(self) -> Vec<u16> {
+        let ports = self.ports();
+        drop(self);
+        let mut left = Vec::new();
+        for port in ports {
+            if !processes::wait_closed(port, Duration::from_secs(5)).await {
+                left.push(port);
+            }
+        }
+        info!(?left, "system shut down");
+        left
+    }
+}
