@@ -6,7 +6,7 @@
 //! 3. No order was confirmed twice (two `order.confirmed` with different message ids), and the
 //!    event tap saw the terminal event of every decided order.
 //! 4. Through the management API: work queues 0 ready / 0 unacked, DLQs empty, every service's
-//!    named connection (`<service>@<host>`) back.
+//!    named connection (`<service>@<host>`) back, every work-queue consumer back with its prefetch.
 //! 5. Recovery after each broker kill: seconds from "accepting connections" to the next order
 //!    confirmation. Measured, never compared with a limit.
 
@@ -53,6 +53,10 @@ pub struct Evidence<'a> {
     /// Work queues whose consumer is part of this run.
     pub work_queues: &'a [&'a str],
     pub connections: &'a [String],
+    /// (queue, consumer tag, prefetch) of every consumer.
+    pub consumers: &'a [(String, String, i64)],
+    /// (queue, consumer tag, prefetch) that must be there.
+    pub expected_consumers: &'a [(String, String, i64)],
     /// `<service>@<host>` names that must be connected.
     pub expected_connections: &'a [String],
     pub actions: &'a [Done],
@@ -237,12 +241,17 @@ fn broker(e: &Evidence) -> Check {
     for queue in e.work_queues {
         match find(queue) {
             Some(q) => {
+                let count = |c: Option<i64>| c.map_or("?".to_owned(), |c| c.to_string());
                 parts.push(format!(
                     "{} {}/{}",
-                    q.name, q.messages_ready, q.messages_unacknowledged
+                    q.name,
+                    count(q.messages_ready),
+                    count(q.messages_unacknowledged)
                 ));
-                if q.messages_ready != 0 || q.messages_unacknowledged != 0 {
-                    problems.push(format!("{} not drained", q.name));
+                match q.in_queue() {
+                    Some(0) => {}
+                    Some(_) => problems.push(format!("{} not drained", q.name)),
+                    None => problems.push(format!("{} has no counts yet", q.name)),
                 }
             }
             None => problems.push(format!("{queue} missing")),
@@ -251,12 +260,11 @@ fn broker(e: &Evidence) -> Check {
     for queue in topology::WORK_QUEUES {
         let dlq = topology::dlq(queue);
         match find(&dlq) {
-            Some(q) => {
-                let total = q.messages_ready + q.messages_unacknowledged;
-                if total != 0 {
-                    problems.push(format!("{dlq} holds {total}"));
-                }
-            }
+            Some(q) => match q.in_queue() {
+                Some(0) => {}
+                Some(total) => problems.push(format!("{dlq} holds {total}")),
+                None => problems.push(format!("{dlq} has no counts yet")),
+            },
             None => problems.push(format!("{dlq} missing")),
         }
     }
@@ -266,7 +274,7 @@ fn broker(e: &Evidence) -> Check {
         {
             parts.push(format!(
                 "{queue} {} ready (no consumer in this run, not checked)",
-                q.messages_ready
+                q.messages_ready.map_or("?".to_owned(), |c| c.to_string())
             ));
         }
     }
@@ -279,14 +287,28 @@ fn broker(e: &Evidence) -> Check {
     if !missing.is_empty() {
         problems.push(format!("connections missing: {}", missing.join(", ")));
     }
+    for (queue, tag, prefetch) in e.expected_consumers {
+        match e.consumers.iter().find(|(q, t, _)| q == queue && t == tag) {
+            None => problems.push(format!("no consumer {tag} on {queue}")),
+            Some((_, _, p)) if p != prefetch => {
+                problems.push(format!("{tag} has prefetch {p}, not {prefetch}"))
+            }
+            Some(_) => {}
+        }
+    }
     let detail = format!(
-        "ready/unacked {}; DLQs {}; connections {}{}",
+        "ready/unacked {}; DLQs {}; consumers {} with prefetch; connections {}{}",
         parts.join(", "),
         if problems.iter().any(|p| p.contains(".dlq")) {
-            "NOT empty"
+            "NOT known empty"
         } else {
             "empty"
         },
+        e.expected_consumers
+            .iter()
+            .map(|(_, tag, p)| format!("{tag}={p}"))
+            .collect::<Vec<_>>()
+            .join(" "),
         e.expected_connections.join(" "),
         if problems.is_empty() {
             String::new()
@@ -296,7 +318,7 @@ fn broker(e: &Evidence) -> Check {
     );
     Check {
         number: 4,
-        name: "queues drained, DLQs empty, named connections back",
+        name: "queues drained, DLQs empty, consumers and named connections back",
         passed: problems.is_empty(),
         detail,
     }

@@ -141,13 +141,24 @@ async fn declare(connection: &Connection) -> lapin::Result<()> {
 }
 
 async fn consume_until(amqp_url: String, seen: Arc<Mutex<Seen>>, stop: CancellationToken) {
+    let mut failures = 0u32;
     while !stop.is_cancelled() {
+        let before = seen.lock().map(|s| s.deliveries).unwrap_or(0);
         tokio::select! {
             _ = stop.cancelled() => break,
-            result = consume(&amqp_url, &seen) => match result {
-                Ok(()) => warn!("event tap: consumer ended; reconnecting"),
-                Err(e) => warn!(error = %e, "event tap: broker unavailable; reconnecting"),
-            },
+            result = consume(&amqp_url, &seen) => {
+                // One line per outage, not one per reconnect attempt.
+                if seen.lock().map(|s| s.deliveries).unwrap_or(0) > before {
+                    failures = 0;
+                }
+                failures += 1;
+                if failures == 1 {
+                    match result {
+                        Ok(()) => warn!("event tap: consumer ended; reconnecting"),
+                        Err(e) => warn!(error = %e, "event tap: lost the broker; reconnecting"),
+                    }
+                }
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => break,

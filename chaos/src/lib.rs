@@ -231,6 +231,13 @@ pub async fn run(options: Options) -> Result<Outcome> {
     let stock = snapshot::stock(products_dir).context("read products.db")?;
     let queues = mgmt.queues().await.unwrap_or_default();
     let connections = mgmt.connection_names().await.unwrap_or_default();
+    let consumers = mgmt.consumers().await.unwrap_or_default();
+    let expected_consumers: Vec<(String, String, i64)> = system
+        .services
+        .keys()
+        .filter_map(|s| s.work_queue())
+        .map(|(queue, tag)| (queue.to_owned(), tag, services::PREFETCH))
+        .collect();
     let evidence = checks::Evidence {
         load: &load,
         products: &products,
@@ -240,6 +247,8 @@ pub async fn run(options: Options) -> Result<Outcome> {
         queues: &queues,
         work_queues: &work_queues,
         connections: &connections,
+        consumers: &consumers,
+        expected_consumers: &expected_consumers,
         expected_connections: &expected_connections,
         actions: &done,
     };
@@ -355,7 +364,8 @@ async fn wait_quiescent(
                 queues
                     .iter()
                     .find(|q| q.name == *name)
-                    .map_or(1, |q| q.messages_ready + q.messages_unacknowledged)
+                    .and_then(|q| q.in_queue())
+                    .unwrap_or(1)
             })
             .sum();
         let connections = mgmt.connection_names().await.unwrap_or_default();

@@ -6,7 +6,14 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    messaging::telemetry::init();
+    // The harness prints its own progress lines; its log shows warnings unless RUST_LOG says
+    // otherwise. The services log to files in the run directory (--service-log).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
     let options = chaos::Options::parse();
     tokio::select! {
         outcome = chaos::run(options) => match outcome {

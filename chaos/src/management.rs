@@ -4,15 +4,21 @@
 use anyhow::Result;
 use serde::Deserialize;
 
+/// A queue's counts. They are absent (not zero) until the node has collected statistics for
+/// the queue, e.g. right after a restart; absent must never read as "empty".
 #[derive(Debug, Clone, Deserialize)]
 pub struct QueueStats {
     pub name: String,
-    #[serde(default)]
-    pub messages_ready: i64,
-    #[serde(default)]
-    pub messages_unacknowledged: i64,
-    #[serde(default)]
-    pub consumers: i64,
+    pub messages_ready: Option<i64>,
+    pub messages_unacknowledged: Option<i64>,
+    pub consumers: Option<i64>,
+}
+
+impl QueueStats {
+    /// Ready + unacked, or `None` while the counts are not known.
+    pub fn in_queue(&self) -> Option<i64> {
+        Some(self.messages_ready? + self.messages_unacknowledged?)
+    }
 }
 
 pub struct Management {
@@ -42,6 +48,21 @@ impl Management {
     pub async fn queues(&self) -> Result<Vec<QueueStats>> {
         self.get("/api/queues/%2f?columns=name,messages_ready,messages_unacknowledged,consumers")
             .await
+    }
+
+    /// Every consumer: (queue, consumer tag, prefetch).
+    pub async fn consumers(&self) -> Result<Vec<(String, String, i64)>> {
+        let all: Vec<serde_json::Value> = self.get("/api/consumers/%2f").await?;
+        Ok(all
+            .iter()
+            .map(|c| {
+                (
+                    c["queue"]["name"].as_str().unwrap_or_default().to_owned(),
+                    c["consumer_tag"].as_str().unwrap_or_default().to_owned(),
+                    c["prefetch_count"].as_i64().unwrap_or(-1),
+                )
+            })
+            .collect())
     }
 
     /// The `connection_name` every connected client gave.

@@ -14,6 +14,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::processes::{Proc, Spec, free_port};
 
+/// The prefetch the work-queue consumers are configured with; check 4 expects it back on
+/// every consumer after the reconnects.
+pub const PREFETCH: i64 = 32;
+
 /// A service of the saga, by the name of its binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Service {
@@ -31,6 +35,16 @@ impl Service {
             Service::Orders => "orders",
             Service::Products => "products",
         }
+    }
+
+    /// The work queue this service consumes, and its consumer tag.
+    pub fn work_queue(self) -> Option<(&'static str, String)> {
+        let queue = match self {
+            Service::Orders => messaging::topology::ORDERS_QUEUE,
+            Service::Products => messaging::topology::PRODUCTS_QUEUE,
+            Service::Gateway => return None,
+        };
+        Some((queue, format!("{}.{queue}", self.name())))
     }
 
     pub fn parse(name: &str) -> Option<Self> {
@@ -79,11 +93,18 @@ impl ServiceProc {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        if service == Service::Orders {
-            env.insert(
-                "ORDER_DEADLINE_MS".into(),
-                shared.order_deadline_ms.to_string(),
-            );
+        match service {
+            Service::Orders => {
+                env.insert(
+                    "ORDER_DEADLINE_MS".into(),
+                    shared.order_deadline_ms.to_string(),
+                );
+                env.insert("ORDERS_PREFETCH".into(), PREFETCH.to_string());
+            }
+            Service::Products => {
+                env.insert("PRODUCTS_PREFETCH".into(), PREFETCH.to_string());
+            }
+            Service::Gateway => {}
         }
         let proc = Proc::new(Spec {
             name: service.name().into(),
