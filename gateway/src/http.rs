@@ -1,11 +1,11 @@
 //! The routes of the API and what each answers.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -16,7 +16,7 @@ use messaging::problem::Problem;
 use messaging::rpc::{RpcClient, RpcError};
 use messaging::topology::{COMMANDS, keys};
 use serde::de::DeserializeOwned;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::extract::ValidJson;
@@ -49,26 +49,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn(record_request))
+        .layer(middleware::from_fn(messaging::ops::record_request))
         .with_state(state)
-}
-
-/// One span and one duration sample per request, labelled by route and status.
-async fn record_request(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
-    let span = info_span!("request", %method, %route, request_id = %Uuid::now_v7());
-    let started = Instant::now();
-    let response = next.run(req).instrument(span.clone()).await;
-    let status = response.status().as_u16().to_string();
-    let elapsed = started.elapsed().as_secs_f64();
-    metrics::histogram!("http_request_duration_seconds", "route" => route.clone(), "method" => method.clone(), "status" => status.clone()).record(elapsed);
-    metrics::counter!("http_requests_total", "route" => route, "method" => method, "status" => status).increment(1);
-    response
 }
 
 async fn place_order(

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod config;
 pub mod consumer;
 pub mod contracts;
+pub mod deadletter;
 pub mod envelope;
 pub mod idempotency;
 pub mod ops;

@@ -4,14 +4,17 @@
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
+use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span};
 
 use crate::broker::Broker;
 
@@ -56,6 +59,26 @@ pub fn routes(ready: ReadyCheck) -> Router {
         )
         .route("/ready", get(move || readiness(ready.clone())))
         .route("/metrics", get(move || async move { metrics.render() }))
+        .layer(middleware::from_fn(record_request))
+}
+
+/// Middleware: one span and one duration sample per request, labelled by route and status.
+pub async fn record_request(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let span = info_span!("request", %method, %route, request_id = %uuid::Uuid::now_v7());
+    let started = std::time::Instant::now();
+    let response = next.run(req).instrument(span).await;
+    let status = response.status().as_u16().to_string();
+    let elapsed = started.elapsed().as_secs_f64();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed);
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    response
 }
 
 async fn readiness(ready: ReadyCheck) -> impl IntoResponse {

@@ -52,7 +52,7 @@ pub const DELIVERY_LIMIT: i64 = 20;
 pub const RPC_MESSAGE_TTL_MS: i64 = 10_000;
 
 /// `(exchange, routing key, queue)`.
-/// Dead-letter bindings are per work queue, see [`declare`].
+/// Dead-letter bindings are per work queue, see [`bindings`].
 pub const BINDINGS: [(&str, &str, &str); 9] = [
     (COMMANDS, keys::ORDERS_CREATE, ORDERS_QUEUE),
     (EVENTS, keys::STOCK_RESERVED, ORDERS_QUEUE),
@@ -70,39 +70,82 @@ pub fn dlq(queue: &str) -> String {
     format!("{queue}.dlq")
 }
 
-/// Arguments of a work queue: quorum, at-least-once dead-lettering into its own DLQ.
-pub fn work_queue_args(queue: &str) -> FieldTable {
-    let mut args = FieldTable::default();
-    let text = |s: &str| AMQPValue::LongString(s.into());
-    args.insert("x-queue-type".into(), text("quorum"));
-    args.insert("x-dead-letter-exchange".into(), text(DLX));
-    args.insert("x-dead-letter-routing-key".into(), text(queue));
-    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
-    args.insert("x-overflow".into(), text("reject-publish"));
-    args.insert(
-        "x-delivery-limit".into(),
-        AMQPValue::LongLongInt(DELIVERY_LIMIT),
-    );
-    args
+/// A queue argument value (the two kinds the topology uses).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Text(&'static str),
+    Int(i64),
 }
 
-fn dlq_args() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    args
+/// A queue as declared: the one description both `declare` and `definitions` use.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    pub name: String,
+    pub args: Vec<(&'static str, Arg)>,
 }
 
-fn rpc_queue_args() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-message-ttl".into(),
-        AMQPValue::LongLongInt(RPC_MESSAGE_TTL_MS),
-    );
-    args
+impl QueueSpec {
+    fn field_table(&self) -> FieldTable {
+        let mut table = FieldTable::default();
+        for (key, value) in &self.args {
+            let value = match value {
+                Arg::Text(s) => AMQPValue::LongString((*s).into()),
+                Arg::Int(n) => AMQPValue::LongLongInt(*n),
+            };
+            table.insert((*key).into(), value);
+        }
+        table
+    }
 }
+
+/// Every queue of the topology with its arguments.
+pub fn queues() -> Vec<QueueSpec> {
+    let mut specs = Vec::new();
+    for queue in WORK_QUEUES {
+        specs.push(QueueSpec {
+            name: queue.to_owned(),
+            args: vec![
+                ("x-queue-type", Arg::Text("quorum")),
+                ("x-dead-letter-exchange", Arg::Text(DLX)),
+                ("x-dead-letter-routing-key", Arg::Text(queue)),
+                ("x-dead-letter-strategy", Arg::Text("at-least-once")),
+                ("x-overflow", Arg::Text("reject-publish")),
+                ("x-delivery-limit", Arg::Int(DELIVERY_LIMIT)),
+            ],
+        });
+        specs.push(QueueSpec {
+            name: dlq(queue),
+            args: vec![("x-queue-type", Arg::Text("quorum"))],
+        });
+    }
+    for queue in [ORDERS_RPC_QUEUE, PRODUCTS_RPC_QUEUE] {
+        specs.push(QueueSpec {
+            name: queue.to_owned(),
+            args: vec![("x-message-ttl", Arg::Int(RPC_MESSAGE_TTL_MS))],
+        });
+    }
+    specs
+}
+
+/// Every binding: `(exchange, routing key, queue)`, dead-letter bindings included.
+pub fn bindings() -> Vec<(String, String, String)> {
+    let mut all: Vec<_> = BINDINGS
+        .iter()
+        .map(|(e, k, q)| (e.to_string(), k.to_string(), q.to_string()))
+        .collect();
+    all.extend(
+        WORK_QUEUES
+            .iter()
+            .map(|q| (DLX.to_owned(), q.to_string(), dlq(q))),
+    );
+    all
+}
+
+const EXCHANGES: [(&str, ExchangeKind, &str); 3] = [
+    (COMMANDS, ExchangeKind::Direct, "direct"),
+    (EVENTS, ExchangeKind::Topic, "topic"),
+    (DLX, ExchangeKind::Direct, "direct"),
+];
 
 /// Declares every exchange, queue and binding. Safe to call any number of times.
 pub async fn declare(channel: &Channel) -> lapin::Result<()> {
@@ -110,11 +153,7 @@ pub async fn declare(channel: &Channel) -> lapin::Result<()> {
         durable: true,
         ..Default::default()
     };
-    for (name, kind) in [
-        (COMMANDS, ExchangeKind::Direct),
-        (EVENTS, ExchangeKind::Topic),
-        (DLX, ExchangeKind::Direct),
-    ] {
+    for (name, kind, _) in EXCHANGES {
         channel
             .exchange_declare(name.into(), kind, durable, FieldTable::default())
             .await?;
@@ -123,25 +162,41 @@ pub async fn declare(channel: &Channel) -> lapin::Result<()> {
         durable: true,
         ..Default::default()
     };
-    for queue in WORK_QUEUES {
+    for spec in queues() {
         channel
-            .queue_declare(queue.into(), durable_queue, work_queue_args(queue))
-            .await?;
-        let dlq = dlq(queue);
-        channel
-            .queue_declare(dlq.as_str().into(), durable_queue, dlq_args())
-            .await?;
-        bind(channel, DLX, queue, &dlq).await?;
-    }
-    for queue in [ORDERS_RPC_QUEUE, PRODUCTS_RPC_QUEUE] {
-        channel
-            .queue_declare(queue.into(), durable_queue, rpc_queue_args())
+            .queue_declare(spec.name.as_str().into(), durable_queue, spec.field_table())
             .await?;
     }
-    for (exchange, key, queue) in BINDINGS {
-        bind(channel, exchange, key, queue).await?;
+    for (exchange, key, queue) in bindings() {
+        bind(channel, &exchange, &key, &queue).await?;
     }
     Ok(())
+}
+
+/// The topology in RabbitMQ's definitions format (exchanges, queues, bindings) for `vhost`, as
+/// `deploy/rabbitmq/definitions.json` holds it for the broker to load at boot.
+pub fn definitions(vhost: &str) -> serde_json::Value {
+    use serde_json::json;
+    let exchanges: Vec<_> = EXCHANGES
+        .iter()
+        .map(|(name, _, kind)| json!({"name": name, "vhost": vhost, "type": kind, "durable": true, "auto_delete": false, "internal": false, "arguments": {}}))
+        .collect();
+    let queues: Vec<_> = queues()
+        .into_iter()
+        .map(|q| {
+            let args: serde_json::Map<_, _> = q
+                .args
+                .iter()
+                .map(|(k, v)| (k.to_string(), match v { Arg::Text(s) => json!(s), Arg::Int(n) => json!(n) }))
+                .collect();
+            json!({"name": q.name, "vhost": vhost, "durable": true, "auto_delete": false, "arguments": args})
+        })
+        .collect();
+    let bindings: Vec<_> = bindings()
+        .into_iter()
+        .map(|(e, k, q)| json!({"source": e, "vhost": vhost, "destination": q, "destination_type": "queue", "routing_key": k, "arguments": {}}))
+        .collect();
+    json!({"exchanges": exchanges, "queues": queues, "bindings": bindings})
 }
 
 async fn bind(channel: &Channel, exchange: &str, key: &str, queue: &str) -> lapin::Result<()> {
