@@ -372,3 +372,205 @@ fn recovery(e: &Evidence, figures: &mut Figures) -> Check {
 fn sample(ids: &[String]) -> String {
     ids.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    //! The checks must be able to fail: each is fed evidence with one thing wrong.
+
+    use std::collections::BTreeSet;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::load::Accepted;
+    use crate::schedule::Action;
+
+    struct World {
+        load: LoadOutcome,
+        products: Vec<Product>,
+        orders: HashMap<String, OrderRow>,
+        stock: HashMap<String, i64>,
+        tap: TapReport,
+        queues: Vec<QueueStats>,
+        connections: Vec<String>,
+        consumers: Vec<(String, String, i64)>,
+        actions: Vec<Done>,
+    }
+
+    fn queue(name: &str, ready: Option<i64>) -> QueueStats {
+        QueueStats {
+            name: name.into(),
+            messages_ready: ready,
+            messages_unacknowledged: Some(0),
+            consumers: Some(1),
+        }
+    }
+
+    /// Two orders of 2 on a product of 10: one confirmed, one rejected, all seen, all drained.
+    fn healthy() -> World {
+        let up = SystemTime::now() - Duration::from_secs(60);
+        let confirmed_at = OffsetDateTime::from(up + Duration::from_secs(3))
+            .format(&Rfc3339)
+            .unwrap();
+        let mut load = LoadOutcome::default();
+        let mut orders = HashMap::new();
+        let mut tap = TapReport {
+            by_order: HashMap::new(),
+            deliveries: 4,
+        };
+        for (id, status) in [("o1", "CONFIRMED"), ("o2", "REJECTED")] {
+            load.accepted.insert(
+                id.into(),
+                Accepted {
+                    product_id: "p".into(),
+                    quantity: 2,
+                    key: format!("k-{id}"),
+                    attempts: 1,
+                },
+            );
+            orders.insert(
+                id.into(),
+                OrderRow {
+                    product_id: "p".into(),
+                    quantity: 2,
+                    status: status.into(),
+                    updated_at: confirmed_at.clone(),
+                },
+            );
+            let kinds = tap.by_order.entry(id.into()).or_default();
+            kinds.insert("order.created".into(), BTreeSet::from([format!("{id}-a")]));
+            kinds.insert(
+                format!("order.{}", status.to_lowercase()),
+                BTreeSet::from([format!("{id}-b")]),
+            );
+        }
+        let mut queues = vec![
+            queue("orders_queue", Some(0)),
+            queue("products_queue", Some(0)),
+        ];
+        for q in topology::WORK_QUEUES {
+            queues.push(queue(&topology::dlq(q), Some(0)));
+        }
+        World {
+            load,
+            products: vec![Product {
+                id: "p".into(),
+                initial_stock: 10,
+            }],
+            orders,
+            stock: HashMap::from([("p".into(), 8)]),
+            tap,
+            queues,
+            connections: vec!["orders@h".into()],
+            consumers: vec![("orders_queue".into(), "orders.orders_queue".into(), 32)],
+            actions: vec![Done {
+                action: "broker@1+1".parse::<Action>().unwrap(),
+                killed_at: 1.0,
+                restarted_at: 9.0,
+                up_again: Some(up),
+                error: None,
+            }],
+        }
+    }
+
+    fn check(world: &World) -> Vec<Check> {
+        let evidence = Evidence {
+            load: &world.load,
+            products: &world.products,
+            orders: &world.orders,
+            stock: &world.stock,
+            tap: &world.tap,
+            queues: &world.queues,
+            work_queues: &["orders_queue", "products_queue"],
+            connections: &world.connections,
+            consumers: &world.consumers,
+            expected_consumers: &[("orders_queue".into(), "orders.orders_queue".into(), 32)],
+            expected_connections: &["orders@h".into()],
+            actions: &world.actions,
+        };
+        run(&evidence).0
+    }
+
+    fn failed(world: &World) -> Vec<u8> {
+        check(world)
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.number)
+            .collect()
+    }
+
+    #[test]
+    fn a_healthy_run_passes_every_check() {
+        let world = healthy();
+        assert_eq!(failed(&world), Vec::<u8>::new(), "{:#?}", check(&world));
+    }
+
+    #[test]
+    fn a_lost_or_stuck_order_fails_check_1() {
+        let mut lost = healthy();
+        lost.orders.remove("o2");
+        assert!(failed(&lost).contains(&1));
+        let mut stuck = healthy();
+        stuck.orders.get_mut("o2").unwrap().status = "PENDING".into();
+        assert!(failed(&stuck).contains(&1));
+        let mut two = healthy();
+        two.tap
+            .by_order
+            .get_mut("o1")
+            .unwrap()
+            .insert("order.cancelled".into(), BTreeSet::from(["x".into()]));
+        assert!(failed(&two).contains(&1));
+    }
+
+    #[test]
+    fn stock_that_does_not_add_up_fails_check_2() {
+        let mut world = healthy();
+        world.stock.insert("p".into(), 6);
+        assert_eq!(failed(&world), vec![2]);
+        world.stock.insert("p".into(), -2);
+        world.products[0].initial_stock = 0;
+        assert_eq!(failed(&world), vec![2]);
+    }
+
+    #[test]
+    fn a_second_confirmation_or_a_missing_event_fails_check_3() {
+        let mut twice = healthy();
+        twice
+            .tap
+            .by_order
+            .get_mut("o1")
+            .unwrap()
+            .get_mut("order.confirmed")
+            .unwrap()
+            .insert("o1-c".into());
+        assert_eq!(failed(&twice), vec![3]);
+        let mut unseen = healthy();
+        unseen.tap.by_order.remove("o2");
+        assert_eq!(failed(&unseen), vec![3]);
+    }
+
+    #[test]
+    fn undrained_unknown_or_unconsumed_queues_fail_check_4() {
+        let mut busy = healthy();
+        busy.queues[0].messages_ready = Some(3);
+        assert_eq!(failed(&busy), vec![4]);
+        let mut unknown = healthy();
+        unknown.queues[1].messages_ready = None;
+        assert_eq!(failed(&unknown), vec![4]);
+        let mut dead = healthy();
+        dead.queues[2].messages_ready = Some(1);
+        assert_eq!(failed(&dead), vec![4]);
+        let mut gone = healthy();
+        gone.connections.clear();
+        assert_eq!(failed(&gone), vec![4]);
+        let mut prefetch = healthy();
+        prefetch.consumers[0].2 = 0;
+        assert_eq!(failed(&prefetch), vec![4]);
+    }
+
+    #[test]
+    fn no_confirmation_after_a_broker_kill_fails_check_5() {
+        let mut world = healthy();
+        world.actions[0].up_again = Some(SystemTime::now());
+        assert_eq!(failed(&world), vec![5]);
+    }
+}

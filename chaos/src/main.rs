@@ -9,7 +9,7 @@ async fn main() -> std::process::ExitCode {
     // The harness prints its own progress lines; its log shows warnings unless RUST_LOG says
     // otherwise. The services log to files in the run directory (--service-log).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
