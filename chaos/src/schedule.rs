@@ -92,7 +92,7 @@ pub fn parse(schedule: &str) -> Result<Vec<Action>, ParseActionError> {
         .filter(|s| !s.trim().is_empty())
         .map(str::parse)
         .collect::<Result<_, _>>()?;
-    actions.sort_by(|a, b| a.at.cmp(&b.at));
+    actions.sort_by_key(|a| a.at);
     Ok(actions)
 }
 
