@@ -7,11 +7,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use messaging::Db;
+use messaging::auth::{Claims, Role};
 use messaging::config::CommonConfig;
 use messaging::service::Running;
 use serde_json::{Value, json};
 
 use crate::TestEnv;
+
+/// The secret the tests sign their tokens with.
+pub const JWT_SECRET: &str = "e2e-jwt-secret";
+/// The customer whose token `place_order` uses.
+pub const CUSTOMER: &str = "customer-1";
 
 /// How a test wants the system set up.
 #[derive(Clone)]
@@ -19,6 +25,8 @@ pub struct Options {
     pub deadline: Duration,
     /// Redis for orders and gateway (defaults to the env's shared Redis).
     pub redis_url: Option<String>,
+    /// Requests per second and burst per subject; `None` turns rate limiting off.
+    pub rate_limit: Option<(f64, u32)>,
 }
 
 impl Default for Options {
@@ -26,8 +34,24 @@ impl Default for Options {
         Self {
             deadline: Duration::from_secs(30),
             redis_url: None,
+            rate_limit: None,
         }
     }
+}
+
+/// A token signed with [`JWT_SECRET`], valid for an hour.
+pub fn token(sub: &str, role: Role, seller_id: Option<&str>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = Claims {
+        sub: sub.to_owned(),
+        role,
+        seller_id: seller_id.map(str::to_owned),
+        exp: now + 3600,
+    };
+    messaging::auth::issue(JWT_SECRET.as_bytes(), &claims).expect("sign a test token")
 }
 
 pub struct System {
@@ -35,6 +59,9 @@ pub struct System {
     pub orders: Option<Running>,
     pub products: Option<Running>,
     pub http: reqwest::Client,
+    /// CLIENT token of [`CUSTOMER`] and an ADMIN token.
+    pub client_token: String,
+    pub admin_token: String,
     gateway_url: String,
     common: CommonConfig,
     options: Options,
@@ -67,6 +94,8 @@ impl System {
             orders: None,
             products: None,
             http: reqwest::Client::new(),
+            client_token: token(CUSTOMER, Role::Client, None),
+            admin_token: token("admin", Role::Admin, None),
             gateway_url: String::new(),
             common,
             options,
@@ -93,10 +122,14 @@ impl System {
     }
 
     pub async fn start_gateway(&mut self) -> Result<()> {
+        let (rate_limit_per_sec, rate_limit_burst) = self.options.rate_limit.unwrap_or((0.0, 1));
         let config = gateway::Config {
             common: self.common.clone(),
             rpc_timeout: Duration::from_secs(5),
             max_body_bytes: 16 * 1024,
+            jwt_secret: JWT_SECRET.to_owned(),
+            rate_limit_per_sec,
+            rate_limit_burst,
         };
         let running = gateway::spawn(config).await?;
         self.gateway_url = running.url();
@@ -137,13 +170,29 @@ impl System {
         format!("{}{path}", self.gateway_url)
     }
 
+    /// A POST to the gateway as the test customer (CLIENT).
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(&self.client_token)
+    }
+
+    /// A request to the gateway with `token`.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(token)
+    }
+
     /// `POST /products`; returns the new product's id.
     pub async fn create_product(&self, stock: i64) -> Result<String> {
         let body =
             json!({ "name": "widget", "price": 9.99, "stock": stock, "sellerId": "seller-1" });
         let response = self
-            .http
-            .post(self.url("/products"))
+            .request(reqwest::Method::POST, "/products", &self.admin_token)
             .json(&body)
             .send()
             .await?;
@@ -180,8 +229,7 @@ impl System {
         key: Option<&str>,
     ) -> Result<reqwest::Response> {
         let mut request = self
-            .http
-            .post(self.url("/orders"))
+            .post("/orders")
             .json(&json!({ "productId": product_id, "quantity": quantity }));
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
@@ -207,8 +255,11 @@ impl System {
     /// `GET /orders/{id}` as JSON (None on 404).
     pub async fn order(&self, id: &str) -> Result<Option<Value>> {
         let response = self
-            .http
-            .get(self.url(&format!("/orders/{id}")))
+            .request(
+                reqwest::Method::GET,
+                &format!("/orders/{id}"),
+                &self.admin_token,
+            )
             .send()
             .await?;
         if response.status() == 404 {

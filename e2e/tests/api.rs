@@ -26,8 +26,7 @@ async fn post_raw(
     body: impl Into<reqwest::Body>,
 ) -> reqwest::Response {
     system
-        .http
-        .post(system.url(path))
+        .post(path)
         .header("content-type", content_type)
         .body(body)
         .send()
@@ -74,16 +73,8 @@ async fn every_validation_error_is_a_clear_problem() {
         ),
     ];
     for (body, field) in cases {
-        let (status, problem) = problem(
-            system
-                .http
-                .post(system.url("/orders"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, problem) =
+            problem(system.post("/orders").json(&body).send().await.unwrap()).await;
         assert_eq!(status, 422, "{body} → {problem}");
         let fields: Vec<_> = problem["errors"]
             .as_array()
@@ -108,8 +99,7 @@ async fn every_validation_error_is_a_clear_problem() {
     for body in products {
         let (status, problem) = problem(
             system
-                .http
-                .post(system.url("/products"))
+                .request(reqwest::Method::POST, "/products", &system.admin_token)
                 .json(&body)
                 .send()
                 .await
@@ -120,8 +110,7 @@ async fn every_validation_error_is_a_clear_problem() {
     }
 
     let bad_key = system
-        .http
-        .post(system.url("/orders"))
+        .post("/orders")
         .header("Idempotency-Key", "has space")
         .json(&json!({"productId": "p", "quantity": 1}));
     let (status, _) = problem(bad_key.send().await.unwrap()).await;
@@ -129,8 +118,11 @@ async fn every_validation_error_is_a_clear_problem() {
 
     let (status, _) = problem(
         system
-            .http
-            .get(system.url("/orders/no-such-order"))
+            .request(
+                reqwest::Method::GET,
+                "/orders/no-such-order",
+                &system.admin_token,
+            )
             .send()
             .await
             .unwrap(),

@@ -4,23 +4,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use messaging::OutgoingMessage;
+use messaging::auth::{Role, TokenVerifier};
 use messaging::broker::{Broker, PublishError};
 use messaging::contracts::{CreateOrder, CreateProduct, Found, GetById, OrderView, ProductView};
 use messaging::problem::Problem;
 use messaging::rpc::{RpcClient, RpcError};
 use messaging::topology::{COMMANDS, keys};
 use serde::de::DeserializeOwned;
+use tower_http::cors::{Any, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::auth::{Caller, forbidden};
 use crate::extract::ValidJson;
 use crate::idempotency::{IdempotencyStore, KeyUse, order_id_for, valid_key};
+use crate::ratelimit::RateLimiter;
 use crate::requests::{OrderAccepted, OrderRequest, ProductRequest, ProductResponse, price_cents};
 
 /// Seconds a client should wait before retrying after a 503.
@@ -32,6 +37,8 @@ pub struct AppState {
     pub rpc: Arc<RpcClient>,
     pub keys: IdempotencyStore,
     pub rpc_timeout: Duration,
+    pub verifier: TokenVerifier,
+    pub limiter: RateLimiter,
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
@@ -50,14 +57,53 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(messaging::ops::record_request))
+        .layer(cors())
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ))
         .with_state(state)
+}
+
+/// Browsers may call the API from any origin: it authenticates with bearer tokens, never
+/// cookies, so no credentials are ever sent implicitly.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("traceparent"),
+        ])
+        .expose_headers([header::LOCATION, header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
 }
 
 async fn place_order(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
-    ValidJson(req): ValidJson<OrderRequest>,
+    ValidJson(mut req): ValidJson<OrderRequest>,
 ) -> Result<Response, Problem> {
+    req.customer_id = Some(customer_of(&caller, req.customer_id.take())?);
     let key = idempotency_key(&headers)?;
     let order_id = match &key {
         Some(key) => {
@@ -109,6 +155,17 @@ async fn place_order(
         .into_response())
 }
 
+/// The order's customer is the caller; only an ADMIN may place an order for someone else.
+fn customer_of(caller: &Caller, asked: Option<String>) -> Result<String, Problem> {
+    match asked {
+        Some(other) if other != caller.0.sub && !caller.is(Role::Admin) => {
+            Err(forbidden("customerId must be the token's subject"))
+        }
+        Some(customer) => Ok(customer),
+        None => Ok(caller.0.sub.clone()),
+    }
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
@@ -136,14 +193,21 @@ fn traceparent(headers: &HeaderMap) -> Option<&str> {
     well_formed.then_some(value)
 }
 
+/// An order the caller may not see is answered like one that does not exist.
 async fn get_order(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<OrderView>, Problem> {
     let found: Found<OrderView> =
         call(&state, keys::ORDERS_GET, &GetById { id: id.clone() }).await?;
     found
         .found
+        .filter(|o| {
+            caller
+                .0
+                .sees(o.customer_id.as_deref(), o.seller_id.as_deref())
+        })
         .map(Json)
         .ok_or_else(|| Problem::not_found("order", &id))
 }
@@ -160,15 +224,26 @@ async fn get_product(
         .ok_or_else(|| Problem::not_found("product", &id))
 }
 
+/// ADMIN may create any product; a SELLER's products are always its own.
 async fn create_product(
     State(state): State<AppState>,
+    caller: Caller,
     ValidJson(req): ValidJson<ProductRequest>,
 ) -> Result<Response, Problem> {
+    caller.require(&[Role::Admin, Role::Seller])?;
+    let seller_id = if caller.is(Role::Seller) {
+        if req.seller_id.is_some() && req.seller_id != caller.0.seller_id {
+            return Err(forbidden("a seller can only create its own products"));
+        }
+        caller.0.seller_id.clone()
+    } else {
+        req.seller_id
+    };
     let new = CreateProduct {
         name: req.name.trim().to_owned(),
         price_cents: price_cents(req.price).unwrap_or_default(),
         stock: req.stock,
-        seller_id: req.seller_id,
+        seller_id,
     };
     let product: ProductView = call(&state, keys::PRODUCTS_CREATE, &new).await?;
     info!(product_id = %product.id, stock = product.stock, "product created");

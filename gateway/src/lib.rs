@@ -3,9 +3,11 @@
 //! `POST /orders` publishes `orders.create` and answers 202 only after the broker confirmed it;
 //! reads and product creation go to the owning service over AMQP request/response.
 
+pub mod auth;
 pub mod extract;
 pub mod http;
 pub mod idempotency;
+pub mod ratelimit;
 pub mod requests;
 
 use std::time::Duration;
@@ -26,6 +28,11 @@ pub struct Config {
     pub rpc_timeout: Duration,
     /// `MAX_BODY_BYTES`: larger request bodies get 413.
     pub max_body_bytes: usize,
+    /// `JWT_SECRET`: HS256 secret of the bearer tokens.
+    pub jwt_secret: String,
+    /// `RATE_LIMIT_PER_SEC` (0 = off) and `RATE_LIMIT_BURST`: each subject's token bucket.
+    pub rate_limit_per_sec: f64,
+    pub rate_limit_burst: u32,
 }
 
 impl Config {
@@ -34,6 +41,9 @@ impl Config {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             rpc_timeout: Duration::from_millis(env_or("RPC_TIMEOUT_MS", 3_000)?),
             max_body_bytes: env_or("MAX_BODY_BYTES", 16 * 1024)?,
+            jwt_secret: messaging::auth::jwt_secret_from_env(),
+            rate_limit_per_sec: env_or("RATE_LIMIT_PER_SEC", 20.0)?,
+            rate_limit_burst: env_or("RATE_LIMIT_BURST", 40)?,
         })
     }
 }
@@ -48,6 +58,13 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         rpc,
         keys: idempotency::IdempotencyStore::new(redis.clone(), &config.common.redis_prefix),
         rpc_timeout: config.rpc_timeout,
+        verifier: messaging::auth::TokenVerifier::new(config.jwt_secret.as_bytes()),
+        limiter: ratelimit::RateLimiter::new(
+            redis.clone(),
+            &config.common.redis_prefix,
+            config.rate_limit_per_sec,
+            config.rate_limit_burst,
+        ),
     };
     let ready = messaging::ops::broker_and_redis(broker.clone(), redis);
     let router = http::router(state, config.max_body_bytes).merge(messaging::ops::routes(ready));

@@ -99,6 +99,9 @@ pub struct OrderView {
     pub product_id: String,
     pub quantity: u32,
     pub customer_id: Option<String>,
+    /// Known once products answered (the seller of the product).
+    #[serde(default)]
+    pub seller_id: Option<String>,
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

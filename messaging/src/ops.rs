@@ -70,7 +70,7 @@ pub async fn record_request(req: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
-    let span = info_span!("request", %method, %route, request_id = %uuid::Uuid::now_v7());
+    let span = info_span!("request", %method, %route, request_id = %uuid::Uuid::now_v7(), subject = tracing::field::Empty);
     let started = std::time::Instant::now();
     let response = next.run(req).instrument(span).await;
     let status = response.status().as_u16().to_string();

@@ -79,6 +79,7 @@ pub fn get_order(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Opti
         product_id: o.product_id,
         quantity: o.quantity,
         customer_id: o.customer_id,
+        seller_id: o.seller_id,
         status: o.status,
         reason: o.reason,
         created_at: o.created_at,

@@ -1,0 +1,52 @@
+//! `dev-token`: prints a signed token for local use, e.g.
+//! `JWT_SECRET=… cargo run -p gateway --bin dev-token -- --sub alice --role CLIENT`.
+
+use clap::{Parser, ValueEnum};
+use messaging::auth::{Claims, Role, issue, jwt_secret_from_env};
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "SCREAMING_SNAKE_CASE")]
+enum RoleArg {
+    Admin,
+    Seller,
+    Client,
+}
+
+#[derive(Parser)]
+#[command(about = "Print a development JWT (HS256, signed with JWT_SECRET or the dev secret)")]
+struct Cli {
+    /// The subject: the customer id of a CLIENT.
+    #[arg(long)]
+    sub: String,
+    #[arg(long, value_enum)]
+    role: RoleArg,
+    /// Required for a SELLER: the seller its products belong to.
+    #[arg(long)]
+    seller_id: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let role = match cli.role {
+        RoleArg::Admin => Role::Admin,
+        RoleArg::Seller => Role::Seller,
+        RoleArg::Client => Role::Client,
+    };
+    if role == Role::Seller && cli.seller_id.is_none() {
+        anyhow::bail!("a SELLER token needs --seller-id");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let claims = Claims {
+        sub: cli.sub,
+        role,
+        seller_id: cli.seller_id,
+        exp: now + cli.ttl,
+    };
+    println!("{}", issue(jwt_secret_from_env().as_bytes(), &claims)?);
+    Ok(())
+}
