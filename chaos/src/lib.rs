@@ -133,12 +133,14 @@ pub async fn run(options: Options) -> Result<Outcome> {
         .connect_timeout(Duration::from_secs(2))
         .build()?;
 
+    let tokens = load::Tokens::new(&format!("chaos-{}", uuid::Uuid::new_v4()));
     let mut system = System::start(
         &run_dir,
         &bin_dir,
         &SystemOptions {
             order_deadline_ms: options.order_deadline_ms,
             rust_log: options.service_log.clone(),
+            jwt_secret: tokens.secret().to_owned(),
         },
         http.clone(),
     )
@@ -147,7 +149,8 @@ pub async fn run(options: Options) -> Result<Outcome> {
         .await
         .context("start the event tap")?;
     let gateway = system.gateway_url();
-    let products = load::create_products(&http, &gateway, options.products, options.orders).await?;
+    let products =
+        load::create_products(&http, &gateway, &tokens, options.products, options.orders).await?;
     println!(
         "chaos: {} products, stock {:?}; {} orders over {} s, {} clients; schedule {}",
         products.len(),
@@ -171,6 +174,7 @@ pub async fn run(options: Options) -> Result<Outcome> {
     let load_task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(load::run(
         http.clone(),
         gateway.clone(),
+        tokens.clone(),
         products.clone(),
         plan,
     )));
@@ -181,11 +185,12 @@ pub async fn run(options: Options) -> Result<Outcome> {
     }
     let load = load_task.await.context("the load task panicked")?;
     println!(
-        "[{:6.1}s] load finished: {} accepted, {} gave up, {} 503s retried, {} connection errors retried",
+        "[{:6.1}s] load finished: {} accepted, {} gave up, {} 503s, {} 429s and {} connection errors retried",
         load_started.elapsed().as_secs_f64(),
         load.accepted.len(),
         load.gave_up,
         load.retried_503,
+        load.retried_429,
         load.retried_connection
     );
 

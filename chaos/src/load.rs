@@ -1,7 +1,8 @@
 //! The load: a bounded number of `POST /orders`, spread evenly over the run, each with its own
 //! `Idempotency-Key`, against a few products with limited stock.
 //!
-//! Clients behave like real ones: a 503 or a connection error (refused, reset, timed out) is
+//! Clients behave like real ones: each of 50 customers has its own CLIENT token (the gateway
+//! rate-limits per subject); a 503, a 429 or a connection error (refused, reset, timed out) is
 //! retried with the same key and the same body after a capped, jittered backoff (honouring
 //! `Retry-After`), a bounded number of times. Some accepted orders are replayed once more with
 //! their key, and the replay must name the same order.
@@ -12,11 +13,48 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use messaging::auth::{Claims, Role};
 use rand::Rng;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::{debug, warn};
+
+/// How many customers (token subjects) the orders come from.
+pub const CUSTOMERS: usize = 50;
+
+/// Signs the bearer tokens of the harness's clients with the run's `JWT_SECRET`.
+#[derive(Clone)]
+pub struct Tokens {
+    secret: String,
+}
+
+impl Tokens {
+    pub fn new(secret: &str) -> Self {
+        Self {
+            secret: secret.to_owned(),
+        }
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// A token for `sub` with `role`, valid for two hours (longer than any run).
+    pub fn issue(&self, sub: &str, role: Role) -> Result<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let claims = Claims {
+            sub: sub.to_owned(),
+            role,
+            seller_id: None,
+            exp: now + 7200,
+        };
+        messaging::auth::issue(self.secret.as_bytes(), &claims).context("sign a token")
+    }
+}
 
 /// A product the load orders from.
 #[derive(Debug, Clone)]
@@ -51,6 +89,7 @@ pub struct LoadOutcome {
     /// Order id → what was ordered.
     pub accepted: HashMap<String, Accepted>,
     pub retried_503: u64,
+    pub retried_429: u64,
     pub retried_connection: u64,
     pub retried_other_5xx: u64,
     /// Orders whose client gave up after `max_attempts` (never accepted: not counted as lost).
@@ -65,6 +104,7 @@ pub struct LoadOutcome {
 #[derive(Default)]
 struct Counters {
     retried_503: AtomicU64,
+    retried_429: AtomicU64,
     retried_connection: AtomicU64,
     retried_other_5xx: AtomicU64,
     gave_up: AtomicU64,
@@ -77,12 +117,14 @@ struct Counters {
 pub async fn create_products(
     http: &reqwest::Client,
     gateway: &str,
+    tokens: &Tokens,
     count: usize,
     orders: usize,
 ) -> Result<Vec<Product>> {
     let count = count.max(1);
     // Quantities are 1..=3, so an order asks for 2 on average.
     let demand = (orders * 2 / count).max(1) as i64;
+    let admin = tokens.issue("chaos-admin", Role::Admin)?;
     let mut products = Vec::new();
     for i in 0..count {
         let stock = if i == 0 && count > 1 {
@@ -101,6 +143,7 @@ pub async fn create_products(
         for _ in 0..20 {
             match http
                 .post(format!("{gateway}/products"))
+                .bearer_auth(&admin)
                 .json(&body)
                 .send()
                 .await
@@ -130,10 +173,32 @@ pub async fn create_products(
 pub async fn run(
     http: reqwest::Client,
     gateway: String,
+    tokens: Tokens,
     products: Vec<Product>,
     plan: LoadPlan,
 ) -> LoadOutcome {
     let started = Instant::now();
+    let mut unexpected_at_start = Vec::new();
+    let customers: Arc<Vec<(String, String)>> = Arc::new(
+        (0..CUSTOMERS)
+            .filter_map(|i| {
+                let sub = format!("customer-{i}");
+                match tokens.issue(&sub, Role::Client) {
+                    Ok(token) => Some((sub, token)),
+                    Err(e) => {
+                        unexpected_at_start.push(format!("{e:#}"));
+                        None
+                    }
+                }
+            })
+            .collect(),
+    );
+    if customers.is_empty() {
+        return LoadOutcome {
+            unexpected: unexpected_at_start,
+            ..Default::default()
+        };
+    }
     let next = Arc::new(AtomicUsize::new(0));
     let counters = Arc::new(Counters::default());
     let accepted = Arc::new(Mutex::new(HashMap::new()));
@@ -148,11 +213,12 @@ pub async fn run(
             counters: counters.clone(),
             max_attempts: plan.max_attempts,
         };
-        let (next, accepted, unexpected, products) = (
+        let (next, accepted, unexpected, products, customers) = (
             next.clone(),
             accepted.clone(),
             unexpected.clone(),
             products.clone(),
+            customers.clone(),
         );
         let (total, replay_share) = (plan.orders, plan.replay_share);
         workers.spawn(async move {
@@ -172,18 +238,19 @@ pub async fn run(
                     )
                 };
                 let key = format!("chaos-{}", uuid::Uuid::new_v4());
+                let (customer, token) = &customers[i % customers.len()];
                 let body = json!({
                     "productId": product,
                     "quantity": quantity,
-                    "customerId": format!("customer-{}", i % 50),
+                    "customerId": customer,
                 });
-                match client.place(&key, &body).await {
+                match client.place(&key, token, &body).await {
                     Placed::Accepted { order_id, attempts } => {
                         if replay {
                             client.counters.replays.fetch_add(1, Ordering::Relaxed);
                             if let Placed::Accepted {
                                 order_id: again, ..
-                            } = client.place(&key, &body).await
+                            } = client.place(&key, token, &body).await
                                 && again != order_id
                             {
                                 unexpected.lock().await.push(format!(
@@ -211,10 +278,12 @@ pub async fn run(
     }
     while workers.join_next().await.is_some() {}
     let accepted = std::mem::take(&mut *accepted.lock().await);
-    let unexpected = std::mem::take(&mut *unexpected.lock().await);
+    let mut unexpected = std::mem::take(&mut *unexpected.lock().await);
+    unexpected.extend(unexpected_at_start);
     LoadOutcome {
         accepted,
         retried_503: counters.retried_503.load(Ordering::Relaxed),
+        retried_429: counters.retried_429.load(Ordering::Relaxed),
         retried_connection: counters.retried_connection.load(Ordering::Relaxed),
         retried_other_5xx: counters.retried_other_5xx.load(Ordering::Relaxed),
         gave_up: counters.gave_up.load(Ordering::Relaxed),
@@ -239,13 +308,14 @@ struct Client {
 
 impl Client {
     /// `POST /orders` until a 202 or a final answer, retrying with the same key.
-    async fn place(&self, key: &str, body: &Value) -> Placed {
+    async fn place(&self, key: &str, token: &str, body: &Value) -> Placed {
         let mut backoff = Duration::from_millis(200);
         for attempt in 1..=self.max_attempts {
             let sent = self
                 .http
                 .post(format!("{}/orders", self.gateway))
                 .header("Idempotency-Key", key)
+                .bearer_auth(token)
                 .json(body)
                 .send()
                 .await;
@@ -264,8 +334,13 @@ impl Client {
                         None => Placed::Unexpected(format!("202 without orderId for key {key}")),
                     };
                 }
-                Ok(r) if r.status() == 503 => {
-                    self.counters.retried_503.fetch_add(1, Ordering::Relaxed);
+                Ok(r) if r.status() == 503 || r.status() == 429 => {
+                    let counter = if r.status() == 503 {
+                        &self.counters.retried_503
+                    } else {
+                        &self.counters.retried_429
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
                     let retry_after = r
                         .headers()
                         .get("retry-after")
@@ -275,7 +350,7 @@ impl Client {
                     if let Some(after) = retry_after {
                         wait = wait.max(after);
                     }
-                    debug!(key, attempt, "503; retrying with the same key");
+                    debug!(key, attempt, status = %r.status(), "retrying with the same key");
                 }
                 Ok(r) if r.status().is_server_error() => {
                     self.counters

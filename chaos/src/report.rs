@@ -56,6 +56,10 @@ impl Summary<'_> {
             ("cancelled", count("CANCELLED").to_string()),
             ("503s retried", self.load.retried_503.to_string()),
             (
+                "429s retried (rate limit)",
+                self.load.retried_429.to_string(),
+            ),
+            (
                 "connection errors retried",
                 self.load.retried_connection.to_string(),
             ),

@@ -60,6 +60,8 @@ pub struct Shared {
     pub redis_prefix: String,
     pub order_deadline_ms: u64,
     pub rust_log: String,
+    /// `JWT_SECRET` of the gateway (and the notifier): the harness signs its clients' tokens.
+    pub jwt_secret: String,
 }
 
 pub struct ServiceProc {
@@ -89,6 +91,7 @@ impl ServiceProc {
             ("REDIS_KEY_PREFIX", shared.redis_prefix.clone()),
             ("DATA_DIR", data_dir.display().to_string()),
             ("RUST_LOG", shared.rust_log.clone()),
+            ("JWT_SECRET", shared.jwt_secret.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -27,6 +27,7 @@ pub struct System {
 pub struct SystemOptions {
     pub order_deadline_ms: u64,
     pub rust_log: String,
+    pub jwt_secret: String,
 }
 
 impl System {
@@ -60,6 +61,7 @@ impl System {
             redis_prefix: "chaos:".into(),
             order_deadline_ms: options.order_deadline_ms,
             rust_log: options.rust_log.clone(),
+            jwt_secret: options.jwt_secret.clone(),
         };
         let mut services = BTreeMap::new();
         for service in Service::ALL {
