@@ -5,6 +5,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/ensure-deps.sh || exit 1
+tools=$(bash scripts/ensure-test-tools.sh) || exit 1
+export PATH="$tools:$PATH"
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -47,6 +47,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/orders/{id}", get(get_order))
         .route("/products", post(create_product))
         .route("/products/{id}", get(get_product))
+        .route(
+            "/openapi.json",
+            get(|| async { Json(crate::openapi::spec()) }),
+        )
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,
@@ -97,7 +101,22 @@ fn cors() -> CorsLayer {
         .max_age(Duration::from_secs(600))
 }
 
-async fn place_order(
+#[utoipa::path(post, path = "/orders",
+    request_body = OrderRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; the same key and body name the same order for 24 h")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "accepted once the broker confirmed orders.create", body = OrderAccepted, headers(("Location" = String, description = "/orders/{orderId}"))),
+        (status = 400, description = "malformed JSON or invalid Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "this subject's request budget is spent (Retry-After)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "customerId of someone else", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "not confirmed by the broker, or the idempotency store is down (Retry-After)", body = Problem, content_type = "application/problem+json")
+    ))]
+pub(crate) async fn place_order(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
@@ -194,7 +213,18 @@ fn traceparent(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// An order the caller may not see is answered like one that does not exist.
-async fn get_order(
+#[utoipa::path(get, path = "/orders/{id}",
+    params(("id" = String, Path, description = "the order id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the order", body = OrderView),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "this subject's request budget is spent (Retry-After)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such order, or not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the broker did not take the request", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "orders did not answer in time", body = Problem, content_type = "application/problem+json")
+    ))]
+pub(crate) async fn get_order(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -212,7 +242,15 @@ async fn get_order(
         .ok_or_else(|| Problem::not_found("order", &id))
 }
 
-async fn get_product(
+#[utoipa::path(get, path = "/products/{id}",
+    params(("id" = String, Path, description = "the product id")),
+    responses(
+        (status = 200, description = "the product with its current stock", body = ProductResponse),
+        (status = 404, description = "no such product", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the broker did not take the request", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "products did not answer in time", body = Problem, content_type = "application/problem+json")
+    ))]
+pub(crate) async fn get_product(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ProductResponse>, Problem> {
@@ -225,7 +263,22 @@ async fn get_product(
 }
 
 /// ADMIN may create any product; a SELLER's products are always its own.
-async fn create_product(
+#[utoipa::path(post, path = "/products",
+    request_body = ProductRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "created", body = ProductResponse, headers(("Location" = String, description = "/products/{id}"))),
+        (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "this subject's request budget is spent (Retry-After)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not ADMIN or SELLER, or another seller's product", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the broker did not take the request", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "products did not answer in time", body = Problem, content_type = "application/problem+json")
+    ))]
+pub(crate) async fn create_product(
     State(state): State<AppState>,
     caller: Caller,
     ValidJson(req): ValidJson<ProductRequest>,

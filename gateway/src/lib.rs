@@ -7,6 +7,7 @@ pub mod auth;
 pub mod extract;
 pub mod http;
 pub mod idempotency;
+pub mod openapi;
 pub mod ratelimit;
 pub mod requests;
 

@@ -15,11 +15,15 @@ const MAX_NAME_LEN: usize = 200;
 const MAX_PRICE: f64 = 1_000_000_000.0;
 const MAX_STOCK: i64 = 1_000_000_000;
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// An order of `quantity` units of a product. Unknown fields are refused.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrderRequest {
+    #[schema(min_length = 1, max_length = 64)]
     pub product_id: String,
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i64,
+    /// Defaults to the token's subject; only an ADMIN may name another customer.
     #[serde(default)]
     pub customer_id: Option<String>,
 }
@@ -39,12 +43,17 @@ impl Validate for OrderRequest {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A new product. `price` has at most two decimals. Unknown fields are refused.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProductRequest {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    #[schema(minimum = 0, maximum = 1000000000)]
     pub price: f64,
+    #[schema(minimum = 0, maximum = 1000000000)]
     pub stock: i64,
+    /// A SELLER's products always carry its own seller id.
     #[serde(default)]
     pub seller_id: Option<String>,
 }
@@ -101,7 +110,7 @@ fn field(name: &str, message: String) -> FieldError {
 }
 
 /// `202` body of `POST /orders`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderAccepted {
     pub order_id: String,
@@ -109,7 +118,7 @@ pub struct OrderAccepted {
 }
 
 /// A product as the API shows it (price in currency units, as it was given).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProductResponse {
     pub id: String,

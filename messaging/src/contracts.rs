@@ -92,7 +92,7 @@ pub struct ProductView {
 }
 
 /// An order as the orders service reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderView {
     pub order_id: String,
@@ -102,6 +102,7 @@ pub struct OrderView {
     /// Known once products answered (the seller of the product).
     #[serde(default)]
     pub seller_id: Option<String>,
+    #[schema(pattern = "^(PENDING|CONFIRMED|REJECTED|CANCELLED)$")]
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

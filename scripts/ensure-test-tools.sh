@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what only the tests need into .tools/ (git-ignored): schemathesis (PyPI) in a
+# virtualenv of its own, since Debian's system Python refuses global pip installs.
+# Prints the directory to put on PATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=.tools/venv
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if [ ! -x "$venv/bin/schemathesis" ]; then
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    echo "[tools] installing python3-venv" >&2
+    as_root apt-get update -qq >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >&2
+  fi
+  echo "[tools] installing schemathesis into $venv" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv" >&2
+  "$venv/bin/pip" install -q "schemathesis>=4,<5" >&2
+fi
+echo "$PWD/$venv/bin"
