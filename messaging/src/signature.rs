@@ -178,5 +178,6 @@ mod tests {
         let again = Secret::parse(fresh.expose()).unwrap();
         assert_eq!(again.sign("a", 1, b"b"), fresh.sign("a", 1, b"b"));
         assert_eq!(format!("{fresh:?}"), "Secret(whsec_…)");
+        assert!(Secret::parse(DEV_SECRET).is_ok());
     }
 }

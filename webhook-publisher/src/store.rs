@@ -359,6 +359,14 @@ pub fn settle_attempt(
             record.response_body
         ],
     )?;
+    // The subscription may have been deleted or disabled while this attempt was in flight: then
+    // nobody will take a retry, so the delivery ends here instead of staying pending forever.
+    let next = match next {
+        Next::RetryAt(_) if !subscription_active(tx, &job.subscription_id)? => {
+            &Next::Failed("the subscription was deleted or disabled".to_owned())
+        }
+        other => other,
+    };
     let (status, next_at, error) = match next {
         Next::Delivered => ("delivered", None, None),
         Next::RetryAt(at) => ("pending", Some(*at), record.error.clone()),
@@ -386,6 +394,16 @@ pub fn settle_attempt(
         disable_subscription(tx, &job.subscription_id, GONE_REASON)?;
     }
     Ok(())
+}
+
+fn subscription_active(tx: &Transaction, id: &str) -> rusqlite::Result<bool> {
+    tx.query_row(
+        "SELECT 1 FROM subscriptions WHERE id = ?1 AND status = 'active'",
+        params![id],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
 }
 
 pub const GONE_REASON: &str = "the endpoint answered 410 Gone: subscription disabled";
@@ -540,14 +558,7 @@ pub fn replay(tx: &Transaction, id: &str) -> rusqlite::Result<Result<Delivery, R
     if delivery.status != "failed" {
         return Ok(Err(ReplayRefused::NotFailed(delivery.status)));
     }
-    let active: Option<i64> = tx
-        .query_row(
-            "SELECT 1 FROM subscriptions WHERE id = ?1 AND status = 'active'",
-            params![delivery.subscription_id],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if active.is_none() {
+    if !subscription_active(tx, &delivery.subscription_id)? {
         return Ok(Err(ReplayRefused::SubscriptionInactive));
     }
     tx.execute(
