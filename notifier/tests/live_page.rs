@@ -240,5 +240,5 @@ async fn the_live_page_shows_events_and_reconnects_by_itself() {
     browser.kill().await.unwrap();
     publisher.stop().await;
     notifier.stop().await;
-    env.cleanup().await;
+    cleanup(env).await;
 }

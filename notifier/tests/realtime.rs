@@ -206,7 +206,7 @@ async fn every_role_gets_exactly_its_events_through_publisher_and_notifier() {
 
     publisher.stop().await;
     notifier.stop().await;
-    env.cleanup().await;
+    cleanup(env).await;
 }
 
 #[tokio::test]
@@ -297,7 +297,7 @@ async fn tampered_foreign_or_stale_webhooks_get_401_and_reach_nobody() {
     assert_eq!(admin.of_type("order.created")[0]["webhookId"], "w8");
 
     notifier.stop().await;
-    env.cleanup().await;
+    cleanup(env).await;
 }
 
 #[tokio::test]
@@ -353,7 +353,7 @@ async fn two_instances_both_deliver_and_a_duplicate_reaches_clients_once() {
 
     one.stop().await;
     two.stop().await;
-    env.cleanup().await;
+    cleanup(env).await;
 }
 
 #[tokio::test]
@@ -415,7 +415,7 @@ async fn bad_tokens_get_401_before_the_upgrade() {
     assert_eq!(good_but_no_upgrade.status(), 400);
 
     notifier.stop().await;
-    env.cleanup().await;
+    cleanup(env).await;
 }
 
 #[tokio::test]
@@ -524,7 +524,7 @@ async fn rooms_are_joined_only_when_the_token_allows_and_narrow_the_feed() {
     c1.wait_for(|m| m["type"] == "pong").await;
 
     notifier.stop().await;
-    env.cleanup().await;
+    cleanup(env).await;
 }
 
 #[tokio::test]
@@ -569,5 +569,5 @@ async fn a_silent_client_is_disconnected_and_a_live_one_is_kept() {
     live.wait_for(has_order("o-live")).await;
 
     notifier.stop().await;
-    env.cleanup().await;
+    cleanup(env).await;
 }

@@ -176,20 +176,23 @@ impl Dispatcher {
 }
 
 fn log_outcome(job: &Job, sent: &Sent, next: &Next) {
-    let status = sent.record.status_code;
+    let status = sent
+        .record
+        .status_code
+        .map_or_else(|| "no response".to_owned(), |code| code.to_string());
     let latency_ms = sent.record.latency_ms;
     let error = sent.record.error.as_deref().unwrap_or("");
     let attempt = job.number;
     let outcome = match next {
         Next::Delivered => {
-            info!(attempt, ?status, latency_ms, event = %job.event_type, "webhook delivered");
+            info!(attempt, %status, latency_ms, event = %job.event_type, "webhook delivered");
             "delivered"
         }
         Next::RetryAt(at) => {
             let retry_in_ms = at - now_ms();
             warn!(
                 attempt,
-                ?status,
+                %status,
                 latency_ms,
                 error,
                 retry_in_ms,
@@ -198,7 +201,7 @@ fn log_outcome(job: &Job, sent: &Sent, next: &Next) {
             "retry"
         }
         Next::Failed(reason) => {
-            warn!(attempt, ?status, latency_ms, %reason, "webhook delivery failed for good; it can be replayed");
+            warn!(attempt, %status, latency_ms, %reason, "webhook delivery failed for good; it can be replayed");
             "failed"
         }
         Next::Gone => {

@@ -220,3 +220,22 @@ pub fn has_order(order_id: &str) -> impl Fn(&Value) -> bool + '_ {
             && m["type"].as_str().is_some_and(|t| t.starts_with("order."))
     }
 }
+
+/// Deletes the test's Redis keys (stats, dedupe markers, order owners) and its vhost.
+pub async fn cleanup(env: TestEnv) {
+    let client = redis::Client::open(env.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", env.redis_prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    env.cleanup().await;
+}
