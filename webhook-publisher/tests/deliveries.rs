@@ -357,3 +357,50 @@ async fn subscriptions_api_validates_and_a_bad_event_goes_to_the_dlq() {
     publisher.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn timeouts_and_long_answers_are_recorded_in_the_history() {
+    let env = TestEnv::new("wh-history").await.unwrap();
+    let slow = Endpoint::start(vec![], Answer::Hang).await;
+    let chatty = Endpoint::start(vec![], Answer::Big(500, 5000)).await;
+    let mut cfg = config(&env, &slow.url(), "50");
+    cfg.timeout = Duration::from_millis(300);
+    let publisher = start(cfg).await;
+    let base = publisher.url();
+    let chatty_id = subscribe(&base, &chatty.url(), &["*"]).await["id"].clone();
+    let client = TestClient::connect(&env.amqp_url).await.unwrap();
+    publish(&client, keys::ORDER_CREATED, "order-h").await;
+
+    let failed = e2e::eventually(LONG, || async {
+        let list = deliveries(&base, "status=failed").await;
+        (list.len() == 2).then_some(list)
+    })
+    .await
+    .expect("both deliveries should fail after two attempts");
+    for delivery in failed {
+        let detail = get_json(&format!(
+            "{base}/deliveries/{}",
+            delivery["id"].as_str().unwrap()
+        ))
+        .await;
+        let attempts = detail["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 2);
+        for attempt in attempts {
+            if detail["subscriptionId"] == chatty_id {
+                assert_eq!(attempt["statusCode"], 500);
+                let body = attempt["responseBody"].as_str().unwrap();
+                assert_eq!(body.len(), 1024, "the body is not truncated to 1 KiB");
+            } else {
+                assert!(attempt["statusCode"].is_null());
+                assert_eq!(attempt["error"], "the endpoint did not answer in time");
+                assert!(attempt["latencyMs"].as_i64().unwrap() >= 300);
+            }
+        }
+    }
+    assert_eq!(slow.received().len(), 2);
+    assert_eq!(chatty.received().len(), 2);
+
+    slow.release();
+    publisher.stop().await;
+    env.cleanup().await;
+}

@@ -71,6 +71,8 @@ pub enum Answer {
     RetryAfter(u16, u64),
     /// Never answers until the endpoint is released.
     Hang,
+    /// Status with a body of this many bytes.
+    Big(u16, usize),
 }
 
 struct Behaviour {
@@ -164,6 +166,9 @@ async fn answer(State(endpoint): State<Endpoint>, headers: HeaderMap, body: Byte
             "slow down",
         )
             .into_response(),
+        Answer::Big(code, size) => {
+            (StatusCode::from_u16(code).unwrap(), "x".repeat(size)).into_response()
+        }
         Answer::Hang => {
             endpoint.release.cancelled().await;
             (StatusCode::SERVICE_UNAVAILABLE, "released").into_response()
