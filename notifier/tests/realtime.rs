@@ -571,3 +571,64 @@ async fn a_silent_client_is_disconnected_and_a_live_one_is_kept() {
     notifier.stop().await;
     cleanup(env).await;
 }
+
+#[tokio::test]
+async fn a_redis_outage_is_a_503_the_sender_retries_and_the_notifier_recovers() {
+    let env = TestEnv::new("nt-redis").await.unwrap();
+    let mut redis = e2e::redis_server::RedisServer::start().await.unwrap();
+    let mut cfg = config(&env);
+    cfg.common.redis_url = redis.url();
+    let notifier = start(cfg).await;
+    let base = notifier.url();
+    let admin = WsClient::connect(&base, "admin", &token(Role::Admin, "root", None)).await;
+    let ready_status = || async {
+        reqwest::get(format!("{base}/ready"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+
+    redis.stop().await.unwrap();
+    let down = e2e::eventually(LONG, || async {
+        (ready_status().await == 503).then_some(())
+    })
+    .await;
+    assert!(down.is_some(), "/ready still says ready without Redis");
+    let outage = event("o-outage", Some("c1"), None);
+    let body = body(keys::ORDER_CREATED, &outage);
+    let ts = now();
+    let signature = Secret::parse(SECRET).unwrap().sign("msg_outage", ts, &body);
+    let refused = post_raw(&base, "msg_outage", ts, &signature, body.clone()).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    // Redis is back: the listener resubscribes and the retried webhook goes through once.
+    redis.restart().await.unwrap();
+    let up = e2e::eventually(LONG, || async {
+        (ready_status().await == 200).then_some(())
+    })
+    .await;
+    assert!(
+        up.is_some(),
+        "the notifier did not recover after Redis came back"
+    );
+    let accepted = e2e::eventually(LONG, || async {
+        // Each try is a fresh attempt, as the publisher would send it: new timestamp, same id.
+        let ts = now();
+        let signature = Secret::parse(SECRET).unwrap().sign("msg_outage", ts, &body);
+        let response = post_raw(&base, "msg_outage", ts, &signature, body.clone()).await;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+    assert!(accepted.is_some());
+    admin.wait_for(has_order("o-outage")).await;
+    assert_eq!(admin.order_events().len(), 1);
+
+    notifier.stop().await;
+    env.cleanup().await;
+}
