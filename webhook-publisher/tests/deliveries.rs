@@ -404,3 +404,52 @@ async fn timeouts_and_long_answers_are_recorded_in_the_history() {
     publisher.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_publisher_killed_mid_attempt_retries_after_the_lease() {
+    let env = TestEnv::new("wh-kill").await.unwrap();
+    let endpoint =
+        Endpoint::start(vec![Answer::Status(503), Answer::Status(503)], Answer::Hang).await;
+    let mut cfg = config(&env, &endpoint.url(), "100,100,100,100,100");
+    // The lease of a claimed delivery is the timeout + 5 s: keep it short for the test.
+    cfg.timeout = Duration::from_secs(1);
+    let publisher = start(cfg.clone()).await;
+    let client = TestClient::connect(&env.amqp_url).await.unwrap();
+    publish(&client, keys::ORDER_CONFIRMED, "order-k").await;
+
+    // The third attempt is in flight when the process dies: no drain, no bookkeeping.
+    let third = e2e::eventually(LONG, || async {
+        (endpoint.received().len() == 3).then_some(())
+    })
+    .await;
+    assert!(third.is_some());
+    drop(publisher);
+
+    endpoint.answer_always(Answer::Status(200));
+    endpoint.release();
+    let publisher = start(cfg).await;
+    let base = publisher.url();
+    let detail = wait_for_status(&base, "order-k", "delivered").await;
+    let codes: Vec<_> = detail["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["statusCode"].as_u64().unwrap())
+        .collect();
+    // The cut-off attempt left no record; the delivery went again once its lease ran out.
+    assert_eq!(codes, [503, 503, 200]);
+    assert_eq!(endpoint.received().len(), 4);
+    let ids: std::collections::HashSet<_> = endpoint
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "the retry after the crash must keep the webhook-id"
+    );
+
+    publisher.stop().await;
+    env.cleanup().await;
+}
