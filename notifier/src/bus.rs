@@ -217,22 +217,12 @@ pub async fn listen(
     let mut delays = backoff();
     while !stop.is_cancelled() {
         match subscribe(&redis_url, &channel).await {
-            Ok(mut pubsub) => {
+            Ok(pubsub) => {
                 delays = backoff();
                 subscribed.store(true, Ordering::SeqCst);
                 info!(%channel, "listening for events on Redis");
-                let mut messages = pubsub.on_message();
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        message = messages.next() => match message {
-                            Some(message) => deliver(&hub, message.get_payload_bytes()),
-                            None => {
-                                warn!(%channel, "lost the Redis subscription; reconnecting");
-                                break;
-                            }
-                        }
-                    }
+                if !relay(pubsub, &hub, &stop).await {
+                    warn!(%channel, "lost the Redis subscription; reconnecting");
                 }
                 subscribed.store(false, Ordering::SeqCst);
             }
@@ -242,6 +232,32 @@ pub async fn listen(
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// How often the subscription connection is checked with a PING: a connection that died without
+/// a reset (network partition) would otherwise look subscribed forever.
+const HEALTH_CHECK: Duration = Duration::from_secs(10);
+
+/// Hands messages to the hub until the subscription breaks (`false`) or `stop` (`true`).
+async fn relay(pubsub: redis::aio::PubSub, hub: &Hub, stop: &CancellationToken) -> bool {
+    let (mut sink, mut messages) = pubsub.split();
+    let mut health = tokio::time::interval(HEALTH_CHECK);
+    health.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return true,
+            message = messages.next() => match message {
+                Some(message) => deliver(hub, message.get_payload_bytes()),
+                None => return false,
+            },
+            _ = health.tick() => {
+                let pong = tokio::time::timeout(Duration::from_secs(3), sink.ping::<redis::Value>()).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    return false;
+                }
+            }
         }
     }
 }
