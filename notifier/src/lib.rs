@@ -121,7 +121,9 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         .route("/webhooks", post(receive::receive))
         .route("/ws", get(ws::upgrade))
         .with_state(state)
-        .merge(messaging::ops::routes(ready));
+        .merge(messaging::ops::routes(ready))
+        .fallback(receive::no_route)
+        .method_not_allowed_fallback(receive::wrong_method);
     let mut running = Running::start(SERVICE, config.common.http_addr, app).await?;
     let (redis_url, channel, listener_hub) =
         (config.common.redis_url.clone(), bus.channel(), hub.clone());

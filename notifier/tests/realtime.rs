@@ -269,6 +269,12 @@ async fn tampered_foreign_or_stale_webhooks_get_401_and_reach_nobody() {
             "{case}"
         );
     }
+    let wrong_method = reqwest::get(format!("{base}/webhooks")).await.unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(
+        wrong_method.headers()["content-type"],
+        "application/problem+json"
+    );
     let missing = reqwest::Client::new()
         .post(format!("{base}/webhooks"))
         .body(good.clone())

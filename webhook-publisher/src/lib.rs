@@ -119,7 +119,9 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         db,
         dispatcher: dispatcher.clone(),
     })
-    .merge(messaging::ops::routes(ready));
+    .merge(messaging::ops::routes(ready))
+    .fallback(http::no_route)
+    .method_not_allowed_fallback(http::wrong_method);
     let mut running = Running::start(SERVICE, config.common.http_addr, app).await?;
     running.spawn(move |stop| broker.run(stop));
     running.spawn(move |stop| dispatcher.run(stop));

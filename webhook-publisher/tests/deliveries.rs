@@ -334,6 +334,26 @@ async fn subscriptions_api_validates_and_a_bad_event_goes_to_the_dlq() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), 404);
+    let no_route = http
+        .get(format!("{base}/nothing-here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_route.status(), 404);
+    assert_eq!(
+        no_route.headers()["content-type"],
+        "application/problem+json"
+    );
+    let wrong_method = http
+        .put(format!("{base}/subscriptions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(
+        wrong_method.headers()["content-type"],
+        "application/problem+json"
+    );
 
     // An order event whose body is not an OrderEvent is dead-lettered, not retried forever.
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
