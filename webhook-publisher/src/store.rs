@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     UNIQUE (message_id, subscription_id)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (subscription_id, status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_next ON deliveries (status, next_attempt_at);
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     delivery_id TEXT NOT NULL REFERENCES deliveries (id),
