@@ -14,7 +14,7 @@ use messaging::topology::{WEBHOOKS_QUEUE, dlq, keys};
 async fn an_endpoint_failing_twice_gets_three_signed_attempts_and_one_delivery() {
     let env = TestEnv::new("wh-three").await.unwrap();
     let endpoint = Endpoint::start(
-        vec![Answer::Status(500), Answer::Status(502)],
+        vec![Answer::Status(500), Answer::Redirect],
         Answer::Status(204),
     )
     .await;
@@ -30,7 +30,9 @@ async fn an_endpoint_failing_twice_gets_three_signed_attempts_and_one_delivery()
         .iter()
         .map(|a| a["statusCode"].as_u64().unwrap())
         .collect();
-    assert_eq!(codes, [500, 502, 204]);
+    // A redirect is a failure and is not followed.
+    assert_eq!(codes, [500, 307, 204]);
+    assert_eq!(endpoint.followed(), 0);
     assert!(attempts.iter().all(|a| a["trigger"] == "scheduled"));
     assert_eq!(detail["attemptCount"], 3);
     assert_eq!(detail["webhookId"], format!("msg_{}", msg.message_id));

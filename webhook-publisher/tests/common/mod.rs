@@ -73,6 +73,8 @@ pub enum Answer {
     Hang,
     /// Status with a body of this many bytes.
     Big(u16, usize),
+    /// 307 to `/followed` on the same server (which would answer 200).
+    Redirect,
 }
 
 struct Behaviour {
@@ -81,6 +83,7 @@ struct Behaviour {
     received: Vec<Received>,
     in_flight: usize,
     max_in_flight: usize,
+    followed: usize,
 }
 
 /// A webhook endpoint on a free port whose answers a test scripts.
@@ -100,6 +103,7 @@ impl Endpoint {
             received: Vec::new(),
             in_flight: 0,
             max_in_flight: 0,
+            followed: 0,
         }));
         let release = CancellationToken::new();
         let endpoint = Self {
@@ -109,6 +113,7 @@ impl Endpoint {
         };
         let app = Router::new()
             .route("/hook", post(answer))
+            .route("/followed", axum::routing::any(followed))
             .with_state(endpoint.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -136,9 +141,19 @@ impl Endpoint {
         self.state.lock().unwrap().received.clone()
     }
 
+    /// How many redirects were followed (must stay 0).
+    pub fn followed(&self) -> usize {
+        self.state.lock().unwrap().followed
+    }
+
     pub fn max_in_flight(&self) -> usize {
         self.state.lock().unwrap().max_in_flight
     }
+}
+
+async fn followed(State(endpoint): State<Endpoint>) -> StatusCode {
+    endpoint.state.lock().unwrap().followed += 1;
+    StatusCode::OK
 }
 
 async fn answer(State(endpoint): State<Endpoint>, headers: HeaderMap, body: Bytes) -> Response {
@@ -164,6 +179,12 @@ async fn answer(State(endpoint): State<Endpoint>, headers: HeaderMap, body: Byte
             StatusCode::from_u16(code).unwrap(),
             [("retry-after", seconds.to_string())],
             "slow down",
+        )
+            .into_response(),
+        Answer::Redirect => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [("location", "/followed")],
+            "moved",
         )
             .into_response(),
         Answer::Big(code, size) => {
