@@ -11,7 +11,7 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "installing chromium for the live-page test" >&2
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq chromium
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 fi
 
 cargo test -p messaging -p webhook-publisher -p notifier "$@"

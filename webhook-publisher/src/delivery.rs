@@ -33,43 +33,30 @@ pub struct Sent {
     pub retry_after: Option<Duration>,
 }
 
+impl Sent {
+    /// An attempt that got no HTTP answer.
+    fn no_answer(started: Instant, error: String) -> Self {
+        Self {
+            record: AttemptRecord {
+                latency_ms: elapsed_ms(started),
+                error: Some(error),
+                ..Default::default()
+            },
+            retry_after: None,
+        }
+    }
+}
+
 /// Sends the job's request once.
 pub async fn send(client: &reqwest::Client, job: &Job) -> Sent {
     let started = Instant::now();
-    let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-    let signature = match Secret::parse(&job.secret) {
-        Ok(secret) => secret.sign(&job.webhook_id, timestamp, &job.payload),
-        Err(e) => {
-            return Sent {
-                record: AttemptRecord {
-                    error: Some(format!("the subscription's secret is unusable: {e}")),
-                    ..Default::default()
-                },
-                retry_after: None,
-            };
-        }
+    let request = match signed_request(client, job) {
+        Ok(request) => request,
+        Err(e) => return Sent::no_answer(started, e),
     };
-    let result = client
-        .post(&job.url)
-        .header(CONTENT_TYPE, "application/json")
-        .header("webhook-id", &job.webhook_id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(job.payload.clone())
-        .send()
-        .await;
-    let mut response = match result {
+    let mut response = match request.send().await {
         Ok(response) => response,
-        Err(e) => {
-            return Sent {
-                record: AttemptRecord {
-                    latency_ms: elapsed_ms(started),
-                    error: Some(describe(&e)),
-                    ..Default::default()
-                },
-                retry_after: None,
-            };
-        }
+        Err(e) => return Sent::no_answer(started, describe(&e)),
     };
     let status = response.status();
     let retry_after = retry_after(status.as_u16(), response.headers());
@@ -88,6 +75,21 @@ pub async fn send(client: &reqwest::Client, job: &Job) -> Sent {
         },
         retry_after,
     }
+}
+
+/// The POST of one attempt, signed with this attempt's timestamp.
+fn signed_request(client: &reqwest::Client, job: &Job) -> Result<reqwest::RequestBuilder, String> {
+    let secret = Secret::parse(&job.secret)
+        .map_err(|e| format!("the subscription's secret is unusable: {e}"))?;
+    let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signature = secret.sign(&job.webhook_id, timestamp, &job.payload);
+    Ok(client
+        .post(&job.url)
+        .header(CONTENT_TYPE, "application/json")
+        .header("webhook-id", &job.webhook_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(job.payload.clone()))
 }
 
 fn elapsed_ms(started: Instant) -> i64 {
