@@ -7,7 +7,7 @@
 //! duplicate can never be published twice. Every notifier instance subscribes to the channel
 //! and fans the events out to its own WebSocket clients.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -100,6 +100,9 @@ redis.call('PUBLISH', KEYS[5], cjson.encode(msg))
 return 1
 "#;
 
+/// Hashed once; Redis runs it by its SHA (EVALSHA) and loads it again after a restart.
+static ACCEPT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACCEPT));
+
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("redis pool: {0}")]
@@ -159,7 +162,7 @@ impl Bus {
         let data = &event.data;
         let seller = data.seller_id.clone().unwrap_or_default();
         let mut conn = self.pool.get().await?;
-        let published: i64 = Script::new(ACCEPT)
+        let published: i64 = ACCEPT_SCRIPT
             .key(format!("{}webhook-seen:{webhook_id}", self.prefix))
             .key(format!("{}stats:admin", self.prefix))
             .key(format!("{}stats:seller:{seller}", self.prefix))
