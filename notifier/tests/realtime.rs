@@ -61,6 +61,23 @@ async fn publish_event(client: &TestClient, kind: &str, event: &messaging::contr
     client.publish_message(&msg).await.unwrap();
 }
 
+/// Waits until `client` has `count` messages of `kind`, and checks there are not more.
+async fn stats_after(client: &WsClient, kind: &str, count: usize) -> Vec<serde_json::Value> {
+    let all = e2e::eventually(LONG, || async {
+        (client.of_type(kind).len() >= count).then_some(())
+    })
+    .await;
+    assert!(
+        all.is_some(),
+        "{} got {} {kind}, expected {count}",
+        client.name,
+        client.of_type(kind).len()
+    );
+    let got = client.of_type(kind);
+    assert_eq!(got.len(), count, "{} got too many {kind}", client.name);
+    got
+}
+
 fn set(items: &[(String, String)]) -> BTreeSet<(String, String)> {
     items.iter().cloned().collect()
 }
@@ -172,14 +189,13 @@ async fn every_role_gets_exactly_its_events_through_publisher_and_notifier() {
 
     // Stats: the admin gets one ADMIN_STATS_UPDATED per event, the last one with the totals;
     // a seller gets SELLER_STATS_UPDATED for its own seller id only; clients get none.
-    let admin_stats = admin.of_type("ADMIN_STATS_UPDATED");
-    assert_eq!(admin_stats.len(), everything.len());
+    // Each stats message follows its event in the same queue: wait for the last ones to land.
+    let admin_stats = stats_after(&admin, "ADMIN_STATS_UPDATED", everything.len()).await;
     assert_eq!(
         admin_stats.last().unwrap()["data"],
         json!({"created": 5, "confirmed": 2, "rejected": 2, "cancelled": 2, "unitsConfirmed": 4})
     );
-    let s1_stats = s1.of_type("SELLER_STATS_UPDATED");
-    assert_eq!(s1_stats.len(), expected_a.len());
+    let s1_stats = stats_after(&s1, "SELLER_STATS_UPDATED", expected_a.len()).await;
     assert!(s1_stats.iter().all(|m| m["data"]["sellerId"] == "s1"));
     assert_eq!(
         s1_stats.last().unwrap()["data"],

@@ -160,16 +160,35 @@ async fn a_dead_endpoint_does_not_delay_a_healthy_one() {
         "the healthy endpoint got {} of 10",
         healthy.received().len()
     );
-    // Meanwhile the dead endpoint holds only its own permits and has not finished a single
-    // attempt: the healthy deliveries never waited for it.
+    // The healthy endpoint answered them all while the dead one holds only its own permits and
+    // has not finished a single attempt: the healthy deliveries never waited for it.
+    let delivered = e2e::eventually(LONG, || async {
+        (deliveries(&base, "status=delivered").await.len() == 10).then_some(())
+    })
+    .await;
+    assert!(
+        delivered.is_some(),
+        "the healthy deliveries were not all recorded as delivered"
+    );
+    let dead_busy = e2e::eventually(LONG, || async {
+        (dead.received().len() == 2).then_some(())
+    })
+    .await;
+    assert!(
+        dead_busy.is_some(),
+        "the dead endpoint did not get its two requests"
+    );
     assert_eq!(
         dead.max_in_flight(),
         2,
         "per-endpoint concurrency is not bounded at 2"
     );
-    assert_eq!(dead.received().len(), 2);
-    assert_eq!(deliveries(&base, "status=delivered").await.len(), 10);
     assert_eq!(deliveries(&base, "status=pending").await.len(), 10);
+    assert_eq!(
+        dead.received().len(),
+        2,
+        "more requests than permits reached the dead endpoint"
+    );
 
     dead.release();
     publisher.stop().await;
@@ -247,15 +266,18 @@ async fn gone_disables_the_subscription_and_retry_after_is_honoured() {
         "Retry-After: 1 was not honoured ({waited:?})"
     );
 
-    let subscriptions = get_json(&format!("{base}/subscriptions")).await;
-    let default = subscriptions
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["url"] == gone.url())
-        .unwrap()
-        .clone();
-    assert_eq!(default["status"], "disabled");
+    // The 410 is settled independently of the other endpoint: wait for it.
+    let default = e2e::eventually(LONG, || async {
+        let subscriptions = get_json(&format!("{base}/subscriptions")).await;
+        let default = subscriptions
+            .as_array()?
+            .iter()
+            .find(|s| s["url"] == gone.url())?
+            .clone();
+        (default["status"] == "disabled").then_some(default)
+    })
+    .await
+    .expect("the subscription answering 410 was not disabled");
     assert!(
         default.get("secret").is_none(),
         "the list must not show secrets"
