@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod problem;
 pub mod rpc;
 pub mod service;
+pub mod signature;
 pub mod store;
 pub mod telemetry;
 pub mod topology;

@@ -1,0 +1,137 @@
+//! The notifier: receives the publisher's signed webhooks and pushes the events to WebSocket
+//! clients, filtered by who they are.
+//!
+//! `POST /webhooks` verifies and deduplicates a webhook and publishes it on the Redis channel
+//! `<prefix>events`; every instance listens on that channel and fans the events out to its own
+//! clients (`GET /ws?token=<JWT>`), so any number of instances behind a load balancer all
+//! deliver. `GET /` is a small live page. See `docs/webhooks.md`.
+
+pub mod auth;
+pub mod bus;
+pub mod hub;
+pub mod page;
+pub mod receive;
+pub mod ws;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use messaging::config::{CommonConfig, env_or};
+use messaging::service::Running;
+use messaging::signature::{DEV_SECRET, Secret};
+use tracing::warn;
+
+use crate::auth::TokenVerifier;
+use crate::bus::Bus;
+use crate::hub::Hub;
+
+pub const SERVICE: &str = "notifier";
+pub const DEFAULT_PORT: u16 = 8085;
+/// Used when `JWT_SECRET` is unset; development only, with a warning.
+pub const DEV_JWT_SECRET: &str = "dev-only-jwt-secret-change-me";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// `WEBHOOK_SECRET`: the secret the publisher signs with.
+    pub webhook_secret: Secret,
+    /// `JWT_SECRET`: HS256 key of WebSocket tokens.
+    pub jwt_secret: String,
+    /// How far a webhook's timestamp may be from now (Standard Webhooks: 5 minutes).
+    pub tolerance: Duration,
+    /// `WEBHOOK_DEDUPE_TTL_SECS`: how long a webhook id is remembered.
+    pub dedupe_ttl: Duration,
+    /// `WS_CLIENT_BUFFER`: messages queued per client before it counts as too slow.
+    pub client_buffer: usize,
+    /// `WS_PING_INTERVAL_MS`.
+    pub ping_interval: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let secret_text: String = env_or("WEBHOOK_SECRET", String::new())?;
+        let webhook_secret = if secret_text.is_empty() {
+            warn!(
+                "WEBHOOK_SECRET is not set: using the built-in development secret; set it in any shared or production environment"
+            );
+            Secret::parse(DEV_SECRET)?
+        } else {
+            Secret::parse(&secret_text).map_err(|e| anyhow::anyhow!("WEBHOOK_SECRET: {e}"))?
+        };
+        let mut jwt_secret: String = env_or("JWT_SECRET", String::new())?;
+        if jwt_secret.is_empty() {
+            warn!(
+                "JWT_SECRET is not set: using the built-in development secret; anyone can mint tokens for it"
+            );
+            jwt_secret = DEV_JWT_SECRET.to_owned();
+        }
+        Ok(Self {
+            common: CommonConfig::from_env(DEFAULT_PORT)?,
+            webhook_secret,
+            jwt_secret,
+            tolerance: Duration::from_secs(300),
+            dedupe_ttl: Duration::from_secs(env_or("WEBHOOK_DEDUPE_TTL_SECS", 86_400)?),
+            client_buffer: env_or("WS_CLIENT_BUFFER", 256)?,
+            ping_interval: Duration::from_millis(env_or("WS_PING_INTERVAL_MS", 20_000)?),
+        })
+    }
+}
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub bus: Bus,
+    pub hub: Arc<Hub>,
+    pub tokens: TokenVerifier,
+    pub webhook_secret: Secret,
+    pub tolerance: Duration,
+    pub ping_interval: Duration,
+}
+
+/// Connects to Redis, starts listening on the events channel and serves HTTP.
+pub async fn spawn(config: Config) -> anyhow::Result<Running> {
+    let pool = messaging::idempotency::redis_pool(&config.common.redis_url)?;
+    let bus = Bus::new(pool.clone(), &config.common.redis_prefix, config.dedupe_ttl);
+    let hub = Arc::new(Hub::new(config.client_buffer));
+    let subscribed = Arc::new(AtomicBool::new(false));
+    let state = AppState {
+        bus: bus.clone(),
+        hub: hub.clone(),
+        tokens: TokenVerifier::new(config.jwt_secret.as_bytes()),
+        webhook_secret: config.webhook_secret.clone(),
+        tolerance: config.tolerance,
+        ping_interval: config.ping_interval,
+    };
+    let ready_subscribed = subscribed.clone();
+    let ready: messaging::ops::ReadyCheck = Arc::new(move || {
+        let pool = pool.clone();
+        let listening = ready_subscribed.load(Ordering::SeqCst);
+        Box::pin(async move {
+            vec![
+                ("redis", messaging::idempotency::ping(&pool).await),
+                ("events_subscription", listening),
+            ]
+        })
+    });
+    let app = Router::new()
+        .route("/", get(page::page))
+        .route("/webhooks", post(receive::receive))
+        .route("/ws", get(ws::upgrade))
+        .with_state(state)
+        .merge(messaging::ops::routes(ready))
+        .fallback(receive::no_route)
+        .method_not_allowed_fallback(receive::wrong_method);
+    let mut running = Running::start(SERVICE, config.common.http_addr, app).await?;
+    let (redis_url, channel, listener_hub) =
+        (config.common.redis_url.clone(), bus.channel(), hub.clone());
+    running.spawn(move |stop| bus::listen(redis_url, channel, listener_hub, subscribed, stop));
+    // Upgraded connections outlive the HTTP server's graceful shutdown: close them ourselves.
+    running.spawn(move |stop| async move {
+        stop.cancelled().await;
+        hub.close_all();
+    });
+    Ok(running)
+}

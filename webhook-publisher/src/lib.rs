@@ -1,0 +1,129 @@
+//! The webhook publisher: delivers every `order.*` event to the HTTP endpoints that subscribed.
+//!
+//! It consumes `webhooks_queue`, records one delivery per matching subscription in
+//! `webhooks.db` (acking the message only after that commit), and a dispatcher sends them as
+//! Standard Webhooks requests with a durable retry schedule and per-endpoint concurrency. The HTTP
+//! API manages subscriptions and shows the delivery history. See `docs/webhooks.md`.
+
+pub mod consumer;
+pub mod delivery;
+pub mod dispatcher;
+pub mod http;
+pub mod schedule;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use messaging::broker::{Broker, BrokerConfig};
+use messaging::config::{CommonConfig, env_or};
+use messaging::service::Running;
+use messaging::signature::{DEV_SECRET, Secret};
+use messaging::topology::WEBHOOKS_QUEUE;
+use messaging::{Consumer, Db};
+use tracing::{info, warn};
+
+use crate::dispatcher::{Dispatcher, Settings};
+use crate::schedule::RetrySchedule;
+
+pub const SERVICE: &str = "webhook-publisher";
+pub const DEFAULT_PORT: u16 = 3003;
+pub const DEFAULT_NOTIFIER_URL: &str = "http://127.0.0.1:8085/webhooks";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// `NOTIFIER_URL`: where the default subscription points.
+    pub notifier_url: String,
+    /// `WEBHOOK_SECRET`: the default subscription's secret.
+    pub webhook_secret: Secret,
+    /// `WEBHOOK_RETRY_SCHEDULE_MS` and `WEBHOOK_RETRY_JITTER_PERCENT`.
+    pub schedule: RetrySchedule,
+    /// `WEBHOOK_TIMEOUT_MS`: time limit of one request.
+    pub timeout: Duration,
+    /// `WEBHOOK_ENDPOINT_CONCURRENCY`: requests in flight per subscription.
+    pub endpoint_concurrency: usize,
+    /// `WEBHOOKS_PREFETCH`: unacked events the consumer may hold.
+    pub prefetch: u16,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let jitter: f64 = env_or("WEBHOOK_RETRY_JITTER_PERCENT", 20.0)?;
+        let schedule_text: String = env_or(
+            "WEBHOOK_RETRY_SCHEDULE_MS",
+            "1000,2000,4000,8000,16000".to_owned(),
+        )?;
+        let schedule = RetrySchedule::parse_ms(&schedule_text, jitter / 100.0)
+            .map_err(|e| anyhow::anyhow!("WEBHOOK_RETRY_SCHEDULE_MS: {e}"))?;
+        Ok(Self {
+            common: CommonConfig::from_env(DEFAULT_PORT)?,
+            notifier_url: env_or("NOTIFIER_URL", DEFAULT_NOTIFIER_URL.to_owned())?,
+            webhook_secret: webhook_secret_from_env()?,
+            schedule,
+            timeout: Duration::from_millis(env_or("WEBHOOK_TIMEOUT_MS", 10_000)?),
+            endpoint_concurrency: env_or("WEBHOOK_ENDPOINT_CONCURRENCY", 4)?,
+            prefetch: env_or("WEBHOOKS_PREFETCH", 32)?,
+        })
+    }
+}
+
+/// `WEBHOOK_SECRET`, or the development secret with a warning.
+pub fn webhook_secret_from_env() -> anyhow::Result<Secret> {
+    let text: String = env_or("WEBHOOK_SECRET", String::new())?;
+    if text.is_empty() {
+        warn!(
+            "WEBHOOK_SECRET is not set: using the built-in development secret; set it in any shared or production environment"
+        );
+        return Ok(Secret::parse(DEV_SECRET)?);
+    }
+    Secret::parse(&text).map_err(|e| anyhow::anyhow!("WEBHOOK_SECRET: {e}"))
+}
+
+/// Opens `webhooks.db`, makes sure a subscription exists, connects to the broker and starts
+/// consuming, dispatching and serving.
+pub async fn spawn(config: Config) -> anyhow::Result<Running> {
+    let db = Db::open(&config.common.data_dir.join("webhooks.db"), store::SCHEMA).await?;
+    let (url, secret) = (config.notifier_url.clone(), config.webhook_secret.clone());
+    let created = db
+        .write(move |tx| store::ensure_default_subscription(tx, &url, &secret))
+        .await?;
+    if let Some(default) = created {
+        info!(subscription_id = %default.id, url = %default.url, "created the default subscription to the notifier");
+    }
+    let dispatcher = Dispatcher::new(
+        db.clone(),
+        Settings {
+            schedule: config.schedule.clone(),
+            timeout: config.timeout,
+            endpoint_concurrency: config.endpoint_concurrency,
+        },
+    )?;
+    let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));
+    let events = consumer::EventHandler {
+        db: db.clone(),
+        dispatcher: dispatcher.clone(),
+    };
+    // Recording an event is one short SQLite transaction; a few in flight hide its latency.
+    broker.attach(Arc::new(
+        Consumer::new(WEBHOOKS_QUEUE, SERVICE, events.into_handler())
+            .with_prefetch(config.prefetch, 4),
+    ));
+
+    let ready_broker = broker.clone();
+    let ready: messaging::ops::ReadyCheck = Arc::new(move || {
+        let connected = ready_broker.is_connected();
+        Box::pin(async move { vec![("broker", connected)] })
+    });
+    let app = http::router(http::AppState {
+        db,
+        dispatcher: dispatcher.clone(),
+    })
+    .merge(messaging::ops::routes(ready))
+    .fallback(http::no_route)
+    .method_not_allowed_fallback(http::wrong_method);
+    let mut running = Running::start(SERVICE, config.common.http_addr, app).await?;
+    running.spawn(move |stop| broker.run(stop));
+    running.spawn(move |stop| dispatcher.run(stop));
+    Ok(running)
+}

@@ -1,0 +1,587 @@
+//! `webhooks.db`: subscriptions, deliveries (one per event and subscription) and the history of
+//! every attempt.
+//!
+//! A delivery is `pending` until it is `delivered` (a 2xx) or `failed` (retries exhausted, 410,
+//! subscription removed). `next_attempt_at` (Unix ms) is when the dispatcher may try it next;
+//! claiming a delivery pushes it forward by a lease, so an attempt interrupted by a crash is simply
+//! tried again once the lease runs out. Everything the retry schedule needs is in this file, which
+//! is why pending retries survive a restart.
+
+use deadpool_sqlite::rusqlite::{self, Connection, OptionalExtension, Row, Transaction, params};
+use messaging::contracts::OrderEvent;
+use messaging::signature::Secret;
+use serde::Serialize;
+use serde_json::Value;
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'disabled')),
+    disabled_reason TEXT,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    webhook_id TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    order_id TEXT,
+    payload BLOB NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempt_count INTEGER NOT NULL DEFAULT 0,
+    scheduled_attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    manual_next INTEGER NOT NULL DEFAULT 0,
+    last_status_code INTEGER,
+    last_error TEXT,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+    UNIQUE (message_id, subscription_id)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (subscription_id, status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_next ON deliveries (status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id TEXT NOT NULL REFERENCES deliveries (id),
+    number INTEGER NOT NULL,
+    trigger TEXT NOT NULL CHECK (trigger IN ('scheduled', 'manual')),
+    status_code INTEGER,
+    latency_ms INTEGER NOT NULL,
+    error TEXT,
+    response_body TEXT,
+    attempted_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+CREATE INDEX IF NOT EXISTS attempts_by_delivery ON attempts (delivery_id);
+";
+
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
+
+/// The event types a subscription can ask for, besides the wildcards `*` and `order.*`.
+pub const EVENT_TYPES: [&str; 4] = [
+    "order.created",
+    "order.confirmed",
+    "order.rejected",
+    "order.cancelled",
+];
+
+/// Whether an event filter (`*`, `order.*` or an exact type) takes `event_type`.
+pub fn filter_matches(filter: &str, event_type: &str) -> bool {
+    match filter.strip_suffix('*') {
+        Some(prefix) => event_type.starts_with(prefix),
+        None => filter == event_type,
+    }
+}
+
+/// Current time in Unix milliseconds, the unit of `next_attempt_at`.
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    pub created_at: String,
+}
+
+const SUBSCRIPTION_COLUMNS: &str = "id, url, events, status, disabled_reason, created_at";
+
+fn subscription_row(row: &Row) -> rusqlite::Result<Subscription> {
+    let events: String = row.get(2)?;
+    Ok(Subscription {
+        id: row.get(0)?,
+        url: row.get(1)?,
+        events: serde_json::from_str(&events).unwrap_or_default(),
+        status: row.get(3)?,
+        disabled_reason: row.get(4)?,
+        created_at: row.get(5)?,
+    })
+}
+
+pub fn insert_subscription(
+    tx: &Transaction,
+    url: &str,
+    events: &[String],
+    secret: &Secret,
+) -> rusqlite::Result<Subscription> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let events_json = serde_json::to_string(events)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    tx.execute(
+        "INSERT INTO subscriptions (id, url, events, secret) VALUES (?1, ?2, ?3, ?4)",
+        params![id, url, events_json, secret.expose()],
+    )?;
+    tx.query_row(
+        &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?1"),
+        params![id],
+        subscription_row,
+    )
+}
+
+/// Creates the default subscription unless any subscription exists. Returns it when created.
+pub fn ensure_default_subscription(
+    tx: &Transaction,
+    url: &str,
+    secret: &Secret,
+) -> rusqlite::Result<Option<Subscription>> {
+    let count: i64 = tx.query_row("SELECT COUNT(*) FROM subscriptions", [], |r| r.get(0))?;
+    if count > 0 {
+        return Ok(None);
+    }
+    insert_subscription(tx, url, &["order.*".to_owned()], secret).map(Some)
+}
+
+pub fn list_subscriptions(conn: &Connection) -> rusqlite::Result<Vec<Subscription>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY created_at, id"
+    ))?;
+    let rows = stmt.query_map([], subscription_row)?;
+    rows.collect()
+}
+
+/// Deletes a subscription and fails its pending deliveries (nobody will take them any more).
+/// Returns whether it existed.
+pub fn delete_subscription(tx: &Transaction, id: &str) -> rusqlite::Result<bool> {
+    let deleted = tx.execute("DELETE FROM subscriptions WHERE id = ?1", params![id])?;
+    if deleted == 1 {
+        fail_pending_of(tx, id, "the subscription was deleted")?;
+    }
+    Ok(deleted == 1)
+}
+
+/// Disables a subscription (its endpoint answered 410 Gone) and fails its pending deliveries.
+pub fn disable_subscription(tx: &Transaction, id: &str, reason: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE subscriptions SET status = 'disabled', disabled_reason = ?2 WHERE id = ?1",
+        params![id, reason],
+    )?;
+    fail_pending_of(tx, id, reason)
+}
+
+fn fail_pending_of(tx: &Transaction, subscription_id: &str, reason: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        &format!(
+            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, last_error = ?2, updated_at = {NOW}
+             WHERE subscription_id = ?1 AND status = 'pending'"
+        ),
+        params![subscription_id, reason],
+    )?;
+    Ok(())
+}
+
+/// The JSON body of every request for one event: `{type, timestamp, data}`.
+pub fn webhook_body(event_type: &str, event: &OrderEvent) -> serde_json::Result<Vec<u8>> {
+    let timestamp = if event.occurred_at.is_empty() {
+        messaging_now_rfc3339()
+    } else {
+        event.occurred_at.clone()
+    };
+    serde_json::to_vec(&serde_json::json!({
+        "type": event_type,
+        "timestamp": timestamp,
+        "data": event,
+    }))
+}
+
+fn messaging_now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The `webhook-id` of an event: the same for every attempt and every subscriber, derived from
+/// the AMQP message id so a redelivered message keeps it.
+pub fn webhook_id(message_id: &str) -> String {
+    format!("msg_{message_id}")
+}
+
+/// Records one delivery per active subscription that wants `event_type`, unless this message was
+/// recorded before. Returns how many deliveries were created (`None` for a duplicate message).
+pub fn record_event(
+    tx: &Transaction,
+    message_id: &str,
+    event_type: &str,
+    event: &OrderEvent,
+) -> rusqlite::Result<Option<usize>> {
+    if !messaging::store::inbox_first_time(tx, message_id)? {
+        return Ok(None);
+    }
+    let body = webhook_body(event_type, event)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let subscriptions: Vec<Subscription> = list_subscriptions(tx)?
+        .into_iter()
+        .filter(|s| s.status == "active")
+        .filter(|s| s.events.iter().any(|f| filter_matches(f, event_type)))
+        .collect();
+    let now = now_ms();
+    for subscription in &subscriptions {
+        tx.execute(
+            "INSERT OR IGNORE INTO deliveries
+             (id, webhook_id, subscription_id, message_id, event_type, order_id, payload, status, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8)",
+            params![
+                uuid::Uuid::now_v7().to_string(),
+                webhook_id(message_id),
+                subscription.id,
+                message_id,
+                event_type,
+                event.order_id,
+                body,
+                now
+            ],
+        )?;
+    }
+    Ok(Some(subscriptions.len()))
+}
+
+/// Everything one attempt needs, read when the delivery is claimed.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub delivery_id: String,
+    pub webhook_id: String,
+    pub subscription_id: String,
+    pub url: String,
+    pub secret: String,
+    pub payload: Vec<u8>,
+    pub event_type: String,
+    pub order_id: Option<String>,
+    /// 1 for the first attempt.
+    pub number: i64,
+    pub scheduled_attempts: i64,
+    pub manual: bool,
+}
+
+/// The ids of active subscriptions (the dispatcher's endpoints).
+pub fn active_subscription_ids(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM subscriptions WHERE status = 'active'")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Claims up to `limit` due deliveries of one subscription: their next attempt time moves to
+/// `lease_until`, so no other pass takes them while they are in flight, and a crash mid-attempt
+/// only delays them until the lease runs out.
+pub fn claim_due(
+    tx: &Transaction,
+    subscription_id: &str,
+    now: i64,
+    lease_until: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Job>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT d.id, d.webhook_id, d.subscription_id, s.url, s.secret, d.payload, d.event_type,
+                d.order_id, d.attempt_count, d.scheduled_attempts, d.manual_next
+         FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
+         WHERE d.subscription_id = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
+               AND s.status = 'active'
+         ORDER BY d.next_attempt_at, d.id LIMIT ?3",
+    )?;
+    let jobs: Vec<Job> = stmt
+        .query_map(params![subscription_id, now, limit as i64], |r| {
+            Ok(Job {
+                delivery_id: r.get(0)?,
+                webhook_id: r.get(1)?,
+                subscription_id: r.get(2)?,
+                url: r.get(3)?,
+                secret: r.get(4)?,
+                payload: r.get(5)?,
+                event_type: r.get(6)?,
+                order_id: r.get(7)?,
+                number: r.get::<_, i64>(8)? + 1,
+                scheduled_attempts: r.get(9)?,
+                manual: r.get::<_, i64>(10)? != 0,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for job in &jobs {
+        tx.execute(
+            "UPDATE deliveries SET next_attempt_at = ?2 WHERE id = ?1",
+            params![job.delivery_id, lease_until],
+        )?;
+    }
+    Ok(jobs)
+}
+
+/// The earliest future attempt time of a pending delivery, to know how long to sleep.
+pub fn next_due_after(conn: &Connection, now: i64) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' AND next_attempt_at > ?1",
+        params![now],
+        |r| r.get(0),
+    )
+}
+
+/// What one HTTP attempt gave.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptRecord {
+    pub status_code: Option<u16>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+}
+
+/// Where the delivery goes after an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    Delivered,
+    RetryAt(i64),
+    Failed(String),
+    /// 410 Gone: the subscription is disabled and the delivery failed.
+    Gone,
+}
+
+/// Writes the attempt row and moves the delivery on, in one transaction.
+pub fn settle_attempt(
+    tx: &Transaction,
+    job: &Job,
+    record: &AttemptRecord,
+    next: &Next,
+) -> rusqlite::Result<()> {
+    let trigger = if job.manual { "manual" } else { "scheduled" };
+    tx.execute(
+        "INSERT INTO attempts (delivery_id, number, trigger, status_code, latency_ms, error, response_body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            job.delivery_id,
+            job.number,
+            trigger,
+            record.status_code,
+            record.latency_ms,
+            record.error,
+            record.response_body
+        ],
+    )?;
+    // The subscription may have been deleted or disabled while this attempt was in flight: then
+    // nobody will take a retry, so the delivery ends here instead of staying pending forever.
+    let next = match next {
+        Next::RetryAt(_) if !subscription_active(tx, &job.subscription_id)? => {
+            &Next::Failed("the subscription was deleted or disabled".to_owned())
+        }
+        other => other,
+    };
+    let (status, next_at, error) = match next {
+        Next::Delivered => ("delivered", None, None),
+        Next::RetryAt(at) => ("pending", Some(*at), record.error.clone()),
+        Next::Failed(reason) => ("failed", None, Some(reason.clone())),
+        Next::Gone => ("failed", None, Some(GONE_REASON.to_owned())),
+    };
+    tx.execute(
+        &format!(
+            "UPDATE deliveries SET status = ?2, next_attempt_at = ?3, last_error = ?4, last_status_code = ?5,
+                attempt_count = attempt_count + 1,
+                scheduled_attempts = scheduled_attempts + ?6,
+                manual_next = 0, updated_at = {NOW}
+             WHERE id = ?1"
+        ),
+        params![
+            job.delivery_id,
+            status,
+            next_at,
+            error,
+            record.status_code,
+            i64::from(!job.manual)
+        ],
+    )?;
+    if *next == Next::Gone {
+        disable_subscription(tx, &job.subscription_id, GONE_REASON)?;
+    }
+    Ok(())
+}
+
+fn subscription_active(tx: &Transaction, id: &str) -> rusqlite::Result<bool> {
+    tx.query_row(
+        "SELECT 1 FROM subscriptions WHERE id = ?1 AND status = 'active'",
+        params![id],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+}
+
+pub const GONE_REASON: &str = "the endpoint answered 410 Gone: subscription disabled";
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    pub id: String,
+    pub webhook_id: String,
+    pub subscription_id: String,
+    pub message_id: String,
+    pub event_type: String,
+    pub order_id: Option<String>,
+    pub status: String,
+    pub attempt_count: i64,
+    /// RFC 3339, only while pending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    pub last_status_code: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+const DELIVERY_COLUMNS: &str =
+    "id, webhook_id, subscription_id, message_id, event_type, order_id, status,
+    attempt_count, next_attempt_at, last_status_code, last_error, created_at, updated_at";
+
+fn delivery_row(row: &Row) -> rusqlite::Result<Delivery> {
+    let next: Option<i64> = row.get(8)?;
+    Ok(Delivery {
+        id: row.get(0)?,
+        webhook_id: row.get(1)?,
+        subscription_id: row.get(2)?,
+        message_id: row.get(3)?,
+        event_type: row.get(4)?,
+        order_id: row.get(5)?,
+        status: row.get(6)?,
+        attempt_count: row.get(7)?,
+        next_attempt_at: next.and_then(ms_to_rfc3339),
+        last_status_code: row.get(9)?,
+        last_error: row.get(10)?,
+        created_at: row.get(11)?,
+        updated_at: row.get(12)?,
+    })
+}
+
+fn ms_to_rfc3339(ms: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+/// Filters of `GET /deliveries`.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub status: Option<String>,
+    pub event: Option<String>,
+    pub subscription: Option<String>,
+    pub limit: usize,
+}
+
+/// Deliveries matching `filter`, newest first.
+pub fn list_deliveries(
+    conn: &Connection,
+    filter: &DeliveryFilter,
+) -> rusqlite::Result<Vec<Delivery>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries
+         WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR event_type = ?2)
+               AND (?3 IS NULL OR subscription_id = ?3)
+         ORDER BY id DESC LIMIT ?4"
+    ))?;
+    let rows = stmt.query_map(
+        params![
+            filter.status,
+            filter.event,
+            filter.subscription,
+            filter.limit as i64
+        ],
+        delivery_row,
+    )?;
+    rows.collect()
+}
+
+pub fn get_delivery(conn: &Connection, id: &str) -> rusqlite::Result<Option<Delivery>> {
+    conn.query_row(
+        &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"),
+        params![id],
+        delivery_row,
+    )
+    .optional()
+}
+
+/// The request body of a delivery, for the detail view.
+pub fn delivery_payload(conn: &Connection, id: &str) -> rusqlite::Result<Option<Value>> {
+    let payload: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT payload FROM deliveries WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(payload.and_then(|p| serde_json::from_slice(&p).ok()))
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub number: i64,
+    pub trigger: String,
+    pub status_code: Option<u16>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+    pub attempted_at: String,
+}
+
+pub fn list_attempts(conn: &Connection, delivery_id: &str) -> rusqlite::Result<Vec<Attempt>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT number, trigger, status_code, latency_ms, error, response_body, attempted_at
+         FROM attempts WHERE delivery_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![delivery_id], |r| {
+        Ok(Attempt {
+            number: r.get(0)?,
+            trigger: r.get(1)?,
+            status_code: r.get(2)?,
+            latency_ms: r.get(3)?,
+            error: r.get(4)?,
+            response_body: r.get(5)?,
+            attempted_at: r.get(6)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Why a replay was refused.
+#[derive(Debug, PartialEq)]
+pub enum ReplayRefused {
+    NotFound,
+    NotFailed(String),
+    SubscriptionInactive,
+}
+
+/// Puts a failed delivery back in line for one manual attempt, now.
+pub fn replay(tx: &Transaction, id: &str) -> rusqlite::Result<Result<Delivery, ReplayRefused>> {
+    let Some(delivery) = get_delivery(tx, id)? else {
+        return Ok(Err(ReplayRefused::NotFound));
+    };
+    if delivery.status != "failed" {
+        return Ok(Err(ReplayRefused::NotFailed(delivery.status)));
+    }
+    if !subscription_active(tx, &delivery.subscription_id)? {
+        return Ok(Err(ReplayRefused::SubscriptionInactive));
+    }
+    tx.execute(
+        &format!(
+            "UPDATE deliveries SET status = 'pending', manual_next = 1, next_attempt_at = ?2, updated_at = {NOW}
+             WHERE id = ?1"
+        ),
+        params![id, now_ms()],
+    )?;
+    Ok(get_delivery(tx, id)?.ok_or(ReplayRefused::NotFound))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_exact_types_and_wildcards() {
+        assert!(filter_matches("*", "order.created"));
+        assert!(filter_matches("order.*", "order.rejected"));
+        assert!(filter_matches("order.confirmed", "order.confirmed"));
+        assert!(!filter_matches("order.confirmed", "order.created"));
+        assert!(!filter_matches("product.*", "order.created"));
+    }
+}

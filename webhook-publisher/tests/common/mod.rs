@@ -1,0 +1,309 @@
+//! Shared pieces of the publisher's integration tests: a scriptable webhook endpoint, the
+//! publisher spawned in-process on a private vhost, and an order event published the way the
+//! orders service does.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use e2e::TestEnv;
+use e2e::amqp::TestClient;
+use messaging::OutgoingMessage;
+use messaging::config::CommonConfig;
+use messaging::contracts::OrderEvent;
+use messaging::service::Running;
+use messaging::signature::Secret;
+use messaging::topology::EVENTS;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use webhook_publisher::Config;
+use webhook_publisher::schedule::RetrySchedule;
+
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const LONG: Duration = Duration::from_secs(30);
+
+/// One request the endpoint received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    /// Checks the Standard Webhooks signature with `secret`.
+    pub fn signed_with(&self, secret: &str) -> bool {
+        let timestamp: i64 = self.header("webhook-timestamp").parse().unwrap();
+        Secret::parse(secret).unwrap().verify(
+            self.header("webhook-id"),
+            timestamp,
+            &self.body,
+            self.header("webhook-signature"),
+        )
+    }
+}
+
+/// How the endpoint answers.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Status(u16),
+    /// Status with a `Retry-After` header (seconds).
+    RetryAfter(u16, u64),
+    /// Never answers until the endpoint is released.
+    Hang,
+    /// Status with a body of this many bytes.
+    Big(u16, usize),
+    /// 307 to `/followed` on the same server (which would answer 200).
+    Redirect,
+}
+
+struct Behaviour {
+    script: VecDeque<Answer>,
+    then: Answer,
+    received: Vec<Received>,
+    in_flight: usize,
+    max_in_flight: usize,
+    followed: usize,
+}
+
+/// A webhook endpoint on a free port whose answers a test scripts.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<Behaviour>>,
+    release: CancellationToken,
+}
+
+impl Endpoint {
+    /// Answers `script` in order, then `then` forever.
+    pub async fn start(script: Vec<Answer>, then: Answer) -> Self {
+        let state = Arc::new(Mutex::new(Behaviour {
+            script: script.into(),
+            then,
+            received: Vec::new(),
+            in_flight: 0,
+            max_in_flight: 0,
+            followed: 0,
+        }));
+        let release = CancellationToken::new();
+        let endpoint = Self {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            state,
+            release,
+        };
+        let app = Router::new()
+            .route("/hook", post(answer))
+            .route("/followed", axum::routing::any(followed))
+            .with_state(endpoint.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, ..endpoint }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// From now on, answer `answer` to everything.
+    pub fn answer_always(&self, answer: Answer) {
+        let mut state = self.state.lock().unwrap();
+        state.script.clear();
+        state.then = answer;
+    }
+
+    /// Lets hanging requests go (they get a 503).
+    pub fn release(&self) {
+        self.release.cancel();
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// How many redirects were followed (must stay 0).
+    pub fn followed(&self) -> usize {
+        self.state.lock().unwrap().followed
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
+    }
+}
+
+async fn followed(State(endpoint): State<Endpoint>) -> StatusCode {
+    endpoint.state.lock().unwrap().followed += 1;
+    StatusCode::OK
+}
+
+async fn answer(State(endpoint): State<Endpoint>, headers: HeaderMap, body: Bytes) -> Response {
+    let answer = {
+        let mut state = endpoint.state.lock().unwrap();
+        state.received.push(Received {
+            headers,
+            body,
+            at: Instant::now(),
+        });
+        state.in_flight += 1;
+        state.max_in_flight = state.max_in_flight.max(state.in_flight);
+        state
+            .script
+            .pop_front()
+            .unwrap_or_else(|| state.then.clone())
+    };
+    let response = match answer {
+        Answer::Status(code) => {
+            (StatusCode::from_u16(code).unwrap(), "scripted answer").into_response()
+        }
+        Answer::RetryAfter(code, seconds) => (
+            StatusCode::from_u16(code).unwrap(),
+            [("retry-after", seconds.to_string())],
+            "slow down",
+        )
+            .into_response(),
+        Answer::Redirect => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [("location", "/followed")],
+            "moved",
+        )
+            .into_response(),
+        Answer::Big(code, size) => {
+            (StatusCode::from_u16(code).unwrap(), "x".repeat(size)).into_response()
+        }
+        Answer::Hang => {
+            endpoint.release.cancelled().await;
+            (StatusCode::SERVICE_UNAVAILABLE, "released").into_response()
+        }
+    };
+    endpoint.state.lock().unwrap().in_flight -= 1;
+    response
+}
+
+/// The publisher's configuration for a test: private vhost and data dir, a short schedule.
+pub fn config(env: &TestEnv, default_url: &str, schedule_ms: &str) -> Config {
+    Config {
+        common: CommonConfig {
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            amqp_url: env.amqp_url.clone(),
+            redis_url: env.redis_url.clone(),
+            redis_prefix: env.redis_prefix.clone(),
+            data_dir: env.data_dir("webhook-publisher"),
+        },
+        notifier_url: default_url.to_owned(),
+        webhook_secret: Secret::parse(SECRET).unwrap(),
+        schedule: RetrySchedule::parse_ms(schedule_ms, 0.2).unwrap(),
+        timeout: Duration::from_secs(5),
+        endpoint_concurrency: 2,
+        prefetch: 32,
+    }
+}
+
+/// Spawns the publisher and waits until it consumes (its topology is then declared).
+pub async fn start(config: Config) -> Running {
+    let running = webhook_publisher::spawn(config).await.unwrap();
+    let ready = format!("{}/ready", running.url());
+    let up = e2e::eventually(LONG, || {
+        let ready = ready.clone();
+        async move {
+            let response = reqwest::get(&ready).await.ok()?;
+            response.status().is_success().then_some(())
+        }
+    })
+    .await;
+    assert!(up.is_some(), "the publisher never became ready");
+    running
+}
+
+pub fn order_event(
+    order_id: &str,
+    customer: Option<&str>,
+    seller: Option<&str>,
+    status: &str,
+) -> OrderEvent {
+    OrderEvent {
+        order_id: order_id.to_owned(),
+        product_id: "product-1".to_owned(),
+        quantity: 2,
+        customer_id: customer.map(str::to_owned),
+        seller_id: seller.map(str::to_owned),
+        status: status.to_owned(),
+        reason: None,
+        occurred_at: "2026-11-23T00:00:00Z".to_owned(),
+    }
+}
+
+/// An `order.*` event as the orders service publishes it.
+pub fn event_message(kind: &str, event: &OrderEvent) -> OutgoingMessage {
+    OutgoingMessage::json(EVENTS, kind, Some(&event.order_id), event).unwrap()
+}
+
+pub async fn publish(client: &TestClient, kind: &str, order_id: &str) -> OutgoingMessage {
+    let msg = event_message(
+        kind,
+        &order_event(order_id, Some("c1"), Some("s1"), "PENDING"),
+    );
+    client.publish_message(&msg).await.unwrap();
+    msg
+}
+
+pub async fn get_json(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// The deliveries of the publisher at `base`, filtered by the query string.
+pub async fn deliveries(base: &str, query: &str) -> Vec<Value> {
+    get_json(&format!("{base}/deliveries?{query}"))
+        .await
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Waits until the delivery of `order_id` has `status`, and returns its detail.
+pub async fn wait_for_status(base: &str, order_id: &str, status: &str) -> Value {
+    let found = e2e::eventually(LONG, || async {
+        let list = deliveries(base, "").await;
+        let delivery = list.into_iter().find(|d| d["orderId"] == order_id)?;
+        (delivery["status"] == status).then_some(delivery)
+    })
+    .await;
+    let delivery =
+        found.unwrap_or_else(|| panic!("the delivery of {order_id} never became {status}"));
+    get_json(&format!(
+        "{base}/deliveries/{}",
+        delivery["id"].as_str().unwrap()
+    ))
+    .await
+}
+
+/// Creates a subscription over HTTP and returns its JSON (with the secret).
+pub async fn subscribe(base: &str, url: &str, events: &[&str]) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/subscriptions"))
+        .json(&serde_json::json!({"url": url, "events": events}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    response.json().await.unwrap()
+}
