@@ -21,7 +21,9 @@ use crate::events::TapReport;
 use crate::load::{LoadOutcome, Product};
 use crate::management::QueueStats;
 use crate::schedule::{Done, Target};
+use crate::sink::SinkReport;
 use crate::snapshot::OrderRow;
+use crate::ws::WsReport;
 
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -60,6 +62,9 @@ pub struct Evidence<'a> {
     /// `<service>@<host>` names that must be connected.
     pub expected_connections: &'a [String],
     pub actions: &'a [Done],
+    /// What the webhook sink and the ADMIN WebSocket client saw (when the webhook services run).
+    pub sink: Option<&'a SinkReport>,
+    pub ws: Option<&'a WsReport>,
 }
 
 const TERMINAL: [&str; 3] = ["CONFIRMED", "REJECTED", "CANCELLED"];
@@ -225,11 +230,58 @@ fn events(e: &Evidence, figures: &mut Figures) -> Check {
     if !unseen.is_empty() {
         detail.push_str(&format!("; missing e.g. {}", sample(&unseen)));
     }
-    detail.push_str("; webhook sink / WebSocket: not in this build");
+    let mut passed = duplicated.is_empty() && unseen.is_empty();
+    let decided: Vec<(&String, String)> = e
+        .orders
+        .iter()
+        .filter(|(_, o)| TERMINAL.contains(&o.status.as_str()))
+        .map(|(id, o)| (id, format!("order.{}", o.status.to_lowercase())))
+        .collect();
+    match e.sink {
+        Some(sink) => {
+            let got: std::collections::HashSet<(&str, &str)> = sink
+                .by_webhook
+                .values()
+                .filter(|r| r.accepted > 0)
+                .map(|r| (r.order_id.as_str(), r.event_type.as_str()))
+                .collect();
+            let missing = decided
+                .iter()
+                .filter(|(id, kind)| !got.contains(&(id.as_str(), kind.as_str())))
+                .count();
+            let retried = sink.by_webhook.values().filter(|r| r.refused > 0).count();
+            passed &= missing == 0 && sink.bad_signatures == 0 && sink.bad_bodies == 0;
+            detail.push_str(&format!(
+                "; webhook sink: terminal events missing {missing}, bad signatures {}, {} webhooks refused on purpose and retried",
+                sink.bad_signatures, retried
+            ));
+        }
+        None => detail.push_str("; webhook sink: not in this run"),
+    }
+    match e.ws {
+        Some(ws) => {
+            let got: std::collections::HashSet<(&str, &str)> = ws
+                .by_webhook
+                .values()
+                .map(|s| (s.order_id.as_str(), s.event_type.as_str()))
+                .collect();
+            let missing = decided
+                .iter()
+                .filter(|(id, kind)| !got.contains(&(id.as_str(), kind.as_str())))
+                .count();
+            let twice = ws.by_webhook.values().filter(|s| s.times > 1).count();
+            passed &= missing == 0 && twice == 0;
+            detail.push_str(&format!(
+                "; ADMIN WebSocket: terminal events missing {missing}, shown twice {twice}, connects {}",
+                ws.connects
+            ));
+        }
+        None => detail.push_str("; ADMIN WebSocket: not in this run"),
+    }
     Check {
         number: 3,
         name: "no order confirmed twice, every terminal event seen",
-        passed: duplicated.is_empty() && unseen.is_empty(),
+        passed,
         detail,
     }
 }
@@ -467,6 +519,7 @@ mod tests {
                 killed_at: 1.0,
                 restarted_at: 9.0,
                 up_again: Some(up),
+                note: None,
                 error: None,
             }],
         }
@@ -486,6 +539,8 @@ mod tests {
             expected_consumers: &[("orders_queue".into(), "orders.orders_queue".into(), 32)],
             expected_connections: &["orders@h".into()],
             actions: &world.actions,
+            sink: None,
+            ws: None,
         };
         run(&evidence).0
     }

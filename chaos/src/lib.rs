@@ -17,15 +17,18 @@ pub mod redis;
 pub mod report;
 pub mod schedule;
 pub mod services;
+pub mod sink;
 pub mod snapshot;
 pub mod system;
+pub mod ws;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use messaging::topology::{ORDERS_QUEUE, PRODUCTS_QUEUE};
+use messaging::auth::Role;
+use messaging::topology::{ORDERS_QUEUE, PRODUCTS_QUEUE, WEBHOOKS_QUEUE};
 
 use crate::events::{EventTap, TAP_QUEUE};
 use crate::management::Management;
@@ -49,9 +52,13 @@ pub struct Options {
     #[arg(long, default_value_t = 5)]
     pub products: usize,
     /// Kill schedule: target@at+down in seconds from the start of the load, comma-separated.
-    /// Targets: broker, redis, gateway, orders, products.
-    #[arg(long, default_value = schedule::CI_SCHEDULE)]
-    pub schedule: String,
+    /// Targets: broker, redis, gateway, orders, products, webhook-publisher, notifier.
+    /// Default: the CI schedule (without the webhook-publisher kill under --no-webhooks).
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Run the saga only: no webhook publisher, notifier, webhook sink or WebSocket client.
+    #[arg(long)]
+    pub no_webhooks: bool,
     /// Requests a client sends for one order before it gives up (503 / connection errors).
     #[arg(long, default_value_t = 40)]
     pub max_attempts: u32,
@@ -73,7 +80,7 @@ pub struct Options {
     /// Keep the temporary run directory even when the run passes.
     #[arg(long)]
     pub keep: bool,
-    /// Where the gateway, orders and products binaries are (default: next to this executable).
+    /// Where the service binaries are (default: next to this executable).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
     /// RUST_LOG of the services (their logs go to files in the run directory).
@@ -85,9 +92,36 @@ impl Options {
     /// The command line that reproduces this run.
     pub fn command(&self) -> String {
         format!(
-            "cargo run -p chaos -- --orders {} --duration {} --concurrency {} --products {} --schedule {}",
-            self.orders, self.duration, self.concurrency, self.products, self.schedule
+            "cargo run -p chaos -- --orders {} --duration {} --concurrency {} --products {} --schedule {}{}",
+            self.orders,
+            self.duration,
+            self.concurrency,
+            self.products,
+            self.schedule(),
+            if self.no_webhooks {
+                " --no-webhooks"
+            } else {
+                ""
+            }
         )
+    }
+
+    /// The kill schedule of this run.
+    pub fn schedule(&self) -> String {
+        match (&self.schedule, self.no_webhooks) {
+            (Some(s), _) => s.clone(),
+            (None, false) => schedule::CI_SCHEDULE.to_owned(),
+            (None, true) => schedule::SAGA_SCHEDULE.to_owned(),
+        }
+    }
+
+    /// The services of this run, in start order.
+    pub fn services(&self) -> Vec<Service> {
+        if self.no_webhooks {
+            Service::SAGA.to_vec()
+        } else {
+            Service::ALL.to_vec()
+        }
     }
 }
 
@@ -105,7 +139,17 @@ pub struct Outcome {
 /// Runs the whole suite: start, load under kills, quiesce, check, report, tear down.
 pub async fn run(options: Options) -> Result<Outcome> {
     let run_started = Instant::now();
-    let actions = schedule::parse(&options.schedule)?;
+    let actions = schedule::parse(&options.schedule())?;
+    let services = options.services();
+    for action in &actions {
+        if let schedule::Target::Service(s) = action.target {
+            anyhow::ensure!(
+                services.contains(&s),
+                "the schedule kills {}, which is not part of this run",
+                s.name()
+            );
+        }
+    }
     let temp = match &options.dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
@@ -141,6 +185,8 @@ pub async fn run(options: Options) -> Result<Outcome> {
             order_deadline_ms: options.order_deadline_ms,
             rust_log: options.service_log.clone(),
             jwt_secret: tokens.secret().to_owned(),
+            webhook_secret: messaging::signature::Secret::generate().expose().to_owned(),
+            services: services.clone(),
         },
         http.clone(),
     )
@@ -148,6 +194,22 @@ pub async fn run(options: Options) -> Result<Outcome> {
     let tap = EventTap::start(&system.node.amqp_url())
         .await
         .context("start the event tap")?;
+    // The webhook sink (subscribed like any endpoint) and an ADMIN WebSocket client.
+    let (sink, ws) = match (
+        system.url_of(Service::WebhookPublisher),
+        system.services.get(&Service::Notifier).map(|n| n.port),
+    ) {
+        (Some(publisher), Some(notifier)) => {
+            let sink = sink::Sink::start().await?;
+            sink.subscribe(&http, &publisher).await?;
+            let token = tokens.issue("chaos-admin", Role::Admin)?;
+            let ws = ws::WsClient::start(format!("ws://127.0.0.1:{notifier}/ws?token={token}"))
+                .await
+                .context("connect the ADMIN WebSocket client")?;
+            (Some(sink), Some(ws))
+        }
+        _ => (None, None),
+    };
     let gateway = system.gateway_url();
     let products =
         load::create_products(&http, &gateway, &tokens, options.products, options.orders).await?;
@@ -158,7 +220,7 @@ pub async fn run(options: Options) -> Result<Outcome> {
         options.orders,
         options.duration,
         options.concurrency,
-        options.schedule
+        options.schedule()
     );
 
     // The load and the kills, together.
@@ -200,9 +262,13 @@ pub async fn run(options: Options) -> Result<Outcome> {
     let expected_connections: Vec<String> = system
         .services
         .keys()
+        .filter(|s| s.uses_broker())
         .map(|s| format!("{}@{host}", s.name()))
         .collect();
-    let work_queues = [ORDERS_QUEUE, PRODUCTS_QUEUE];
+    let mut work_queues = vec![ORDERS_QUEUE, PRODUCTS_QUEUE];
+    if system.services.contains_key(&Service::WebhookPublisher) {
+        work_queues.push(WEBHOOKS_QUEUE);
+    }
     let quiesce_started = Instant::now();
     let settled = wait_quiescent(
         &system,
@@ -226,6 +292,11 @@ pub async fn run(options: Options) -> Result<Outcome> {
 
     // Evidence and checks.
     let tap = tap.stop().await;
+    let sink = sink.map(|s| s.stop());
+    let ws = match ws {
+        Some(ws) => Some(ws.stop().await),
+        None => None,
+    };
     let orders_dir = system
         .data_dir(Service::Orders)
         .context("no orders service")?;
@@ -256,6 +327,8 @@ pub async fn run(options: Options) -> Result<Outcome> {
         expected_consumers: &expected_consumers,
         expected_connections: &expected_connections,
         actions: &done,
+        sink: sink.as_ref(),
+        ws: ws.as_ref(),
     };
     let (mut checks, figures) = checks::run(&evidence);
     for d in &done {
@@ -378,7 +451,12 @@ async fn wait_quiescent(
             .iter()
             .filter(|c| !connections.contains(c))
             .count();
-        if pending == 0 && outboxes == 0 && busy == 0 && missing == 0 {
+        let deliveries = if system.services.contains_key(&Service::WebhookPublisher) {
+            system.pending_deliveries().await.unwrap_or(1)
+        } else {
+            0
+        };
+        if pending == 0 && outboxes == 0 && busy == 0 && missing == 0 && deliveries == 0 {
             calm += 1;
             if calm >= 3 {
                 return true;
@@ -387,7 +465,7 @@ async fn wait_quiescent(
             calm = 0;
             if last_report.elapsed() >= Duration::from_secs(10) {
                 println!(
-                    "chaos: waiting for quiescence: {pending} orders pending, {outboxes} in outboxes, {busy} in queues, {missing} connections missing"
+                    "chaos: waiting for quiescence: {pending} orders pending, {outboxes} in outboxes, {busy} in queues, {deliveries} webhook deliveries pending, {missing} connections missing"
                 );
                 last_report = Instant::now();
             }

@@ -32,6 +32,9 @@ impl Summary<'_> {
             .iter()
             .map(|d| {
                 let mut s = format!("{} at {:.0}s", d.action.target, d.killed_at);
+                if let Some(note) = &d.note {
+                    s.push_str(&format!(" ({note})"));
+                }
                 if d.error.is_some() {
                     s.push_str(" (restart failed)");
                 }

@@ -83,8 +83,12 @@ impl fmt::Display for Action {
     }
 }
 
-/// The schedule of the CI run: the broker twice, Redis once, orders and products once each.
-pub const CI_SCHEDULE: &str = "broker@8+3,orders@18+2,redis@24+1,broker@30+3,products@42+2";
+/// The schedule of the CI run: the broker twice, Redis once, orders, products and the webhook
+/// publisher (while deliveries wait for a retry) once each.
+pub const CI_SCHEDULE: &str =
+    "broker@8+3,orders@18+2,redis@24+1,broker@30+3,products@42+2,webhook-publisher@50+2";
+/// The same without the webhook services (`--no-webhooks`).
+pub const SAGA_SCHEDULE: &str = "broker@8+3,orders@18+2,redis@24+1,broker@30+3,products@42+2";
 
 pub fn parse(schedule: &str) -> Result<Vec<Action>, ParseActionError> {
     let mut actions: Vec<Action> = schedule
@@ -105,6 +109,8 @@ pub struct Done {
     pub restarted_at: f64,
     /// For the broker: when it accepted connections again.
     pub up_again: Option<SystemTime>,
+    /// What the target was doing when it was killed (e.g. deliveries waiting for a retry).
+    pub note: Option<String>,
     pub error: Option<String>,
 }
 
@@ -115,7 +121,11 @@ mod tests {
     #[test]
     fn the_ci_schedule_parses() {
         let actions = parse(CI_SCHEDULE).unwrap();
-        assert_eq!(actions.len(), 5);
+        assert_eq!(actions.len(), 6);
+        assert_eq!(
+            actions[5].target,
+            Target::Service(Service::WebhookPublisher)
+        );
         assert_eq!(actions[0].target, Target::Broker);
         assert_eq!(actions[0].at, Duration::from_secs(8));
         assert_eq!(actions[0].down, Duration::from_secs(3));

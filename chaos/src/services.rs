@@ -24,16 +24,29 @@ pub enum Service {
     Gateway,
     Orders,
     Products,
+    WebhookPublisher,
+    Notifier,
 }
 
 impl Service {
-    pub const ALL: [Service; 3] = [Service::Products, Service::Orders, Service::Gateway];
+    /// Start order: what a service calls comes up before it.
+    pub const ALL: [Service; 5] = [
+        Service::Products,
+        Service::Orders,
+        Service::Notifier,
+        Service::WebhookPublisher,
+        Service::Gateway,
+    ];
+    /// The saga alone (`--no-webhooks`).
+    pub const SAGA: [Service; 3] = [Service::Products, Service::Orders, Service::Gateway];
 
     pub fn name(self) -> &'static str {
         match self {
             Service::Gateway => "gateway",
             Service::Orders => "orders",
             Service::Products => "products",
+            Service::WebhookPublisher => "webhook-publisher",
+            Service::Notifier => "notifier",
         }
     }
 
@@ -42,9 +55,15 @@ impl Service {
         let queue = match self {
             Service::Orders => messaging::topology::ORDERS_QUEUE,
             Service::Products => messaging::topology::PRODUCTS_QUEUE,
-            Service::Gateway => return None,
+            Service::WebhookPublisher => messaging::topology::WEBHOOKS_QUEUE,
+            Service::Gateway | Service::Notifier => return None,
         };
         Some((queue, format!("{}.{queue}", self.name())))
+    }
+
+    /// Whether it keeps a named connection to the broker (the notifier only uses Redis).
+    pub fn uses_broker(self) -> bool {
+        self != Service::Notifier
     }
 
     pub fn parse(name: &str) -> Option<Self> {
@@ -62,6 +81,10 @@ pub struct Shared {
     pub rust_log: String,
     /// `JWT_SECRET` of the gateway (and the notifier): the harness signs its clients' tokens.
     pub jwt_secret: String,
+    /// `WEBHOOK_SECRET` shared by the publisher and the notifier.
+    pub webhook_secret: String,
+    /// HTTP port of every service of the run, decided before any starts.
+    pub ports: BTreeMap<Service, u16>,
 }
 
 pub struct ServiceProc {
@@ -76,11 +99,14 @@ impl ServiceProc {
         let program = bin_dir.join(service.name());
         if !program.is_file() {
             bail!(
-                "{} not found: build the services first (cargo build -p gateway -p orders -p products) or pass --bin-dir",
+                "{} not found: build the services first (cargo build -p gateway -p orders -p products -p webhook-publisher -p notifier) or pass --bin-dir",
                 program.display()
             );
         }
-        let port = free_port()?;
+        let port = match shared.ports.get(&service) {
+            Some(port) => *port,
+            None => free_port()?,
+        };
         let data_dir = run_dir.join(service.name());
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("create {}", data_dir.display()))?;
@@ -106,6 +132,25 @@ impl ServiceProc {
             }
             Service::Products => {
                 env.insert("PRODUCTS_PREFETCH".into(), PREFETCH.to_string());
+            }
+            Service::WebhookPublisher => {
+                let notifier = shared
+                    .ports
+                    .get(&Service::Notifier)
+                    .copied()
+                    .unwrap_or(8085);
+                env.insert(
+                    "NOTIFIER_URL".into(),
+                    format!("http://127.0.0.1:{notifier}/webhooks"),
+                );
+                env.insert("WEBHOOK_SECRET".into(), shared.webhook_secret.clone());
+                env.insert("WEBHOOKS_PREFETCH".into(), PREFETCH.to_string());
+            }
+            Service::Notifier => {
+                env.insert("WEBHOOK_SECRET".into(), shared.webhook_secret.clone());
+                // The harness's WebSocket client reads every event and every stats update
+                // (two messages per event, thousands a minute): room for bursts after a kill.
+                env.insert("WS_CLIENT_BUFFER".into(), "8192".into());
             }
             Service::Gateway => {}
         }

@@ -28,6 +28,9 @@ pub struct SystemOptions {
     pub order_deadline_ms: u64,
     pub rust_log: String,
     pub jwt_secret: String,
+    pub webhook_secret: String,
+    /// Which services run, in start order.
+    pub services: Vec<Service>,
 }
 
 impl System {
@@ -62,9 +65,15 @@ impl System {
             order_deadline_ms: options.order_deadline_ms,
             rust_log: options.rust_log.clone(),
             jwt_secret: options.jwt_secret.clone(),
+            webhook_secret: options.webhook_secret.clone(),
+            ports: options
+                .services
+                .iter()
+                .map(|s| Ok((*s, free_port()?)))
+                .collect::<std::io::Result<_>>()?,
         };
         let mut services = BTreeMap::new();
-        for service in Service::ALL {
+        for service in options.services.iter().copied() {
             services.insert(
                 service,
                 ServiceProc::new(service, bin_dir, run_dir, &shared)?,
@@ -77,7 +86,7 @@ impl System {
             http,
         };
         let http = system.http.clone();
-        for service in Service::ALL {
+        for service in options.services.iter().copied() {
             system.service_mut(service)?.start(&http).await?;
         }
         for proc in system.services.values() {
@@ -110,6 +119,7 @@ impl System {
         let killed_at = since(Instant::now());
         println!("[{killed_at:6.1}s] SIGKILL {}", action.target);
         let mut up_again = None;
+        let mut note = None;
         let result: Result<()> = async {
             match action.target {
                 Target::Broker => {
@@ -125,6 +135,14 @@ impl System {
                 }
                 Target::Service(service) => {
                     let http = self.http.clone();
+                    if service == Service::WebhookPublisher {
+                        let pending = self.wait_pending_deliveries().await;
+                        println!(
+                            "[{:6.1}s]   {pending} deliveries pending (mid-retry) at the kill",
+                            since(Instant::now())
+                        );
+                        note = Some(format!("{pending} deliveries pending"));
+                    }
                     let proc = self.service_mut(service)?;
                     proc.sigkill();
                     tokio::time::sleep(action.down).await;
@@ -155,8 +173,34 @@ impl System {
             killed_at,
             restarted_at,
             up_again,
+            note,
             error,
         }
+    }
+
+    /// The publisher's deliveries still to be sent, or `None` when it cannot tell.
+    pub async fn pending_deliveries(&self) -> Option<usize> {
+        let publisher = self.services.get(&Service::WebhookPublisher)?;
+        let url = format!("{}/deliveries?status=pending&limit=500", publisher.url());
+        let list: serde_json::Value = self.http.get(url).send().await.ok()?.json().await.ok()?;
+        list.as_array().map(Vec::len)
+    }
+
+    /// Waits (at most 10 s) until some deliveries wait for a retry, so that the kill lands
+    /// mid-retry; returns how many were pending.
+    async fn wait_pending_deliveries(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pending = self.pending_deliveries().await.unwrap_or(0);
+            if pending > 0 || Instant::now() >= deadline {
+                return pending;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn url_of(&self, service: Service) -> Option<String> {
+        self.services.get(&service).map(ServiceProc::url)
     }
 
     /// Every port the system listens on.

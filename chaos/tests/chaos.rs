@@ -1,5 +1,5 @@
 //! The chaos suite with its CI defaults (2,000 orders over a minute; the broker killed twice,
-//! Redis once, orders and products once each), run by `cargo test --workspace`. Every check is
+//! Redis once, orders, products and the webhook publisher once each), run by `cargo test --workspace`. Every check is
 //! asserted; the summary goes to `target/tmp/chaos-report.md`.
 
 use std::path::PathBuf;
