@@ -452,7 +452,10 @@ async fn wait_quiescent(
             .filter(|c| !connections.contains(c))
             .count();
         let deliveries = if system.services.contains_key(&Service::WebhookPublisher) {
-            system.pending_deliveries().await.unwrap_or(1)
+            system
+                .pending_deliveries()
+                .await
+                .map_or(1, |(pending, _)| pending)
         } else {
             0
         };

@@ -136,12 +136,12 @@ impl System {
                 Target::Service(service) => {
                     let http = self.http.clone();
                     if service == Service::WebhookPublisher {
-                        let pending = self.wait_pending_deliveries().await;
+                        let (pending, retrying) = self.wait_pending_deliveries().await;
                         println!(
-                            "[{:6.1}s]   {pending} deliveries pending (mid-retry) at the kill",
+                            "[{:6.1}s]   {pending} deliveries pending, {retrying} of them waiting for a retry",
                             since(Instant::now())
                         );
-                        note = Some(format!("{pending} deliveries pending"));
+                        note = Some(format!("{retrying} deliveries mid-retry"));
                     }
                     let proc = self.service_mut(service)?;
                     proc.sigkill();
@@ -178,21 +178,27 @@ impl System {
         }
     }
 
-    /// The publisher's deliveries still to be sent, or `None` when it cannot tell.
-    pub async fn pending_deliveries(&self) -> Option<usize> {
+    /// The publisher's deliveries still to be sent (at most 500 are looked at), and how many
+    /// of them already failed an attempt and wait for a retry; `None` when it cannot tell.
+    pub async fn pending_deliveries(&self) -> Option<(usize, usize)> {
         let publisher = self.services.get(&Service::WebhookPublisher)?;
         let url = format!("{}/deliveries?status=pending&limit=500", publisher.url());
         let list: serde_json::Value = self.http.get(url).send().await.ok()?.json().await.ok()?;
-        list.as_array().map(Vec::len)
+        let list = list.as_array()?;
+        let retrying = list
+            .iter()
+            .filter(|d| d["attemptCount"].as_i64().is_some_and(|n| n > 0))
+            .count();
+        Some((list.len(), retrying))
     }
 
     /// Waits (at most 10 s) until some deliveries wait for a retry, so that the kill lands
-    /// mid-retry; returns how many were pending.
-    async fn wait_pending_deliveries(&self) -> usize {
+    /// mid-retry; returns (pending, waiting for a retry).
+    async fn wait_pending_deliveries(&self) -> (usize, usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let pending = self.pending_deliveries().await.unwrap_or(0);
-            if pending > 0 || Instant::now() >= deadline {
+            let pending = self.pending_deliveries().await.unwrap_or((0, 0));
+            if pending.1 > 0 || Instant::now() >= deadline {
                 return pending;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
