@@ -4,8 +4,11 @@
 //! only if that succeeds, count the event in the stats hashes, remember the order's owners (for
 //! room joins) and `PUBLISH` the event with the fresh stats on `<prefix>events`. There is no
 //! moment at which a webhook is marked seen but not published, so a crash cannot lose one, and a
-//! duplicate can never be published twice. Every notifier instance subscribes to the channel
-//! and fans the events out to its own WebSocket clients.
+//! duplicate can never be published twice. While no instance listens on the channel (Redis just
+//! restarted and the subscriptions are not back yet) a webhook is refused with 503 rather than
+//! published to no one and marked seen, so the sender's retry brings it to the clients. Every
+//! notifier instance subscribes to the channel and fans the events out to its own WebSocket
+//! clients.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -78,7 +81,11 @@ pub fn stats_field(kind: &str) -> Option<&'static str> {
 
 /// KEYS: seen, admin stats, seller stats, owner, channel.
 /// ARGV: seen ttl, stats field, quantity, webhook body, webhook id, seller id, customer id, owner ttl.
+/// Returns 1 (published), 0 (duplicate) or -1: nobody listens on the channel, so publishing would
+/// show the event to no one while marking it seen; the sender is told to retry instead.
 const ACCEPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('PUBSUB', 'NUMSUB', KEYS[5])[2] == 0 then return -1 end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
 local function count(key)
   redis.call('HINCRBY', key, ARGV[2], 1)
@@ -111,6 +118,8 @@ pub enum BusError {
     Redis(#[from] redis::RedisError),
     #[error("event body: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("no notifier listens on the events channel (Redis just restarted?)")]
+    NoListener,
 }
 
 /// Who an order belongs to, as remembered from its events.
@@ -178,6 +187,9 @@ impl Bus {
             .arg(self.owner_ttl.as_secs().max(1))
             .invoke_async(&mut conn)
             .await?;
+        if published == -1 {
+            return Err(BusError::NoListener);
+        }
         Ok(published == 1)
     }
 
