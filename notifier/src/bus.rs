@@ -1,20 +1,22 @@
-//! The Redis side of the notifier: deduplication, stats, order owners, and the `events` channel.
+//! The Redis side of the notifier: deduplication, stats, order owners, and the `events` stream.
 //!
 //! Accepting a webhook is one Lua script, so it is atomic: `SET seen:<webhook-id> NX EX ttl`;
 //! only if that succeeds, count the event in the stats hashes, remember the order's owners (for
-//! room joins) and `PUBLISH` the event with the fresh stats on `<prefix>events`. There is no
-//! moment at which a webhook is marked seen but not published, so a crash cannot lose one, and a
-//! duplicate can never be published twice. While no instance listens on the channel (Redis just
-//! restarted and the subscriptions are not back yet) a webhook is refused with 503 rather than
-//! published to no one and marked seen, so the sender's retry brings it to the clients. Every
-//! notifier instance subscribes to the channel and fans the events out to its own WebSocket
-//! clients.
+//! room joins) and `XADD` the event with the fresh stats to the `<prefix>events` stream. There is
+//! no moment at which a webhook is marked seen but not in the stream, and a duplicate is never
+//! added twice. Every notifier instance reads the stream from where it left off and fans the
+//! events out to its own WebSocket clients.
+//!
+//! A stream rather than pub/sub: a Redis restart (or a reconnect) loses whatever was published
+//! while a subscriber was away or still in flight, and the webhook, already marked seen, would
+//! never come again; the chaos suite saw WebSocket clients miss events that way. A reader of the
+//! stream just continues after the last entry id it handled. The stream is capped at about
+//! [`STREAM_MAXLEN`] entries.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures::StreamExt;
 use messaging::contracts::OrderEvent;
 use redis::Script;
 use serde::{Deserialize, Serialize};
@@ -79,13 +81,11 @@ pub fn stats_field(kind: &str) -> Option<&'static str> {
     }
 }
 
-/// KEYS: seen, admin stats, seller stats, owner, channel.
-/// ARGV: seen ttl, stats field, quantity, webhook body, webhook id, seller id, customer id, owner ttl.
-/// Returns 1 (published), 0 (duplicate) or -1: nobody listens on the channel, so publishing would
-/// show the event to no one while marking it seen; the sender is told to retry instead.
+/// KEYS: seen, admin stats, seller stats, owner, stream.
+/// ARGV: seen ttl, stats field, quantity, webhook body, webhook id, seller id, customer id, owner
+/// ttl, stream cap.
+/// Returns 1 (added to the stream) or 0 (duplicate).
 const ACCEPT: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('PUBSUB', 'NUMSUB', KEYS[5])[2] == 0 then return -1 end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
 local function count(key)
   redis.call('HINCRBY', key, ARGV[2], 1)
@@ -103,7 +103,7 @@ if ARGV[6] ~= '' then
 end
 redis.call('HSET', KEYS[4], 'customerId', ARGV[7], 'sellerId', ARGV[6])
 redis.call('EXPIRE', KEYS[4], ARGV[8])
-redis.call('PUBLISH', KEYS[5], cjson.encode(msg))
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'b', cjson.encode(msg))
 return 1
 "#;
 
@@ -118,8 +118,6 @@ pub enum BusError {
     Redis(#[from] redis::RedisError),
     #[error("event body: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("no notifier listens on the events channel (Redis just restarted?)")]
-    NoListener,
 }
 
 /// Who an order belongs to, as remembered from its events.
@@ -151,7 +149,7 @@ impl Bus {
         &self.pool
     }
 
-    /// `<prefix>events`.
+    /// `<prefix>events`: the stream every accepted webhook is added to.
     pub fn channel(&self) -> String {
         format!("{}events", self.prefix)
     }
@@ -160,7 +158,8 @@ impl Bus {
         format!("{}order-owners:{order_id}", self.prefix)
     }
 
-    /// Publishes the event unless its webhook id was seen before. Returns whether it was new.
+    /// Adds the event to the stream unless its webhook id was seen before. Returns whether it
+    /// was new.
     pub async fn accept(
         &self,
         webhook_id: &str,
@@ -185,11 +184,9 @@ impl Bus {
             .arg(seller)
             .arg(data.customer_id.clone().unwrap_or_default())
             .arg(self.owner_ttl.as_secs().max(1))
+            .arg(STREAM_MAXLEN)
             .invoke_async(&mut conn)
             .await?;
-        if published == -1 {
-            return Err(BusError::NoListener);
-        }
         Ok(published == 1)
     }
 
@@ -211,11 +208,19 @@ impl Bus {
     }
 }
 
-/// Subscribes to the `events` channel and hands every broadcast to the hub; reconnects with a
-/// capped backoff when Redis goes away. `subscribed` tells readiness whether we are listening.
+/// About how many events the stream keeps (`XADD MAXLEN ~`): far more than a reader can fall
+/// behind while Redis or the notifier restarts.
+pub const STREAM_MAXLEN: u64 = 100_000;
+/// How long one `XREAD` waits for new entries; also how quickly a dead connection is noticed.
+const BLOCK: Duration = Duration::from_secs(2);
+const READ_BATCH: usize = 500;
+
+/// Reads the `events` stream and hands every broadcast to the hub, continuing after the last
+/// entry it handled when Redis comes back; reconnects with a capped backoff. `subscribed` tells
+/// readiness whether it is reading.
 pub async fn listen(
     redis_url: String,
-    channel: String,
+    stream: String,
     hub: Arc<Hub>,
     subscribed: Arc<std::sync::atomic::AtomicBool>,
     stop: CancellationToken,
@@ -230,18 +235,33 @@ pub async fn listen(
             .build()
     };
     let mut delays = backoff();
+    // The id of the last entry handled; at the very start, the newest entry there is.
+    let mut last_id: Option<String> = None;
     while !stop.is_cancelled() {
-        match subscribe(&redis_url, &channel).await {
-            Ok(pubsub) => {
-                delays = backoff();
-                subscribed.store(true, Ordering::SeqCst);
-                info!(%channel, "listening for events on Redis");
-                if !relay(pubsub, &hub, &stop).await {
-                    warn!(%channel, "lost the Redis subscription; reconnecting");
+        match connect(&redis_url).await {
+            Ok(mut conn) => {
+                let start = match &last_id {
+                    Some(id) => Ok(id.clone()),
+                    None => newest_id(&mut conn, &stream).await,
+                };
+                match start {
+                    Ok(id) => {
+                        last_id = Some(id);
+                        delays = backoff();
+                        subscribed.store(true, Ordering::SeqCst);
+                        info!(%stream, "reading events from Redis");
+                        let ended = relay(&mut conn, &stream, &mut last_id, &hub, &stop).await;
+                        subscribed.store(false, Ordering::SeqCst);
+                        if let Err(e) = ended {
+                            warn!(%stream, error = %e, "lost the Redis events stream; reconnecting");
+                        }
+                    }
+                    Err(e) => {
+                        warn!(%stream, error = %e, "could not read the events stream; retrying")
+                    }
                 }
-                subscribed.store(false, Ordering::SeqCst);
             }
-            Err(e) => warn!(%channel, error = %e, "could not subscribe on Redis; retrying"),
+            Err(e) => warn!(%stream, error = %e, "could not connect to Redis; retrying"),
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(3));
         tokio::select! {
@@ -251,41 +271,119 @@ pub async fn listen(
     }
 }
 
-/// How often the subscription connection is checked with a PING: a connection that died without
-/// a reset (network partition) would otherwise look subscribed forever.
-const HEALTH_CHECK: Duration = Duration::from_secs(10);
+/// A connection of its own (a blocking `XREAD` would hold up a shared one), whose reads may
+/// take as long as a block.
+async fn connect(redis_url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(redis_url)?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+        .set_response_timeout(Some(BLOCK + Duration::from_secs(3)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
 
-/// Hands messages to the hub until the subscription breaks (`false`) or `stop` (`true`).
-async fn relay(pubsub: redis::aio::PubSub, hub: &Hub, stop: &CancellationToken) -> bool {
-    let (mut sink, mut messages) = pubsub.split();
-    let mut health = tokio::time::interval(HEALTH_CHECK);
-    health.tick().await;
+/// The id of the newest entry of the stream, `0-0` when it is empty or does not exist yet.
+async fn newest_id(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+) -> redis::RedisResult<String> {
+    let newest: redis::Value = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(entries(&newest)
+        .into_iter()
+        .next()
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| "0-0".to_owned()))
+}
+
+/// Hands entries to the hub until `stop` (`Ok`) or a Redis error.
+async fn relay(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    last_id: &mut Option<String>,
+    hub: &Hub,
+    stop: &CancellationToken,
+) -> redis::RedisResult<()> {
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return true,
-            message = messages.next() => match message {
-                Some(message) => deliver(hub, message.get_payload_bytes()),
-                None => return false,
-            },
-            _ = health.tick() => {
-                let pong = tokio::time::timeout(Duration::from_secs(3), sink.ping::<redis::Value>()).await;
-                if !matches!(pong, Ok(Ok(_))) {
-                    return false;
+        let after = last_id.clone().unwrap_or_else(|| "0-0".to_owned());
+        let mut command = redis::cmd("XREAD");
+        command
+            .arg("COUNT")
+            .arg(READ_BATCH)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(&after);
+        let read = command.query_async::<redis::Value>(conn);
+        let reply = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            reply = read => reply?,
+        };
+        // One stream asked for: [[name, entries]], or nil when the block timed out.
+        let batches = match &reply {
+            redis::Value::Array(streams) => streams.as_slice(),
+            _ => &[],
+        };
+        for batch in batches {
+            let redis::Value::Array(parts) = batch else {
+                continue;
+            };
+            let Some(list) = parts.get(1) else {
+                continue;
+            };
+            for (id, payload) in entries(list) {
+                if let Some(payload) = payload {
+                    deliver(hub, &payload);
                 }
+                *last_id = Some(id);
             }
         }
     }
 }
 
-async fn subscribe(redis_url: &str, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
-    let client = redis::Client::open(redis_url)?;
-    let mut pubsub = tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub())
-        .await
-        .map_err(|_| {
-            redis::RedisError::from((redis::ErrorKind::Io, "connect to Redis timed out"))
-        })??;
-    pubsub.subscribe(channel).await?;
-    Ok(pubsub)
+/// `[[id, [field, value, …]], …]` → (id, value of field `b`).
+fn entries(list: &redis::Value) -> Vec<(String, Option<Vec<u8>>)> {
+    let redis::Value::Array(items) = list else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let redis::Value::Array(pair) = item else {
+                return None;
+            };
+            let id = text(pair.first()?)?;
+            let payload = match pair.get(1) {
+                Some(redis::Value::Array(fields)) => fields
+                    .chunks(2)
+                    .find(|kv| kv.first().and_then(text).as_deref() == Some("b"))
+                    .and_then(|kv| kv.get(1))
+                    .and_then(bytes),
+                _ => None,
+            };
+            Some((id, payload))
+        })
+        .collect()
+}
+
+fn bytes(value: &redis::Value) -> Option<Vec<u8>> {
+    match value {
+        redis::Value::BulkString(b) => Some(b.clone()),
+        redis::Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        _ => None,
+    }
+}
+
+fn text(value: &redis::Value) -> Option<String> {
+    bytes(value).and_then(|b| String::from_utf8(b).ok())
 }
 
 fn deliver(hub: &Hub, payload: &[u8]) {

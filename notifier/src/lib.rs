@@ -1,8 +1,8 @@
 //! The notifier: receives the publisher's signed webhooks and pushes the events to WebSocket
 //! clients, filtered by who they are.
 //!
-//! `POST /webhooks` verifies and deduplicates a webhook and publishes it on the Redis channel
-//! `<prefix>events`; every instance listens on that channel and fans the events out to its own
+//! `POST /webhooks` verifies and deduplicates a webhook and adds it to the Redis stream
+//! `<prefix>events`; every instance reads that stream and fans the events out to its own
 //! clients (`GET /ws?token=<JWT>`), so any number of instances behind a load balancer all
 //! deliver. `GET /` is a small live page. See `docs/webhooks.md`.
 
