@@ -119,6 +119,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         db,
         dispatcher: dispatcher.clone(),
     })
+    .layer(axum::middleware::from_fn(messaging::ops::record_request))
     .merge(messaging::ops::routes(ready))
     .fallback(http::no_route)
     .method_not_allowed_fallback(http::wrong_method);
