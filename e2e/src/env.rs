@@ -65,7 +65,8 @@ impl TestEnv {
         self.dir.path().join(service)
     }
 
-    /// Deletes the vhost (and so every queue of the test). Call at the end of a test.
+    /// Deletes the vhost (and so every queue of the test) and the test's Redis keys. Call at
+    /// the end of a test.
     pub async fn cleanup(self) {
         let url = format!("{}/api/vhosts/{}", management_url(), self.vhost);
         let _ = self
@@ -74,5 +75,32 @@ impl TestEnv {
             .basic_auth("guest", Some("guest"))
             .send()
             .await;
+        if let Err(e) = delete_keys(&self.redis_url, &self.redis_prefix).await {
+            tracing::warn!(error = %e, prefix = %self.redis_prefix, "could not delete the test's Redis keys");
+        }
+    }
+}
+
+/// Deletes every key under `prefix` (SCAN, not KEYS, so a big Redis is not blocked).
+async fn delete_keys(redis_url: &str, prefix: &str) -> Result<()> {
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
     }
 }
