@@ -24,6 +24,7 @@ pub struct TestEnv {
     pub redis_prefix: String,
     pub dir: tempfile::TempDir,
     http: reqwest::Client,
+    cleaned: bool,
 }
 
 impl TestEnv {
@@ -57,6 +58,7 @@ impl TestEnv {
             vhost,
             dir: tempfile::tempdir()?,
             http,
+            cleaned: false,
         })
     }
 
@@ -67,7 +69,8 @@ impl TestEnv {
 
     /// Deletes the vhost (and so every queue of the test) and the test's Redis keys. Call at
     /// the end of a test.
-    pub async fn cleanup(self) {
+    pub async fn cleanup(mut self) {
+        self.cleaned = true;
         let url = format!("{}/api/vhosts/{}", management_url(), self.vhost);
         let _ = self
             .http
@@ -102,5 +105,38 @@ async fn delete_keys(redis_url: &str, prefix: &str) -> Result<()> {
             return Ok(());
         }
         cursor = next;
+    }
+}
+
+/// A test that panics before `cleanup` still removes its vhost and keys, from a thread of its
+/// own because `Drop` cannot await.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let (vhost, redis_url, prefix) = (
+            self.vhost.clone(),
+            self.redis_url.clone(),
+            self.redis_prefix.clone(),
+        );
+        let done = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let url = format!("{}/api/vhosts/{vhost}", management_url());
+                let _ = reqwest::Client::new()
+                    .delete(url)
+                    .basic_auth("guest", Some("guest"))
+                    .send()
+                    .await;
+                let _ = delete_keys(&redis_url, &prefix).await;
+            });
+        });
+        let _ = done.join();
     }
 }

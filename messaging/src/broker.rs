@@ -157,9 +157,17 @@ impl Broker {
             self.inner.config.confirm_timeout,
         )
         .await;
-        if let Err(PublishError::Channel(e)) = &result {
-            warn!(error = %e, message_id = %msg.message_id, "publishing channel failed; rebuilding the broker link");
-            self.mark_broken(link.generation);
+        match &result {
+            Err(PublishError::Channel(e)) => {
+                warn!(error = %e, message_id = %msg.message_id, "publishing channel failed; rebuilding the broker link");
+                self.mark_broken(link.generation);
+            }
+            // A channel that stops confirming is wedged even if no error was reported on it.
+            Err(PublishError::ConfirmTimeout(after)) => {
+                warn!(?after, message_id = %msg.message_id, "no confirm in time; rebuilding the broker link");
+                self.mark_broken(link.generation);
+            }
+            _ => {}
         }
         match &result {
             Ok(()) => metrics::counter!("messages_published_total", "routing_key" => msg.routing_key.clone()).increment(1),

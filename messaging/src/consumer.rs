@@ -57,6 +57,9 @@ pub struct Consumer {
     /// How many deliveries are handled at once (≤ prefetch).
     pub concurrency: usize,
     pub retry_budget: Duration,
+    /// Whether `correlation_id` is an order id (saga queues) or a request id (RPC queues); it
+    /// decides the name under which logs carry it.
+    pub correlates_orders: bool,
     pub handler: Handler,
 }
 
@@ -68,6 +71,7 @@ impl Consumer {
             prefetch: 32,
             concurrency: 8,
             retry_budget: Duration::from_secs(30),
+            correlates_orders: true,
             handler,
         }
     }
@@ -75,6 +79,12 @@ impl Consumer {
     pub fn with_prefetch(mut self, prefetch: u16, concurrency: usize) -> Self {
         self.prefetch = prefetch;
         self.concurrency = concurrency.clamp(1, usize::from(prefetch.max(1)));
+        self
+    }
+
+    /// For request/response queues: the correlation id is a request id, not an order id.
+    pub fn for_requests(mut self) -> Self {
+        self.correlates_orders = false;
         self
     }
 
@@ -151,12 +161,19 @@ impl Consumer {
                 return;
             }
         };
+        let correlation = incoming.meta.correlation_id.as_deref().unwrap_or("");
+        let (order_id, request_id) = if self.correlates_orders {
+            (correlation, "")
+        } else {
+            ("", correlation)
+        };
         let span = info_span!(
             "message",
             queue,
             message_id = %incoming.meta.message_id,
             kind = %incoming.meta.kind,
-            order_id = incoming.meta.correlation_id.as_deref().unwrap_or(""),
+            order_id,
+            request_id,
             traceparent = incoming.meta.traceparent.as_deref().unwrap_or(""),
         );
         self.handle(&delivery, incoming).instrument(span).await;

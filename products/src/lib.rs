@@ -55,7 +55,9 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         broker: broker.clone(),
     };
     broker.attach(Arc::new(
-        Consumer::new(PRODUCTS_RPC_QUEUE, SERVICE, reads.into_handler()).with_prefetch(16, 8),
+        Consumer::new(PRODUCTS_RPC_QUEUE, SERVICE, reads.into_handler())
+            .with_prefetch(16, 8)
+            .for_requests(),
     ));
 
     let ready_broker = broker.clone();
