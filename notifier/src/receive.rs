@@ -127,6 +127,10 @@ pub async fn receive(
         ));
     };
     let order_id = event.data.order_id.clone();
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let fresh = state
         .bus
         .accept(&signed.id, field, &event)
@@ -144,7 +148,7 @@ pub async fn receive(
     let outcome = if fresh { "published" } else { "duplicate" };
     metrics::counter!("webhooks_received_total", "outcome" => outcome).increment(1);
     if fresh {
-        info!(webhook_id = %signed.id, %order_id, event = %event.kind, "webhook accepted and published");
+        info!(webhook_id = %signed.id, %order_id, %traceparent, event = %event.kind, "webhook accepted and published");
     } else {
         info!(webhook_id = %signed.id, %order_id, "duplicate webhook ignored");
     }

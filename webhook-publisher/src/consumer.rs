@@ -35,9 +35,12 @@ impl EventHandler {
         let event: OrderEvent = msg.json()?;
         let message_id = msg.meta.message_id.clone();
         let order_id = event.order_id.clone();
+        let traceparent = msg.meta.traceparent.clone();
         let recorded = self
             .db
-            .write(move |tx| store::record_event(tx, &message_id, &event_type, &event))
+            .write(move |tx| {
+                store::record_event(tx, &message_id, &event_type, &event, traceparent.as_deref())
+            })
             .await
             .map_err(|e| HandleError::Retry(format!("webhooks.db: {e}")))?;
         match recorded {
