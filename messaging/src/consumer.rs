@@ -48,6 +48,23 @@ impl From<DecodeError> for HandleError {
 pub type Handler =
     Arc<dyn Fn(Incoming) -> BoxFuture<'static, Result<(), HandleError>> + Send + Sync>;
 
+/// What a service implements to handle the messages of one queue.
+pub trait MessageHandler: Clone + Send + Sync + 'static {
+    /// Returns once the message's effect is durable, or says why not.
+    fn handle(
+        &self,
+        msg: Incoming,
+    ) -> impl std::future::Future<Output = Result<(), HandleError>> + Send;
+
+    /// The handler in the form the consumer loop takes.
+    fn into_handler(self) -> Handler {
+        Arc::new(move |msg| {
+            let this = self.clone();
+            Box::pin(async move { this.handle(msg).await })
+        })
+    }
+}
+
 /// One consumer on one queue.
 pub struct Consumer {
     pub queue: String,

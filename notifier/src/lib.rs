@@ -115,8 +115,8 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         .with_state(state)
         .layer(axum::middleware::from_fn(messaging::ops::record_request))
         .merge(messaging::ops::routes(ready))
-        .fallback(receive::no_route)
-        .method_not_allowed_fallback(receive::wrong_method);
+        .fallback(messaging::problem::no_route)
+        .method_not_allowed_fallback(messaging::problem::wrong_method);
     let mut running = Running::start(SERVICE, config.common.http_addr, app).await?;
     let (redis_url, channel, listener_hub) =
         (config.common.redis_url.clone(), bus.channel(), hub.clone());

@@ -14,6 +14,7 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
 use messaging::config::{CommonConfig, env_or};
 use messaging::idempotency::{Guard, redis_pool};

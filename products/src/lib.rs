@@ -10,6 +10,7 @@ pub mod store;
 
 use std::sync::Arc;
 
+use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
 use messaging::config::{CommonConfig, env_or};
 use messaging::outbox::Relay;
