@@ -2,8 +2,9 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p gateway -p orders -p products \
- && mkdir /out && cp target/release/gateway target/release/orders target/release/products /out/
+RUN cargo build --release --locked -p gateway -p orders -p products -p webhook-publisher -p notifier -p messaging --bins \
+ && mkdir /out && cp target/release/gateway target/release/orders target/release/products \
+    target/release/webhook-publisher target/release/notifier target/release/dlq target/release/dev-token /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \

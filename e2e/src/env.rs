@@ -24,6 +24,7 @@ pub struct TestEnv {
     pub redis_prefix: String,
     pub dir: tempfile::TempDir,
     http: reqwest::Client,
+    cleaned: bool,
 }
 
 impl TestEnv {
@@ -57,6 +58,7 @@ impl TestEnv {
             vhost,
             dir: tempfile::tempdir()?,
             http,
+            cleaned: false,
         })
     }
 
@@ -65,8 +67,10 @@ impl TestEnv {
         self.dir.path().join(service)
     }
 
-    /// Deletes the vhost (and so every queue of the test). Call at the end of a test.
-    pub async fn cleanup(self) {
+    /// Deletes the vhost (and so every queue of the test) and the test's Redis keys. Call at
+    /// the end of a test.
+    pub async fn cleanup(mut self) {
+        self.cleaned = true;
         let url = format!("{}/api/vhosts/{}", management_url(), self.vhost);
         let _ = self
             .http
@@ -74,5 +78,65 @@ impl TestEnv {
             .basic_auth("guest", Some("guest"))
             .send()
             .await;
+        if let Err(e) = delete_keys(&self.redis_url, &self.redis_prefix).await {
+            tracing::warn!(error = %e, prefix = %self.redis_prefix, "could not delete the test's Redis keys");
+        }
+    }
+}
+
+/// Deletes every key under `prefix` (SCAN, not KEYS, so a big Redis is not blocked).
+async fn delete_keys(redis_url: &str, prefix: &str) -> Result<()> {
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// A test that panics before `cleanup` still removes its vhost and keys, from a thread of its
+/// own because `Drop` cannot await.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let (vhost, redis_url, prefix) = (
+            self.vhost.clone(),
+            self.redis_url.clone(),
+            self.redis_prefix.clone(),
+        );
+        let done = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let url = format!("{}/api/vhosts/{vhost}", management_url());
+                let _ = reqwest::Client::new()
+                    .delete(url)
+                    .basic_auth("guest", Some("guest"))
+                    .send()
+                    .await;
+                let _ = delete_keys(&redis_url, &prefix).await;
+            });
+        });
+        let _ = done.join();
     }
 }

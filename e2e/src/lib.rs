@@ -7,6 +7,7 @@ pub mod env;
 pub mod management;
 pub mod redis_server;
 pub mod system;
+pub mod ws;
 
 pub use env::TestEnv;
 pub use system::{Options, System};

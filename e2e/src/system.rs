@@ -54,10 +54,15 @@ pub fn token(sub: &str, role: Role, seller_id: Option<&str>) -> String {
     messaging::auth::issue(JWT_SECRET.as_bytes(), &claims).expect("sign a test token")
 }
 
+/// The webhook secret shared by publisher and notifier in tests.
+pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
 pub struct System {
     pub gateway: Option<Running>,
     pub orders: Option<Running>,
     pub products: Option<Running>,
+    pub notifier: Option<Running>,
+    pub webhook_publisher: Option<Running>,
     pub http: reqwest::Client,
     /// CLIENT token of [`CUSTOMER`] and an ADMIN token.
     pub client_token: String,
@@ -93,6 +98,8 @@ impl System {
             gateway: None,
             orders: None,
             products: None,
+            notifier: None,
+            webhook_publisher: None,
             http: reqwest::Client::new(),
             client_token: token(CUSTOMER, Role::Client, None),
             admin_token: token("admin", Role::Admin, None),
@@ -137,6 +144,49 @@ impl System {
         self.wait_ready(&self.gateway_url.clone()).await
     }
 
+    /// Starts the notifier, then the webhook publisher with its default subscription pointing
+    /// at it (retries after 100, 200, 400 ms so tests stay short).
+    pub async fn start_realtime(&mut self) -> Result<()> {
+        let secret = messaging::signature::Secret::parse(WEBHOOK_SECRET)?;
+        let notifier_config = notifier::Config {
+            common: CommonConfig {
+                data_dir: self.common.data_dir.join("notifier"),
+                ..self.common.clone()
+            },
+            webhook_secret: secret.clone(),
+            jwt_secret: JWT_SECRET.to_owned(),
+            tolerance: Duration::from_secs(300),
+            dedupe_ttl: Duration::from_secs(600),
+            client_buffer: 256,
+            ping_interval: Duration::from_secs(20),
+        };
+        let notifier = notifier::spawn(notifier_config).await?;
+        let notifier_url = notifier.url();
+        self.notifier = Some(notifier);
+        self.wait_ready(&notifier_url).await?;
+        let publisher_config = webhook_publisher::Config {
+            common: CommonConfig {
+                data_dir: self.common.data_dir.join("webhook-publisher"),
+                ..self.common.clone()
+            },
+            notifier_url: format!("{notifier_url}/webhooks"),
+            webhook_secret: secret,
+            schedule: webhook_publisher::schedule::RetrySchedule::parse_ms("100,200,400", 0.2)?,
+            timeout: Duration::from_secs(5),
+            endpoint_concurrency: 4,
+            prefetch: 32,
+        };
+        let publisher = webhook_publisher::spawn(publisher_config).await?;
+        let publisher_url = publisher.url();
+        self.webhook_publisher = Some(publisher);
+        self.wait_ready(&publisher_url).await
+    }
+
+    /// The notifier's base URL (after `start_realtime`).
+    pub fn notifier_url(&self) -> String {
+        self.notifier.as_ref().map(Running::url).unwrap_or_default()
+    }
+
     /// Waits until a service's `/ready` says 200.
     pub async fn wait_ready(&self, base: &str) -> Result<()> {
         let ready = crate::eventually(Duration::from_secs(20), || async {
@@ -154,14 +204,14 @@ impl System {
     }
 
     pub async fn stop(mut self) {
-        for running in [
+        let all = [
             self.gateway.take(),
+            self.webhook_publisher.take(),
+            self.notifier.take(),
             self.orders.take(),
             self.products.take(),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        ];
+        for running in all.into_iter().flatten() {
             running.stop().await;
         }
     }

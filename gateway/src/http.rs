@@ -51,14 +51,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/openapi.json",
             get(|| async { Json(crate::openapi::spec()) }),
         )
-        .fallback(|| async {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                "Not found",
-                "no such route",
-            )
-        })
+        .fallback(messaging::problem::no_route)
+        .method_not_allowed_fallback(messaging::problem::wrong_method)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(messaging::ops::record_request))
         .layer(cors())

@@ -83,6 +83,19 @@ pub enum PublishError {
     Channel(#[from] lapin::Error),
 }
 
+impl PublishError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotConnected => "not_connected",
+            Self::ConfirmTimeout(_) => "confirm_timeout",
+            Self::Nacked => "nacked",
+            Self::Unroutable { .. } => "unroutable",
+            Self::Channel(_) => "channel",
+        }
+    }
+}
+
 /// A live connection and its publishing channel.
 #[derive(Clone)]
 struct Link {
@@ -144,26 +157,36 @@ impl Broker {
     /// Publishes and waits for the broker's confirm. `Ok` means the broker has the message
     /// (persisted, for a persistent message on a durable queue) and it was routed.
     pub async fn publish(&self, msg: &OutgoingMessage) -> Result<(), PublishError> {
+        let key = msg.routing_key.clone();
+        metrics::counter!("messages_published_total", "routing_key" => key.clone()).increment(1);
+        let result = self.publish_confirmed(msg).await;
+        match &result {
+            Ok(()) => metrics::counter!("messages_confirmed_total", "routing_key" => key).increment(1),
+            Err(e) => metrics::counter!("messages_publish_failed_total", "routing_key" => key, "reason" => e.kind()).increment(1),
+        }
+        result
+    }
+
+    async fn publish_confirmed(&self, msg: &OutgoingMessage) -> Result<(), PublishError> {
         let link = self
             .inner
             .link
             .borrow()
             .clone()
             .ok_or(PublishError::NotConnected)?;
-        let result = publish_on(
-            &link.publisher,
-            msg,
-            self.service(),
-            self.inner.config.confirm_timeout,
-        )
-        .await;
-        if let Err(PublishError::Channel(e)) = &result {
-            warn!(error = %e, message_id = %msg.message_id, "publishing channel failed; rebuilding the broker link");
-            self.mark_broken(link.generation);
-        }
+        let timeout = self.inner.config.confirm_timeout;
+        let result = publish_on(&link.publisher, msg, self.service(), timeout).await;
         match &result {
-            Ok(()) => metrics::counter!("messages_published_total", "routing_key" => msg.routing_key.clone()).increment(1),
-            Err(_) => metrics::counter!("messages_publish_failed_total", "routing_key" => msg.routing_key.clone()).increment(1),
+            Err(PublishError::Channel(e)) => {
+                warn!(error = %e, message_id = %msg.message_id, "publishing channel failed; rebuilding the broker link");
+                self.mark_broken(link.generation);
+            }
+            // A channel that stops confirming is wedged even if no error was reported on it.
+            Err(PublishError::ConfirmTimeout(after)) => {
+                warn!(?after, message_id = %msg.message_id, "no confirm in time; rebuilding the broker link");
+                self.mark_broken(link.generation);
+            }
+            _ => {}
         }
         result
     }

@@ -48,6 +48,23 @@ impl From<DecodeError> for HandleError {
 pub type Handler =
     Arc<dyn Fn(Incoming) -> BoxFuture<'static, Result<(), HandleError>> + Send + Sync>;
 
+/// What a service implements to handle the messages of one queue.
+pub trait MessageHandler: Clone + Send + Sync + 'static {
+    /// Returns once the message's effect is durable, or says why not.
+    fn handle(
+        &self,
+        msg: Incoming,
+    ) -> impl std::future::Future<Output = Result<(), HandleError>> + Send;
+
+    /// The handler in the form the consumer loop takes.
+    fn into_handler(self) -> Handler {
+        Arc::new(move |msg| {
+            let this = self.clone();
+            Box::pin(async move { this.handle(msg).await })
+        })
+    }
+}
+
 /// One consumer on one queue.
 pub struct Consumer {
     pub queue: String,
@@ -57,6 +74,9 @@ pub struct Consumer {
     /// How many deliveries are handled at once (≤ prefetch).
     pub concurrency: usize,
     pub retry_budget: Duration,
+    /// Whether `correlation_id` is an order id (saga queues) or a request id (RPC queues); it
+    /// decides the name under which logs carry it.
+    pub correlates_orders: bool,
     pub handler: Handler,
 }
 
@@ -68,6 +88,7 @@ impl Consumer {
             prefetch: 32,
             concurrency: 8,
             retry_budget: Duration::from_secs(30),
+            correlates_orders: true,
             handler,
         }
     }
@@ -75,6 +96,12 @@ impl Consumer {
     pub fn with_prefetch(mut self, prefetch: u16, concurrency: usize) -> Self {
         self.prefetch = prefetch;
         self.concurrency = concurrency.clamp(1, usize::from(prefetch.max(1)));
+        self
+    }
+
+    /// For request/response queues: the correlation id is a request id, not an order id.
+    pub fn for_requests(mut self) -> Self {
+        self.correlates_orders = false;
         self
     }
 
@@ -151,12 +178,19 @@ impl Consumer {
                 return;
             }
         };
+        let correlation = incoming.meta.correlation_id.as_deref().unwrap_or("");
+        let (order_id, request_id) = if self.correlates_orders {
+            (correlation, "")
+        } else {
+            ("", correlation)
+        };
         let span = info_span!(
             "message",
             queue,
             message_id = %incoming.meta.message_id,
             kind = %incoming.meta.kind,
-            order_id = incoming.meta.correlation_id.as_deref().unwrap_or(""),
+            order_id,
+            request_id,
             traceparent = incoming.meta.traceparent.as_deref().unwrap_or(""),
         );
         self.handle(&delivery, incoming).instrument(span).await;

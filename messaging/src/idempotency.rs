@@ -84,8 +84,13 @@ impl Guard {
 
     pub async fn mark_processed(&self, key: &str, ttl: Duration) -> Result<(), GuardError> {
         let mut conn = self.pool.get().await?;
-        let _: () = conn
-            .set_ex(self.key("processed", key), 1, ttl.as_secs())
+        // PX, not EX: a TTL under a second must not become "EX 0", which Redis refuses.
+        let _: () = redis::cmd("SET")
+            .arg(self.key("processed", key))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut conn)
             .await?;
         Ok(())
     }

@@ -22,15 +22,6 @@ pub mod telemetry;
 pub mod topology;
 
 pub use broker::{Broker, BrokerConfig, PublishError};
-pub use consumer::{Consumer, HandleError, Handler};
+pub use consumer::{Consumer, HandleError, Handler, MessageHandler};
 pub use envelope::{Incoming, MessageMeta, OutgoingMessage};
 pub use store::Db;
-
-/// Builds a [`Handler`] from an async closure.
-pub fn handler<F, Fut>(f: F) -> Handler
-where
-    F: Fn(Incoming) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<(), HandleError>> + Send + 'static,
-{
-    std::sync::Arc::new(move |msg| Box::pin(f(msg)))
-}

@@ -58,6 +58,26 @@ impl Problem {
     }
 }
 
+/// Router fallback: unknown paths get a problem too, not an empty body.
+pub async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "no-route",
+        "No such endpoint",
+        format!("{method} {} is not part of this API", uri.path()),
+    )
+}
+
+/// Router fallback for a known path with a method it does not take.
+pub async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("{} does not take {method}", uri.path()),
+    )
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

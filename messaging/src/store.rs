@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use deadpool_sqlite::rusqlite::{self, Connection, Transaction, TransactionBehavior, params};
-use deadpool_sqlite::{Config, Pool, Runtime};
+use deadpool_sqlite::{Config, Hook, HookError, Pool, Runtime};
 
 use crate::envelope::OutgoingMessage;
 
@@ -60,7 +60,17 @@ impl Db {
             std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         }
         let pool = Config::new(path)
-            .create_pool(Runtime::Tokio1)
+            .builder(Runtime::Tokio1)
+            .map_err(|e| open_err(e.to_string()))?
+            .post_create(Hook::async_fn(|conn, _| {
+                Box::pin(async move {
+                    conn.interact(|c| c.pragma_update(None, "synchronous", "FULL"))
+                        .await
+                        .map_err(|e| HookError::Message(e.to_string().into()))?
+                        .map_err(HookError::Backend)
+                })
+            }))
+            .build()
             .map_err(|e| open_err(e.to_string()))?;
         let db = Self { pool };
         db.call(move |conn| {
@@ -79,13 +89,10 @@ impl Db {
         F: FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
     {
         let conn = self.pool.get().await?;
-        conn.interact(move |conn| {
-            conn.pragma_update(None, "synchronous", "FULL")?;
-            f(conn)
-        })
-        .await
-        .map_err(|e| DbError::Interact(e.to_string()))?
-        .map_err(DbError::from)
+        conn.interact(move |conn| f(conn))
+            .await
+            .map_err(|e| DbError::Interact(e.to_string()))?
+            .map_err(DbError::from)
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits it if `f` returns `Ok`.

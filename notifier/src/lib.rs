@@ -6,7 +6,8 @@
 //! clients (`GET /ws?token=<JWT>`), so any number of instances behind a load balancer all
 //! deliver. `GET /` is a small live page. See `docs/webhooks.md`.
 
-pub mod auth;
+/// Tokens and roles are shared with the gateway.
+pub use messaging::auth;
 pub mod bus;
 pub mod hub;
 pub mod page;
@@ -24,15 +25,12 @@ use messaging::service::Running;
 use messaging::signature::{DEV_SECRET, Secret};
 use tracing::warn;
 
-use crate::auth::TokenVerifier;
 use crate::bus::Bus;
 use crate::hub::Hub;
+use messaging::auth::TokenVerifier;
 
 pub const SERVICE: &str = "notifier";
 pub const DEFAULT_PORT: u16 = 8085;
-/// Used when `JWT_SECRET` is unset; development only, with a warning.
-pub const DEV_JWT_SECRET: &str = "dev-only-jwt-secret-change-me";
-
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: CommonConfig,
@@ -61,13 +59,7 @@ impl Config {
         } else {
             Secret::parse(&secret_text).map_err(|e| anyhow::anyhow!("WEBHOOK_SECRET: {e}"))?
         };
-        let mut jwt_secret: String = env_or("JWT_SECRET", String::new())?;
-        if jwt_secret.is_empty() {
-            warn!(
-                "JWT_SECRET is not set: using the built-in development secret; anyone can mint tokens for it"
-            );
-            jwt_secret = DEV_JWT_SECRET.to_owned();
-        }
+        let jwt_secret = messaging::auth::jwt_secret_from_env();
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             webhook_secret,
@@ -121,9 +113,10 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         .route("/webhooks", post(receive::receive))
         .route("/ws", get(ws::upgrade))
         .with_state(state)
+        .layer(axum::middleware::from_fn(messaging::ops::record_request))
         .merge(messaging::ops::routes(ready))
-        .fallback(receive::no_route)
-        .method_not_allowed_fallback(receive::wrong_method);
+        .fallback(messaging::problem::no_route)
+        .method_not_allowed_fallback(messaging::problem::wrong_method);
     let mut running = Running::start(SERVICE, config.common.http_addr, app).await?;
     let (redis_url, channel, listener_hub) =
         (config.common.redis_url.clone(), bus.channel(), hub.clone());

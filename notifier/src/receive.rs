@@ -27,26 +27,6 @@ pub fn timestamp_fresh(timestamp: i64, now: i64, tolerance: Duration) -> bool {
     timestamp.abs_diff(now) <= tolerance.unsigned_abs()
 }
 
-/// Unknown paths get a problem too, not an empty body.
-pub async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "no-route",
-        "No such endpoint",
-        format!("{method} {} is not part of this API", uri.path()),
-    )
-}
-
-/// A known path with a method it does not take.
-pub async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Problem {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
-        "Method not allowed",
-        format!("{} does not take {method}", uri.path()),
-    )
-}
-
 fn unauthorized(detail: &str) -> Problem {
     Problem::new(
         StatusCode::UNAUTHORIZED,
@@ -127,6 +107,10 @@ pub async fn receive(
         ));
     };
     let order_id = event.data.order_id.clone();
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let fresh = state
         .bus
         .accept(&signed.id, field, &event)
@@ -144,7 +128,7 @@ pub async fn receive(
     let outcome = if fresh { "published" } else { "duplicate" };
     metrics::counter!("webhooks_received_total", "outcome" => outcome).increment(1);
     if fresh {
-        info!(webhook_id = %signed.id, %order_id, event = %event.kind, "webhook accepted and published");
+        info!(webhook_id = %signed.id, %order_id, %traceparent, event = %event.kind, "webhook accepted and published");
     } else {
         info!(webhook_id = %signed.id, %order_id, "duplicate webhook ignored");
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use messaging::contracts::CreateOrder;
 use messaging::topology::keys;
-use messaging::{HandleError, Handler, Incoming};
+use messaging::{HandleError, Incoming, MessageHandler};
 use tracing::info;
 
 use crate::deadline::now_ms;
@@ -18,23 +18,6 @@ pub struct OrdersHandler {
 }
 
 impl OrdersHandler {
-    pub fn into_handler(self) -> Handler {
-        messaging::handler(move |msg| {
-            let this = self.clone();
-            async move { this.handle(msg).await }
-        })
-    }
-
-    async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
-        match msg.meta.kind.as_str() {
-            keys::ORDERS_CREATE => self.create(msg).await,
-            keys::STOCK_RESERVED | keys::STOCK_REJECTED => self.saga.on_stock_answer(msg).await,
-            other => Err(HandleError::Poison(format!(
-                "orders_queue does not take {other:?} messages"
-            ))),
-        }
-    }
-
     async fn create(&self, msg: Incoming) -> Result<(), HandleError> {
         let cmd: CreateOrder = msg.json()?;
         if !(1..=1000).contains(&cmd.quantity)
@@ -63,5 +46,17 @@ impl OrdersHandler {
             info!(%order_id, "order exists already; duplicate create ignored");
         }
         Ok(())
+    }
+}
+
+impl MessageHandler for OrdersHandler {
+    async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
+        match msg.meta.kind.as_str() {
+            keys::ORDERS_CREATE => self.create(msg).await,
+            keys::STOCK_RESERVED | keys::STOCK_REJECTED => self.saga.on_stock_answer(msg).await,
+            other => Err(HandleError::Poison(format!(
+                "orders_queue does not take {other:?} messages"
+            ))),
+        }
     }
 }

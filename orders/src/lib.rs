@@ -14,6 +14,7 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
 use messaging::config::{CommonConfig, env_or};
 use messaging::idempotency::{Guard, redis_pool};
@@ -70,7 +71,9 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         broker: broker.clone(),
     };
     broker.attach(Arc::new(
-        Consumer::new(ORDERS_RPC_QUEUE, SERVICE, reads.into_handler()).with_prefetch(16, 8),
+        Consumer::new(ORDERS_RPC_QUEUE, SERVICE, reads.into_handler())
+            .with_prefetch(16, 8)
+            .for_requests(),
     ));
 
     let ready = messaging::ops::broker_and_redis(broker.clone(), redis);

@@ -3,7 +3,7 @@
 use messaging::broker::Broker;
 use messaging::contracts::{Found, GetById};
 use messaging::topology::keys;
-use messaging::{Db, HandleError, Handler, Incoming};
+use messaging::{Db, HandleError, Incoming, MessageHandler};
 
 use crate::store;
 
@@ -13,14 +13,9 @@ pub struct RpcHandler {
     pub broker: Broker,
 }
 
-impl RpcHandler {
-    pub fn into_handler(self) -> Handler {
-        messaging::handler(move |msg| {
-            let this = self.clone();
-            async move { this.handle(msg).await }
-        })
-    }
+impl RpcHandler {}
 
+impl MessageHandler for RpcHandler {
     async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
         if msg.meta.kind != keys::ORDERS_GET {
             return Err(HandleError::Poison(format!(

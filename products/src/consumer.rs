@@ -3,7 +3,7 @@
 use messaging::contracts::{ReleaseStock, ReserveStock};
 use messaging::outbox::Relay;
 use messaging::topology::keys;
-use messaging::{Db, HandleError, Handler, Incoming};
+use messaging::{Db, HandleError, Incoming, MessageHandler};
 use tracing::info;
 
 use crate::store::{self, Reserved};
@@ -15,23 +15,6 @@ pub struct StockHandler {
 }
 
 impl StockHandler {
-    pub fn into_handler(self) -> Handler {
-        messaging::handler(move |msg| {
-            let this = self.clone();
-            async move { this.handle(msg).await }
-        })
-    }
-
-    async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
-        match msg.meta.kind.as_str() {
-            keys::RESERVE_STOCK => self.reserve(msg).await,
-            keys::RELEASE_STOCK => self.release(msg).await,
-            other => Err(HandleError::Poison(format!(
-                "products_queue does not take {other:?} messages"
-            ))),
-        }
-    }
-
     async fn reserve(&self, msg: Incoming) -> Result<(), HandleError> {
         let req: ReserveStock = msg.json()?;
         if req.quantity == 0 {
@@ -73,6 +56,18 @@ impl StockHandler {
             .map_err(retry)?;
         info!(%order_id, released, "stock release handled");
         Ok(())
+    }
+}
+
+impl MessageHandler for StockHandler {
+    async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
+        match msg.meta.kind.as_str() {
+            keys::RESERVE_STOCK => self.reserve(msg).await,
+            keys::RELEASE_STOCK => self.release(msg).await,
+            other => Err(HandleError::Poison(format!(
+                "products_queue does not take {other:?} messages"
+            ))),
+        }
     }
 }
 

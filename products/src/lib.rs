@@ -10,6 +10,7 @@ pub mod store;
 
 use std::sync::Arc;
 
+use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
 use messaging::config::{CommonConfig, env_or};
 use messaging::outbox::Relay;
@@ -55,7 +56,9 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         broker: broker.clone(),
     };
     broker.attach(Arc::new(
-        Consumer::new(PRODUCTS_RPC_QUEUE, SERVICE, reads.into_handler()).with_prefetch(16, 8),
+        Consumer::new(PRODUCTS_RPC_QUEUE, SERVICE, reads.into_handler())
+            .with_prefetch(16, 8)
+            .for_requests(),
     ));
 
     let ready_broker = broker.clone();

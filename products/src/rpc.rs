@@ -3,7 +3,7 @@
 use messaging::broker::Broker;
 use messaging::contracts::{CreateProduct, Found, GetById};
 use messaging::topology::keys;
-use messaging::{Db, HandleError, Handler, Incoming};
+use messaging::{Db, HandleError, Incoming, MessageHandler};
 use tracing::info;
 
 use crate::store;
@@ -14,14 +14,9 @@ pub struct RpcHandler {
     pub broker: Broker,
 }
 
-impl RpcHandler {
-    pub fn into_handler(self) -> Handler {
-        messaging::handler(move |msg| {
-            let this = self.clone();
-            async move { this.handle(msg).await }
-        })
-    }
+impl RpcHandler {}
 
+impl MessageHandler for RpcHandler {
     async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
         match msg.meta.kind.as_str() {
             keys::PRODUCTS_GET => {

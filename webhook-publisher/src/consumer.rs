@@ -5,7 +5,7 @@
 //! Sending happens later, in the dispatcher, so a slow endpoint never holds a broker delivery.
 
 use messaging::contracts::OrderEvent;
-use messaging::{Db, HandleError, Handler, Incoming};
+use messaging::{Db, HandleError, Incoming, MessageHandler};
 use tracing::info;
 
 use crate::dispatcher::Dispatcher;
@@ -17,14 +17,9 @@ pub struct EventHandler {
     pub dispatcher: Dispatcher,
 }
 
-impl EventHandler {
-    pub fn into_handler(self) -> Handler {
-        messaging::handler(move |msg| {
-            let this = self.clone();
-            async move { this.handle(msg).await }
-        })
-    }
+impl EventHandler {}
 
+impl MessageHandler for EventHandler {
     async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
         let event_type = msg.meta.kind.clone();
         if !event_type.starts_with("order.") {
@@ -35,9 +30,12 @@ impl EventHandler {
         let event: OrderEvent = msg.json()?;
         let message_id = msg.meta.message_id.clone();
         let order_id = event.order_id.clone();
+        let traceparent = msg.meta.traceparent.clone();
         let recorded = self
             .db
-            .write(move |tx| store::record_event(tx, &message_id, &event_type, &event))
+            .write(move |tx| {
+                store::record_event(tx, &message_id, &event_type, &event, traceparent.as_deref())
+            })
             .await
             .map_err(|e| HandleError::Retry(format!("webhooks.db: {e}")))?;
         match recorded {

@@ -83,13 +83,18 @@ fn signed_request(client: &reqwest::Client, job: &Job) -> Result<reqwest::Reques
         .map_err(|e| format!("the subscription's secret is unusable: {e}"))?;
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
     let signature = secret.sign(&job.webhook_id, timestamp, &job.payload);
-    Ok(client
+    let request = client
         .post(&job.url)
         .header(CONTENT_TYPE, "application/json")
         .header("webhook-id", &job.webhook_id)
         .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(job.payload.clone()))
+        .header("webhook-signature", signature);
+    // The order's trace goes on into the subscriber (W3C trace context).
+    let request = match &job.traceparent {
+        Some(traceparent) => request.header("traceparent", traceparent),
+        None => request,
+    };
+    Ok(request.body(job.payload.clone()))
 }
 
 fn elapsed_ms(started: Instant) -> i64 {

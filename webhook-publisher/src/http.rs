@@ -41,26 +41,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Unknown paths get a problem too, not an empty body.
-pub async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "no-route",
-        "No such endpoint",
-        format!("{method} {} is not part of this API", uri.path()),
-    )
-}
-
-/// A known path with a method it does not take.
-pub async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Problem {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
-        "Method not allowed",
-        format!("{} does not take {method}", uri.path()),
-    )
-}
-
 fn internal(e: messaging::store::DbError) -> Problem {
     error!(error = %e, "webhooks.db failed while serving a request");
     Problem::new(

@@ -15,6 +15,7 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
 use messaging::config::{CommonConfig, env_or};
 use messaging::service::Running;
@@ -119,9 +120,10 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         db,
         dispatcher: dispatcher.clone(),
     })
+    .layer(axum::middleware::from_fn(messaging::ops::record_request))
     .merge(messaging::ops::routes(ready))
-    .fallback(http::no_route)
-    .method_not_allowed_fallback(http::wrong_method);
+    .fallback(messaging::problem::no_route)
+    .method_not_allowed_fallback(messaging::problem::wrong_method);
     let mut running = Running::start(SERVICE, config.common.http_addr, app).await?;
     running.spawn(move |stop| broker.run(stop));
     running.spawn(move |stop| dispatcher.run(stop));

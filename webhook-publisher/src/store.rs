@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     message_id TEXT NOT NULL,
     event_type TEXT NOT NULL,
     order_id TEXT,
+    traceparent TEXT,
     payload BLOB NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
     attempt_count INTEGER NOT NULL DEFAULT 0,
@@ -211,6 +212,7 @@ pub fn record_event(
     message_id: &str,
     event_type: &str,
     event: &OrderEvent,
+    traceparent: Option<&str>,
 ) -> rusqlite::Result<Option<usize>> {
     if !messaging::store::inbox_first_time(tx, message_id)? {
         return Ok(None);
@@ -226,8 +228,8 @@ pub fn record_event(
     for subscription in &subscriptions {
         tx.execute(
             "INSERT OR IGNORE INTO deliveries
-             (id, webhook_id, subscription_id, message_id, event_type, order_id, payload, status, next_attempt_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8)",
+             (id, webhook_id, subscription_id, message_id, event_type, order_id, payload, status, next_attempt_at, traceparent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9)",
             params![
                 uuid::Uuid::now_v7().to_string(),
                 webhook_id(message_id),
@@ -236,7 +238,8 @@ pub fn record_event(
                 event_type,
                 event.order_id,
                 body,
-                now
+                now,
+                traceparent
             ],
         )?;
     }
@@ -254,6 +257,8 @@ pub struct Job {
     pub payload: Vec<u8>,
     pub event_type: String,
     pub order_id: Option<String>,
+    /// The trace of the order, sent on as the request's `traceparent` header.
+    pub traceparent: Option<String>,
     /// 1 for the first attempt.
     pub number: i64,
     pub scheduled_attempts: i64,
@@ -279,7 +284,7 @@ pub fn claim_due(
 ) -> rusqlite::Result<Vec<Job>> {
     let mut stmt = tx.prepare_cached(
         "SELECT d.id, d.webhook_id, d.subscription_id, s.url, s.secret, d.payload, d.event_type,
-                d.order_id, d.attempt_count, d.scheduled_attempts, d.manual_next
+                d.order_id, d.attempt_count, d.scheduled_attempts, d.manual_next, d.traceparent
          FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
          WHERE d.subscription_id = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
                AND s.status = 'active'
@@ -299,6 +304,7 @@ pub fn claim_due(
                 number: r.get::<_, i64>(8)? + 1,
                 scheduled_attempts: r.get(9)?,
                 manual: r.get::<_, i64>(10)? != 0,
+                traceparent: r.get(11)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
