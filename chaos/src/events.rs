@@ -66,11 +66,6 @@ impl EventTap {
         })
     }
 
-    /// Events seen so far, for progress lines and the quiescence wait.
-    pub fn deliveries(&self) -> u64 {
-        self.seen.lock().map(|s| s.deliveries).unwrap_or(0)
-    }
-
     pub async fn stop(mut self) -> TapReport {
         self.stop.cancel();
         if let Some(task) = self.task.take() {

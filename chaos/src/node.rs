@@ -183,10 +183,6 @@ impl BrokerNode {
         }
         Ok(())
     }
-
-    pub fn log_dir(&self) -> PathBuf {
-        self.dir.join("log")
-    }
 }
 
 impl Drop for BrokerNode {

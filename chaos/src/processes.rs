@@ -61,10 +61,6 @@ impl Proc {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.spec.name
-    }
-
     /// Starts the process in a new process group. A running one is killed first.
     pub fn start(&mut self) -> Result<(), ProcessError> {
         self.kill();

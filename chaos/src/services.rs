@@ -215,10 +215,6 @@ impl ServiceProc {
     pub fn sigkill(&mut self) {
         self.proc.kill();
     }
-
-    pub fn starts(&self) -> u32 {
-        self.proc.starts
-    }
 }
 
 /// Where the service binaries are: next to this executable (`target/<profile>/`, also when this

@@ -110,14 +110,6 @@ impl Sink {
         Ok(())
     }
 
-    /// Webhooks accepted so far, by event type.
-    pub fn accepted(&self) -> usize {
-        self.inner
-            .lock()
-            .map(|i| i.by_webhook.values().filter(|r| r.accepted > 0).count())
-            .unwrap_or(0)
-    }
-
     pub fn stop(&self) -> SinkReport {
         self.stop.cancel();
         self.inner

@@ -49,10 +49,6 @@ impl WsClient {
         })
     }
 
-    pub fn shown(&self) -> usize {
-        self.seen.lock().map(|s| s.by_webhook.len()).unwrap_or(0)
-    }
-
     pub async fn stop(mut self) -> WsReport {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
