@@ -39,7 +39,8 @@ done
 
 cat <<INFO
 [run] the system is up (logs in .run/logs/, data in $DATA_DIR):
-  API (gateway)       http://127.0.0.1:3000   e.g. curl -XPOST localhost:3000/products -H 'content-type: application/json' -d '{"name":"widget","price":9.99,"stock":10}'
+  API (gateway)       http://127.0.0.1:3000   OpenAPI at /openapi.json; a token for it:
+                      target/release/dev-token --sub alice --role CLIENT   (or --role ADMIN to create products)
   products            http://127.0.0.1:3001/health  /ready  /metrics
   orders              http://127.0.0.1:3002/health  /ready  /metrics
 $( [ -d webhook-publisher ] && echo "  webhook-publisher   http://127.0.0.1:3003/subscriptions  /deliveries" )
