@@ -208,9 +208,9 @@ impl Bus {
     }
 }
 
-/// About how many events the stream keeps (`XADD MAXLEN ~`): far more than a reader can fall
-/// behind while Redis or the notifier restarts.
-pub const STREAM_MAXLEN: u64 = 100_000;
+/// About how many events the stream keeps (`XADD MAXLEN ~`): far more than a reader falls behind
+/// while Redis restarts or its connection is rebuilt (seconds), and a few MB of Redis memory.
+pub const STREAM_MAXLEN: u64 = 10_000;
 /// How long one `XREAD` waits for new entries; also how quickly a dead connection is noticed.
 const BLOCK: Duration = Duration::from_secs(2);
 const READ_BATCH: usize = 500;
