@@ -12,7 +12,18 @@ use clap::Parser;
 fn build_services() {
     let status = Command::new(env!("CARGO"))
         .args([
-            "build", "-p", "gateway", "-p", "orders", "-p", "products", "--bins",
+            "build",
+            "-p",
+            "gateway",
+            "-p",
+            "orders",
+            "-p",
+            "products",
+            "-p",
+            "webhook-publisher",
+            "-p",
+            "notifier",
+            "--bins",
         ])
         .status()
         .expect("run cargo build for the service binaries");
