@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use messaging::auth::{Claims, Role};
+use messaging::auth::Role;
 use rand::Rng;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -42,17 +42,14 @@ impl Tokens {
 
     /// A token for `sub` with `role`, valid for two hours (longer than any run).
     pub fn issue(&self, sub: &str, role: Role) -> Result<String> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let claims = Claims {
-            sub: sub.to_owned(),
+        messaging::auth::issue_for(
+            self.secret.as_bytes(),
+            sub,
             role,
-            seller_id: None,
-            exp: now + 7200,
-        };
-        messaging::auth::issue(self.secret.as_bytes(), &claims).context("sign a token")
+            None,
+            std::time::Duration::from_secs(7200),
+        )
+        .context("sign a token")
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use messaging::Db;
-use messaging::auth::{Claims, Role};
+use messaging::auth::Role;
 use messaging::config::CommonConfig;
 use messaging::service::Running;
 use serde_json::{Value, json};
@@ -41,17 +41,14 @@ impl Default for Options {
 
 /// A token signed with [`JWT_SECRET`], valid for an hour.
 pub fn token(sub: &str, role: Role, seller_id: Option<&str>) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let claims = Claims {
-        sub: sub.to_owned(),
+    messaging::auth::issue_for(
+        JWT_SECRET.as_bytes(),
+        sub,
         role,
-        seller_id: seller_id.map(str::to_owned),
-        exp: now + 3600,
-    };
-    messaging::auth::issue(JWT_SECRET.as_bytes(), &claims).expect("sign a test token")
+        seller_id,
+        Duration::from_secs(3600),
+    )
+    .expect("sign a test token")
 }
 
 /// The webhook secret shared by publisher and notifier in tests.

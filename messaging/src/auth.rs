@@ -99,7 +99,29 @@ pub fn jwt_secret_from_env() -> String {
     }
 }
 
-/// Issues a token (tests and the `dev-token` command).
+/// Issues a token for `sub` valid for `lifetime` from now (tests, the chaos load and the
+/// `dev-token` command).
+pub fn issue_for(
+    secret: &[u8],
+    sub: &str,
+    role: Role,
+    seller_id: Option<&str>,
+    lifetime: std::time::Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = Claims {
+        sub: sub.to_owned(),
+        role,
+        seller_id: seller_id.map(str::to_owned),
+        exp: now + lifetime.as_secs(),
+    };
+    issue(secret, &claims)
+}
+
+/// Issues a token with the given claims.
 pub fn issue(secret: &[u8], claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(Algorithm::HS256),

@@ -2,7 +2,7 @@
 //! `JWT_SECRET=… cargo run -p gateway --bin dev-token -- --sub alice --role CLIENT`.
 
 use clap::{Parser, ValueEnum};
-use messaging::auth::{Claims, Role, issue, jwt_secret_from_env};
+use messaging::auth::{Role, issue_for, jwt_secret_from_env};
 
 #[derive(Clone, Copy, ValueEnum)]
 #[value(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -38,15 +38,17 @@ fn main() -> anyhow::Result<()> {
     if role == Role::Seller && cli.seller_id.is_none() {
         anyhow::bail!("a SELLER token needs --seller-id");
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let claims = Claims {
-        sub: cli.sub,
-        role,
-        seller_id: cli.seller_id,
-        exp: now + cli.ttl,
-    };
-    println!("{}", issue(jwt_secret_from_env().as_bytes(), &claims)?);
+    let secret = jwt_secret_from_env();
+    let lifetime = std::time::Duration::from_secs(cli.ttl);
+    println!(
+        "{}",
+        issue_for(
+            secret.as_bytes(),
+            &cli.sub,
+            role,
+            cli.seller_id.as_deref(),
+            lifetime
+        )?
+    );
     Ok(())
 }
