@@ -173,7 +173,8 @@ async fn tokens_roles_and_visibility() {
 async fn each_subject_has_its_own_request_budget() {
     let env = TestEnv::new("ratelimit").await.unwrap();
     let options = Options {
-        rate_limit: Some((1.0, 3)),
+        // One token every 2 s: a loaded machine cannot refill one between the 3rd and 4th request.
+        rate_limit: Some((0.5, 3)),
         ..Options::default()
     };
     let system = System::start(&env, options).await.unwrap();
@@ -197,9 +198,9 @@ async fn each_subject_has_its_own_request_budget() {
         limited.headers()["content-type"],
         "application/problem+json"
     );
-    // Another subject is not affected, and the first one gets a token back after a second.
+    // Another subject is not affected, and the first one gets a token back after two seconds.
     assert_eq!(read(system.admin_token.clone()).await.status(), 404);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(read(system.client_token.clone()).await.status(), 404);
 
     system.stop().await;
