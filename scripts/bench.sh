@@ -7,7 +7,8 @@
 #   bash scripts/bench.sh                       # every scenario, defaults below
 #   SCENARIOS="saturation ceiling" bash scripts/bench.sh
 #
-# Knobs (environment): SCENARIOS (ceiling saturation rates soak webhooks), DURATION (30 s per
+# Knobs (environment): SCENARIOS (saturation ceiling rates soak; webhook deliveries/s are in
+# every load report), DURATION (30 s per
 # run), REPEAT (2 runs of each measurement), CONCURRENCY (64 clients at saturation), RATES
 # ("100 500 1000"), SOAK_SECS (600) and SOAK_RATE (500), BENCH_RUST_LOG (warn), PORT_BASE (23000),
 # BENCH_OUT (where the tables are also written).
@@ -138,7 +139,7 @@ for scenario in $SCENARIOS; do
         loadgen --concurrency "$CONCURRENCY" --duration "$DURATION" --title "saturation run $r: closed loop, $CONCURRENCY clients, ${DURATION} s" \
           > "$WORK/sat.txt"
         cat "$WORK/sat.txt"
-        saturation+="$(sed -n 's/.*(\*\*\([0-9.]*\) orders\/s\*\*).*/\1/p' "$WORK/sat.txt") "
+        saturation+="$(sed -n 's/^| sustained.*| \*\*\([0-9.]*\) orders\/s\*\*.*/\1/p' "$WORK/sat.txt") "
         stop_system
       done
       ;;

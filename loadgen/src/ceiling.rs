@@ -36,6 +36,10 @@ pub struct Settings {
     pub duration: Duration,
     /// Excluded from the rate at the start, while queues and Raft logs warm up.
     pub warmup: Duration,
+    /// Messages published but not yet consumed, per queue, before the publisher waits: keeps
+    /// the queue short, as in the saga, so publishing cannot starve consuming and the rate
+    /// measured is a steady state, not a queue filling up.
+    pub backlog: usize,
 }
 
 /// What one ceiling run measured.
@@ -119,12 +123,15 @@ pub async fn run(settings: &Settings) -> Result<Outcome, CeilingError> {
             )
             .await?;
         let c = counters.clone();
+        let backlog = Arc::new(Semaphore::new(settings.backlog.max(1)));
+        let consumed = backlog.clone();
         tasks.spawn(async move {
             let _channel = consumer;
             while let Some(Ok(delivery)) = stream.next().await {
                 if delivery.ack(BasicAckOptions::default()).await.is_ok() {
                     c.consumed.fetch_add(1, Ordering::Relaxed);
                 }
+                consumed.add_permits(1);
             }
         });
 
@@ -137,6 +144,11 @@ pub async fn run(settings: &Settings) -> Result<Outcome, CeilingError> {
         tasks.spawn(async move {
             let mut seq = 0u64;
             while !stop.load(Ordering::Relaxed) {
+                let Ok(queued) = backlog.acquire().await else {
+                    break;
+                };
+                // Given back by the consumer when it has the message.
+                queued.forget();
                 let Ok(permit) = window.clone().acquire_owned().await else {
                     break;
                 };

@@ -102,6 +102,9 @@ struct CeilingArgs {
     /// Consumer prefetch (ORDERS_PREFETCH / PRODUCTS_PREFETCH default to 32).
     #[arg(long, default_value_t = 32)]
     prefetch: u16,
+    /// Published but unconsumed messages per queue before the publisher waits.
+    #[arg(long, default_value_t = 1000)]
+    backlog: usize,
     /// Measured time, in seconds.
     #[arg(long, default_value_t = 20.0)]
     duration: f64,
@@ -210,6 +213,7 @@ async fn run_load(args: LoadArgs) -> Result<()> {
         }
         _ => None,
     };
+    let final_ = recorder.snapshot();
     let report = RunReport {
         title: args
             .title
@@ -217,7 +221,10 @@ async fn run_load(args: LoadArgs) -> Result<()> {
         offered,
         load_time,
         at_load_end,
-        final_: recorder.snapshot(),
+        final_: final_.clone(),
+        completion_span: final_
+            .last_terminal
+            .map(|t| t.saturating_duration_since(started)),
         attempted,
         outstanding: tracker.outstanding(),
         processes: processes
@@ -244,15 +251,17 @@ async fn run_ceiling(args: CeilingArgs) -> Result<()> {
         prefetch: args.prefetch,
         duration: secs(args.duration),
         warmup: secs(args.warmup),
+        backlog: args.backlog,
     };
     let outcome = ceiling::run(&settings).await.context("ceiling run")?;
     let per_order = MESSAGES_PER_ORDER.len() as f64;
     println!("### broker ceiling\n");
     println!(
-        "{} quorum queue(s), {} B persistent bodies, confirm window {} per queue, prefetch {}, manual acks, measured {:.1} s after {:.0} s warm-up\n",
+        "{} quorum queue(s), {} B persistent bodies, confirm window {} per queue, at most {} unconsumed per queue, prefetch {}, manual acks, measured {:.1} s after {:.0} s warm-up\n",
         settings.queues,
         settings.body_size,
         settings.window,
+        settings.backlog,
         settings.prefetch,
         outcome.measured_for.as_secs_f64(),
         settings.warmup.as_secs_f64()
@@ -266,7 +275,10 @@ async fn run_ceiling(args: CeilingArgs) -> Result<()> {
         "| consumed and acked (the ceiling) | {:.0} msgs/s |",
         outcome.consumed_per_sec
     );
-    println!("| nacked | {} |", outcome.nacked);
+    println!(
+        "| not confirmed (nack, or cut off when the run stopped) | {} |",
+        outcome.nacked
+    );
     println!("| broker messages per order | {per_order:.0} |");
     println!(
         "| orders/s the broker alone could carry | {:.0} |",

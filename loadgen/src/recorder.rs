@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -22,6 +22,7 @@ struct Inner {
     accepted: u64,
     errors: BTreeMap<String, u64>,
     outcomes: BTreeMap<String, u64>,
+    last_terminal: Option<Instant>,
 }
 
 /// A consistent copy of what was recorded.
@@ -32,6 +33,8 @@ pub struct Snapshot {
     pub accepted: u64,
     pub errors: BTreeMap<String, u64>,
     pub outcomes: BTreeMap<String, u64>,
+    /// When the latest terminal event arrived.
+    pub last_terminal: Option<Instant>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -59,6 +62,7 @@ impl Recorder {
                 accepted: 0,
                 errors: BTreeMap::new(),
                 outcomes: BTreeMap::new(),
+                last_terminal: None,
             }),
         }
     }
@@ -88,6 +92,7 @@ impl Recorder {
     pub fn terminal(&self, status: &str, latency: Duration) {
         self.with(|i| {
             *i.outcomes.entry(status.to_owned()).or_default() += 1;
+            i.last_terminal = Some(Instant::now());
             let _ = i.terminal.record(micros(latency));
         });
     }
@@ -99,6 +104,7 @@ impl Recorder {
             accepted: i.accepted,
             errors: i.errors.clone(),
             outcomes: i.outcomes.clone(),
+            last_terminal: i.last_terminal,
         })
     }
 }

@@ -27,6 +27,8 @@ pub struct RunReport {
     pub at_load_end: Snapshot,
     /// Recorded after the drain (every event that came).
     pub final_: Snapshot,
+    /// From the start of the load phase to the last terminal event.
+    pub completion_span: Option<Duration>,
     pub attempted: usize,
     pub outstanding: usize,
     pub processes: Vec<ProcessUse>,
@@ -124,7 +126,7 @@ impl RunReport {
         );
         let _ = writeln!(
             out,
-            "| terminal events during load | {terminal_in_load} (**{:.1} orders/s**) |",
+            "| terminal events during load | {terminal_in_load} ({:.1} orders/s) |",
             terminal_in_load as f64 / secs
         );
         let _ = writeln!(
@@ -136,6 +138,14 @@ impl RunReport {
                 outcomes
             }
         );
+        if let Some(span) = self.completion_span {
+            let _ = writeln!(
+                out,
+                "| sustained: terminal events ÷ (first POST → last event) | **{:.1} orders/s** over {:.1} s |",
+                terminal_total as f64 / span.as_secs_f64().max(1e-9),
+                span.as_secs_f64()
+            );
+        }
         let _ = writeln!(
             out,
             "| accepted but no terminal event after the drain | {} |",

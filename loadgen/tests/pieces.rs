@@ -55,6 +55,7 @@ fn report_shows_percentiles_errors_and_processes() {
         load_time: Duration::from_secs(1),
         at_load_end: snapshot.clone(),
         final_: snapshot,
+        completion_span: Some(Duration::from_secs(2)),
         attempted: 101,
         outstanding: 0,
         processes: vec![ProcessUse {
@@ -68,7 +69,8 @@ fn report_shows_percentiles_errors_and_processes() {
         webhooks: Some((20.0, Duration::from_secs(2))),
     }
     .render();
-    assert!(report.contains("**100.0 orders/s**"), "{report}");
+    assert!(report.contains("(100.0 orders/s)"), "{report}");
+    assert!(report.contains("**50.0 orders/s** over 2.0 s"), "{report}");
     assert!(report.contains("http-503: 1"), "{report}");
     assert!(report.contains("CONFIRMED 100"), "{report}");
     assert!(report.contains("| me |"), "{report}");
