@@ -124,3 +124,50 @@ fn serve(mut conn: Connection, queue: mpsc::Receiver<Job>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::Db;
+
+    const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT NOT NULL);";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_rolls_back_only_itself() {
+        let dir = std::env::temp_dir().join(format!("group-commit-{}", uuid::Uuid::new_v4()));
+        let db = Db::open(&dir.join("t.db"), SCHEMA).await.unwrap();
+        let mut writes = Vec::new();
+        for i in 0..50i64 {
+            let db = db.clone();
+            writes.push(tokio::spawn(async move {
+                db.write(move |tx| {
+                    tx.execute("INSERT INTO t (id, v) VALUES (?1, 'x')", [i])?;
+                    if i % 5 == 0 {
+                        // NOT NULL violation after a successful insert: both must vanish.
+                        tx.execute("INSERT INTO t (id, v) VALUES (?1, NULL)", [1000 + i])?;
+                    }
+                    Ok(i)
+                })
+                .await
+            }));
+        }
+        let mut failed = 0;
+        for write in writes {
+            if write.await.unwrap().is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 10);
+        let (rows, failed_rows): (i64, i64) = db
+            .call(|c| {
+                c.query_row(
+                    "SELECT COUNT(*), COUNT(*) FILTER (WHERE id % 5 = 0 OR id >= 1000) FROM t",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!((rows, failed_rows), (40, 0));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
