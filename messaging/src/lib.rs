@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod contracts;
 pub mod deadletter;
 pub mod envelope;
+mod group_commit;
 pub mod idempotency;
 pub mod ops;
 pub mod outbox;

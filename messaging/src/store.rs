@@ -6,10 +6,11 @@
 
 use std::path::Path;
 
-use deadpool_sqlite::rusqlite::{self, Connection, Transaction, TransactionBehavior, params};
+use deadpool_sqlite::rusqlite::{self, Connection, Transaction, params};
 use deadpool_sqlite::{Config, Hook, HookError, Pool, Runtime};
 
 use crate::envelope::OutgoingMessage;
+use crate::group_commit::Writer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -45,7 +46,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 #[derive(Clone)]
 pub struct Db {
+    /// Reads (and the schema) go through the pool.
     pool: Pool,
+    /// Every write transaction goes through the one writer, which commits them in groups.
+    writer: Writer,
 }
 
 impl Db {
@@ -72,14 +76,17 @@ impl Db {
             }))
             .build()
             .map_err(|e| open_err(e.to_string()))?;
-        let db = Self { pool };
-        db.call(move |conn| {
+        let conn = pool.get().await?;
+        conn.interact(move |conn| {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.execute_batch(MESSAGING_SCHEMA)?;
             conn.execute_batch(schema)
         })
-        .await?;
-        Ok(db)
+        .await
+        .map_err(|e| DbError::Interact(e.to_string()))??;
+        drop(conn);
+        let writer = Writer::start(path)?;
+        Ok(Self { pool, writer })
     }
 
     /// Runs `f` on a pooled connection in the blocking pool.
@@ -95,19 +102,15 @@ impl Db {
             .map_err(DbError::from)
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits it if `f` returns `Ok`.
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction and returns once it committed; `f`'s
+    /// changes are kept only if it returns `Ok`. Writes queued at the same moment share one
+    /// commit (one fsync), each under its own savepoint (see `group_commit.rs`).
     pub async fn write<R, F>(&self, f: F) -> Result<R, DbError>
     where
         R: Send + 'static,
         F: FnOnce(&Transaction) -> Result<R, rusqlite::Error> + Send + 'static,
     {
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let result = f(&tx)?;
-            tx.commit()?;
-            Ok(result)
-        })
-        .await
+        self.writer.write(f).await
     }
 }
 

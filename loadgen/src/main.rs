@@ -1,0 +1,309 @@
+//! `loadgen`: places orders through the gateway at a fixed rate (open loop) or a fixed
+//! concurrency (closed loop) and reports throughput, latency percentiles, errors and the CPU
+//! and memory of every service process; `loadgen ceiling` measures the broker alone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use loadgen::events::{self, Tracker};
+use loadgen::procstat::{self, Watched};
+use loadgen::recorder::Recorder;
+use loadgen::report::{ProcessUse, RunReport};
+use loadgen::target::Target;
+use loadgen::{MESSAGES_PER_ORDER, ceiling, closed_loop, open_loop, webhooks};
+
+#[derive(Parser)]
+#[command(
+    name = "loadgen",
+    about = "Load generator for the saga: open loop (--rate), closed loop (--concurrency), or the broker ceiling (`loadgen ceiling`)",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Persistent messages through quorum queues with confirms and manual acks: what the
+    /// broker alone carries on this machine.
+    Ceiling(CeilingArgs),
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// Gateway base URL.
+    #[arg(long, default_value = "http://127.0.0.1:3000", env = "LOADGEN_GATEWAY")]
+    gateway: String,
+    /// Broker URL including the vhost the services use (for the terminal events).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// HS256 secret the gateway verifies tokens with.
+    #[arg(long, env = "JWT_SECRET")]
+    jwt_secret: Option<String>,
+    /// Open loop: orders started per second, on schedule, whatever the system does.
+    #[arg(long, conflicts_with = "concurrency")]
+    rate: Option<f64>,
+    /// Closed loop: clients that each place the next order when the last POST answered.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Length of the load phase, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// After the load phase, how long to wait for outstanding terminal events, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    drain: f64,
+    /// Timeout of one POST, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    request_timeout: f64,
+    /// Do not send an Idempotency-Key header (by default every POST carries a fresh one).
+    #[arg(long)]
+    no_idempotency_key: bool,
+    /// Processes to watch as `name=pid,…`; by default the service binaries are found by name.
+    #[arg(long)]
+    pids: Option<String>,
+    /// The webhook-publisher's /metrics, to count webhook deliveries.
+    #[arg(long)]
+    webhook_metrics: Option<String>,
+    /// Print the RSS of every watched process every this many seconds during the load phase.
+    #[arg(long)]
+    mem_every: Option<f64>,
+    /// Title of the report.
+    #[arg(long)]
+    title: Option<String>,
+}
+
+#[derive(Args)]
+struct CeilingArgs {
+    /// Broker URL including the vhost to use.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// Quorum queues loaded in parallel (the saga has three work queues).
+    #[arg(long, default_value_t = 3)]
+    queues: usize,
+    /// Body size in bytes (the mean body of the five messages of an order).
+    #[arg(long, default_value_t = 180)]
+    size: usize,
+    /// Unconfirmed publishes in flight per queue (the outbox relay pipelines batches of 200).
+    #[arg(long, default_value_t = 200)]
+    window: usize,
+    /// Consumer prefetch (ORDERS_PREFETCH / PRODUCTS_PREFETCH default to 32).
+    #[arg(long, default_value_t = 32)]
+    prefetch: u16,
+    /// Published but unconsumed messages per queue before the publisher waits.
+    #[arg(long, default_value_t = 1000)]
+    backlog: usize,
+    /// Measured time, in seconds.
+    #[arg(long, default_value_t = 20.0)]
+    duration: f64,
+    /// Warm-up excluded from the rate, in seconds.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Sustained orders/s measured end to end, to print the efficiency ratio.
+    #[arg(long)]
+    orders_per_sec: Option<f64>,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+fn watched(pids: Option<&str>) -> Result<Vec<Watched>> {
+    match pids {
+        Some(spec) => Ok(procstat::parse_pids(spec)?),
+        None => Ok(procstat::find_by_name(&procstat::SERVICE_NAMES)),
+    }
+}
+
+fn sample_all(list: &[Watched]) -> Vec<Option<procstat::Sample>> {
+    list.iter().map(|w| procstat::sample(w.pid).ok()).collect()
+}
+
+async fn run_load(args: LoadArgs) -> Result<()> {
+    let (mode, offered) = match (args.rate, args.concurrency) {
+        (Some(rate), None) if rate > 0.0 => ("open loop", format!("{rate} orders/s (open loop)")),
+        (None, Some(c)) if c > 0 => ("closed loop", format!("{c} clients (closed loop)")),
+        _ => bail!("give either --rate N (open loop) or --concurrency N (closed loop)"),
+    };
+    let Some(jwt_secret) = args.jwt_secret.as_deref() else {
+        bail!("give --jwt-secret (or JWT_SECRET): the gateway's token secret");
+    };
+    let processes = watched(args.pids.as_deref())?;
+    let recorder = Arc::new(Recorder::new());
+    let tracker = Arc::new(Tracker::default());
+    let _listener = events::listen(&args.amqp_url, tracker.clone(), recorder.clone())
+        .await
+        .context("listening to saga.events")?;
+    let target = Target::prepare(
+        &args.gateway,
+        jwt_secret,
+        1_000_000_000,
+        !args.no_idempotency_key,
+        secs(args.request_timeout),
+    )
+    .await
+    .context("preparing the target (token, product)")?;
+    let webhooks_before = match &args.webhook_metrics {
+        Some(url) => Some(webhooks::delivered(&target.http, url).await?),
+        None => None,
+    };
+
+    let duration = secs(args.duration);
+    let mem_task = args.mem_every.map(|every| {
+        let list = processes.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut tick = tokio::time::interval(secs(every));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let row: Vec<String> = list
+                    .iter()
+                    .map(|w| match procstat::sample(w.pid) {
+                        Ok(s) => format!("{}={:.1}MiB", w.name, s.rss_kb as f64 / 1024.0),
+                        Err(_) => format!("{}=gone", w.name),
+                    })
+                    .collect();
+                println!(
+                    "mem t={:.0}s {}",
+                    start.elapsed().as_secs_f64(),
+                    row.join(" ")
+                );
+            }
+        })
+    });
+
+    let before = sample_all(&processes);
+    let started = Instant::now();
+    let attempted = match (args.rate, args.concurrency) {
+        (Some(rate), _) => open_loop::run(&target, rate, duration, &recorder, &tracker).await,
+        (_, Some(c)) => closed_loop::run(&target, c, duration, &recorder, &tracker).await,
+        _ => 0,
+    };
+    let load_time = started.elapsed();
+    let after = sample_all(&processes);
+    let at_load_end = recorder.snapshot();
+    if let Some(task) = mem_task {
+        task.abort();
+    }
+
+    let drain_end = Instant::now() + secs(args.drain);
+    while tracker.outstanding() > 0 && Instant::now() < drain_end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let webhooks = match (&args.webhook_metrics, webhooks_before) {
+        (Some(url), Some(before)) => {
+            // Deliveries trail the orders; give them the drain time too.
+            let wait_until = drain_end.min(Instant::now() + Duration::from_secs(5));
+            tokio::time::sleep_until(wait_until.into()).await;
+            let delivered = webhooks::delivered(&target.http, url).await? - before;
+            Some((delivered, started.elapsed()))
+        }
+        _ => None,
+    };
+    let final_ = recorder.snapshot();
+    let report = RunReport {
+        title: args
+            .title
+            .unwrap_or_else(|| format!("{mode}: {offered} for {:.0} s", args.duration)),
+        offered,
+        load_time,
+        at_load_end,
+        final_: final_.clone(),
+        completion_span: final_
+            .last_terminal
+            .map(|t| t.saturating_duration_since(started)),
+        attempted,
+        outstanding: tracker.outstanding(),
+        processes: processes
+            .into_iter()
+            .zip(before.into_iter().zip(after))
+            .map(|(watched, (before, after))| ProcessUse {
+                watched,
+                before,
+                after,
+            })
+            .collect(),
+        webhooks,
+    };
+    println!("{}", report.render());
+    Ok(())
+}
+
+async fn run_ceiling(args: CeilingArgs) -> Result<()> {
+    let settings = ceiling::Settings {
+        amqp_url: args.amqp_url,
+        queues: args.queues,
+        body_size: args.size,
+        window: args.window,
+        prefetch: args.prefetch,
+        duration: secs(args.duration),
+        warmup: secs(args.warmup),
+        backlog: args.backlog,
+    };
+    let outcome = ceiling::run(&settings).await.context("ceiling run")?;
+    let per_order = MESSAGES_PER_ORDER.len() as f64;
+    println!("### broker ceiling\n");
+    println!(
+        "{} quorum queue(s), {} B persistent bodies, confirm window {} per queue, at most {} unconsumed per queue, prefetch {}, manual acks, measured {:.1} s after {:.0} s warm-up\n",
+        settings.queues,
+        settings.body_size,
+        settings.window,
+        settings.backlog,
+        settings.prefetch,
+        outcome.measured_for.as_secs_f64(),
+        settings.warmup.as_secs_f64()
+    );
+    println!("| measure | value |\n|---|---|");
+    println!(
+        "| published and confirmed | {:.0} msgs/s |",
+        outcome.confirmed_per_sec
+    );
+    println!(
+        "| consumed and acked (the ceiling) | {:.0} msgs/s |",
+        outcome.consumed_per_sec
+    );
+    println!(
+        "| not confirmed (nack, or cut off when the run stopped) | {} |",
+        outcome.nacked
+    );
+    println!("| broker messages per order | {per_order:.0} |");
+    println!(
+        "| orders/s the broker alone could carry | {:.0} |",
+        outcome.consumed_per_sec / per_order
+    );
+    if let Some(orders) = args.orders_per_sec {
+        println!(
+            "| efficiency: {orders:.0} orders/s ÷ ({:.0} ÷ {per_order:.0}) | **{:.2}** |",
+            outcome.consumed_per_sec,
+            orders / (outcome.consumed_per_sec / per_order)
+        );
+    }
+    println!("\nMessages of one confirmed order:\n");
+    println!("| message | path |\n|---|---|");
+    for (name, path) in MESSAGES_PER_ORDER {
+        println!("| `{name}` | {path} |");
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Ceiling(args)) => run_ceiling(args).await,
+        None => run_load(cli.load).await,
+    }
+}

@@ -1,0 +1,174 @@
+//! Markdown tables of a run: throughput, latency percentiles, errors, and the CPU and memory
+//! of every watched process.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::procstat::{Sample, Watched};
+use crate::recorder::Snapshot;
+
+/// CPU and memory of one process over a run.
+#[derive(Debug, Clone)]
+pub struct ProcessUse {
+    pub watched: Watched,
+    pub before: Option<Sample>,
+    pub after: Option<Sample>,
+}
+
+/// Everything one load run produced.
+pub struct RunReport {
+    pub title: String,
+    pub offered: String,
+    /// Length of the load phase.
+    pub load_time: Duration,
+    /// Recorded at the end of the load phase.
+    pub at_load_end: Snapshot,
+    /// Recorded after the drain (every event that came).
+    pub final_: Snapshot,
+    /// From the start of the load phase to the last terminal event.
+    pub completion_span: Option<Duration>,
+    pub attempted: usize,
+    pub outstanding: usize,
+    pub processes: Vec<ProcessUse>,
+    /// Successful webhook deliveries during load phase and drain, and that time.
+    pub webhooks: Option<(f64, Duration)>,
+}
+
+fn ms(micros: u64) -> String {
+    format!("{:.2}", micros as f64 / 1000.0)
+}
+
+/// `| name | p50 | p90 | p99 | p99.9 | max | n |` for one histogram.
+pub fn latency_row(name: &str, h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return format!("| {name} | – | – | – | – | – | 0 |");
+    }
+    format!(
+        "| {name} | {} | {} | {} | {} | {} | {} |",
+        ms(h.value_at_quantile(0.50)),
+        ms(h.value_at_quantile(0.90)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+        ms(h.max()),
+        h.len()
+    )
+}
+
+fn errors_text(s: &Snapshot) -> String {
+    if s.errors.is_empty() {
+        return "none".into();
+    }
+    s.errors
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn mib(kb: u64) -> String {
+    format!("{:.1}", kb as f64 / 1024.0)
+}
+
+/// The process table: CPU seconds over the run, CPU as a share of one core, RSS, peak RSS.
+pub fn process_table(processes: &[ProcessUse], elapsed: Duration) -> String {
+    let mut out = String::from(
+        "| process | pid | CPU s | CPU % of one core | RSS MiB (end) | peak RSS MiB (VmHWM) |\n|---|---|---|---|---|---|\n",
+    );
+    for p in processes {
+        let (Some(before), Some(after)) = (p.before, p.after) else {
+            let _ = writeln!(
+                out,
+                "| {} | {} | gone | – | – | – |",
+                p.watched.name, p.watched.pid
+            );
+            continue;
+        };
+        let cpu = after.cpu_secs - before.cpu_secs;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1} | {:.0} | {} | {} |",
+            p.watched.name,
+            p.watched.pid,
+            cpu,
+            100.0 * cpu / elapsed.as_secs_f64().max(1e-9),
+            mib(after.rss_kb),
+            mib(after.hwm_kb)
+        );
+    }
+    out
+}
+
+impl RunReport {
+    pub fn render(&self) -> String {
+        let secs = self.load_time.as_secs_f64().max(1e-9);
+        let f = &self.final_;
+        let terminal_in_load: u64 = self.at_load_end.outcomes.values().sum();
+        let terminal_total: u64 = f.outcomes.values().sum();
+        let outcomes = f
+            .outcomes
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut out = String::new();
+        let _ = writeln!(out, "### {}\n", self.title);
+        let _ = writeln!(out, "| measure | value |\n|---|---|");
+        let _ = writeln!(out, "| offered | {} |", self.offered);
+        let _ = writeln!(out, "| load phase | {secs:.1} s |");
+        let _ = writeln!(out, "| POSTs attempted | {} |", self.attempted);
+        let _ = writeln!(
+            out,
+            "| accepted (202) | {} ({:.1}/s) |",
+            f.accepted,
+            self.at_load_end.accepted as f64 / secs
+        );
+        let _ = writeln!(
+            out,
+            "| terminal events during load | {terminal_in_load} ({:.1} orders/s) |",
+            terminal_in_load as f64 / secs
+        );
+        let _ = writeln!(
+            out,
+            "| terminal events in all | {terminal_total} ({}) |",
+            if outcomes.is_empty() {
+                "none".into()
+            } else {
+                outcomes
+            }
+        );
+        if let Some(span) = self.completion_span {
+            let _ = writeln!(
+                out,
+                "| sustained: terminal events ÷ (first POST → last event) | **{:.1} orders/s** over {:.1} s |",
+                terminal_total as f64 / span.as_secs_f64().max(1e-9),
+                span.as_secs_f64()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| accepted but no terminal event after the drain | {} |",
+            self.outstanding
+        );
+        let _ = writeln!(out, "| errors | {} |", errors_text(f));
+        if let Some((delivered, over)) = self.webhooks {
+            let _ = writeln!(
+                out,
+                "| webhook deliveries | {delivered:.0} ({:.1}/s over {:.1} s) |",
+                delivered / over.as_secs_f64().max(1e-9),
+                over.as_secs_f64()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n| latency (ms) | p50 | p90 | p99 | p99.9 | max | n |\n|---|---|---|---|---|---|---|"
+        );
+        let _ = writeln!(out, "{}", latency_row("POST /orders", &f.post));
+        let _ = writeln!(out, "{}", latency_row("POST → terminal event", &f.terminal));
+        if !self.processes.is_empty() {
+            let _ = writeln!(out, "\n{}", process_table(&self.processes, self.load_time));
+        }
+        out
+    }
+}

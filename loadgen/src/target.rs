@@ -1,0 +1,153 @@
+//! The system under test as the load generator sees it: the gateway's HTTP API, a product with
+//! enough stock for the whole run, and one `POST /orders`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use messaging::auth::{Claims, Role};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::events::Tracker;
+use crate::recorder::Recorder;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("could not sign a token: {0}")]
+    Token(String),
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("creating the product answered {status}: {body}")]
+    Product { status: u16, body: String },
+}
+
+/// Everything a request task needs; cheap to clone.
+#[derive(Clone)]
+pub struct Target {
+    pub http: reqwest::Client,
+    pub gateway: String,
+    pub client_token: String,
+    pub product_id: String,
+    pub idempotency_keys: bool,
+    pub timeout: Duration,
+}
+
+fn token(secret: &str, sub: &str, role: Role) -> Result<String, TargetError> {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + 24 * 3600;
+    let claims = Claims {
+        sub: sub.to_owned(),
+        role,
+        seller_id: None,
+        exp,
+    };
+    messaging::auth::issue(secret.as_bytes(), &claims)
+        .map_err(|e| TargetError::Token(e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct Created {
+    id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted {
+    order_id: String,
+}
+
+impl Target {
+    /// Signs an ADMIN and a CLIENT token with `jwt_secret` and creates a product with `stock`.
+    pub async fn prepare(
+        gateway: &str,
+        jwt_secret: &str,
+        stock: i64,
+        idempotency_keys: bool,
+        timeout: Duration,
+    ) -> Result<Self, TargetError> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(4096)
+            .tcp_nodelay(true)
+            .build()?;
+        let gateway = gateway.trim_end_matches('/').to_owned();
+        let admin = token(jwt_secret, "loadgen-admin", Role::Admin)?;
+        let response = http
+            .post(format!("{gateway}/products"))
+            .bearer_auth(&admin)
+            .json(&json!({"name": "loadgen widget", "price": 1.0, "stock": stock, "sellerId": "loadgen-seller"}))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(TargetError::Product {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        let product: Created = response.json().await?;
+        Ok(Self {
+            http,
+            gateway,
+            client_token: token(jwt_secret, "loadgen-client", Role::Client)?,
+            product_id: product.id,
+            idempotency_keys,
+            timeout,
+        })
+    }
+
+    /// Places one order whose POST was meant to start at `intended` and records the outcome.
+    /// Latency is measured from `intended`, not from when the request actually went out, so a
+    /// stalled system cannot hide its stall (no coordinated omission).
+    pub async fn place_order(
+        &self,
+        intended: Instant,
+        recorder: &Arc<Recorder>,
+        tracker: &Arc<Tracker>,
+    ) {
+        let mut request = self
+            .http
+            .post(format!("{}/orders", self.gateway))
+            .bearer_auth(&self.client_token)
+            .json(&json!({"productId": self.product_id, "quantity": 1}))
+            .timeout(self.timeout);
+        if self.idempotency_keys {
+            request = request.header("Idempotency-Key", uuid::Uuid::new_v4().to_string());
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                recorder.error(error_kind(&e));
+                return;
+            }
+        };
+        let status = response.status();
+        if status.as_u16() != 202 {
+            recorder.error(&format!("http-{}", status.as_u16()));
+            return;
+        }
+        match response.json::<Accepted>().await {
+            Ok(accepted) => {
+                recorder.accepted(intended.elapsed());
+                tracker.accepted(recorder, accepted.order_id, intended);
+            }
+            Err(e) => recorder.error(error_kind(&e)),
+        }
+    }
+}
+
+fn error_kind(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_decode() {
+        "bad-body"
+    } else {
+        "transport"
+    }
+}

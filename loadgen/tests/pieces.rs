@@ -1,0 +1,112 @@
+//! The load generator's pieces: /proc parsing, metric scraping, report formatting, and a short
+//! open-loop smoke run against the in-process system of the `e2e` crate. No speed is asserted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loadgen::events::{self, Tracker};
+use loadgen::procstat;
+use loadgen::recorder::Recorder;
+use loadgen::report::{ProcessUse, RunReport, latency_row};
+use loadgen::target::Target;
+use loadgen::{open_loop, webhooks};
+
+#[test]
+fn stat_fields_are_counted_after_the_command_name() {
+    let stat = "4242 (web (hook) x) S 1 4242 4242 0 -1 4194560 500 0 0 0 150 50 0 0 20 0 9 0 1 1 1";
+    assert_eq!(procstat::parse_stat_ticks(stat), Some(200));
+    let status = "Name:\torders\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
+    assert_eq!(procstat::parse_status_kb(status, "VmRSS"), Some(10240));
+    assert_eq!(procstat::parse_status_kb(status, "VmHWM"), Some(20480));
+}
+
+#[test]
+fn own_process_can_be_sampled_and_pids_parsed() {
+    let me = procstat::sample(std::process::id()).unwrap();
+    assert!(me.rss_kb > 0 && me.hwm_kb >= me.rss_kb);
+    let list = procstat::parse_pids("gateway=12,rabbitmq(shared)=34").unwrap();
+    assert_eq!(list[1].name, "rabbitmq(shared)");
+    assert_eq!(list[1].pid, 34);
+    assert!(procstat::parse_pids("gateway").is_err());
+}
+
+#[test]
+fn delivered_webhooks_are_read_from_the_counter() {
+    let text = "# TYPE webhook_attempts_total counter\nwebhook_attempts_total{outcome=\"delivered\"} 41\nwebhook_attempts_total{outcome=\"retry\"} 3\nother 9\n";
+    assert_eq!(webhooks::parse_attempts(text, "delivered"), 41.0);
+}
+
+#[test]
+fn report_shows_percentiles_errors_and_processes() {
+    let recorder = Recorder::new();
+    for ms in 1..=100 {
+        recorder.accepted(Duration::from_millis(ms));
+        recorder.terminal("CONFIRMED", Duration::from_millis(ms * 2));
+    }
+    recorder.error("http-503");
+    let snapshot = recorder.snapshot();
+    let row = latency_row("POST /orders", &snapshot.post);
+    assert!(row.starts_with("| POST /orders | 50."), "{row}");
+    assert!(row.ends_with("| 100 |"), "{row}");
+    let sample = procstat::sample(std::process::id()).unwrap();
+    let report = RunReport {
+        title: "t".into(),
+        offered: "100 orders/s".into(),
+        load_time: Duration::from_secs(1),
+        at_load_end: snapshot.clone(),
+        final_: snapshot,
+        completion_span: Some(Duration::from_secs(2)),
+        attempted: 101,
+        outstanding: 0,
+        processes: vec![ProcessUse {
+            watched: procstat::Watched {
+                name: "me".into(),
+                pid: std::process::id(),
+            },
+            before: Some(sample),
+            after: Some(sample),
+        }],
+        webhooks: Some((20.0, Duration::from_secs(2))),
+    }
+    .render();
+    assert!(report.contains("(100.0 orders/s)"), "{report}");
+    assert!(report.contains("**50.0 orders/s** over 2.0 s"), "{report}");
+    assert!(report.contains("http-503: 1"), "{report}");
+    assert!(report.contains("CONFIRMED 100"), "{report}");
+    assert!(report.contains("| me |"), "{report}");
+    assert!(report.contains("10.0/s"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_short_open_loop_run_sees_every_order_confirmed() {
+    let env = e2e::TestEnv::new("loadgen").await.unwrap();
+    let system = e2e::System::start(&env, e2e::Options::default())
+        .await
+        .unwrap();
+    let recorder = Arc::new(Recorder::new());
+    let tracker = Arc::new(Tracker::default());
+    let _listener = events::listen(&env.amqp_url, tracker.clone(), recorder.clone())
+        .await
+        .unwrap();
+    let target = Target::prepare(
+        &system.url(""),
+        e2e::system::JWT_SECRET,
+        1_000,
+        true,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let placed = open_loop::run(&target, 20.0, Duration::from_secs(2), &recorder, &tracker).await;
+    assert_eq!(placed, 40);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tracker.outstanding() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = recorder.snapshot();
+    assert_eq!(s.accepted, 40, "errors: {:?}", s.errors);
+    assert_eq!(s.outcomes.get("CONFIRMED"), Some(&40));
+    assert_eq!(s.terminal.len(), 40);
+    system.stop().await;
+    env.cleanup().await;
+}

@@ -1,0 +1,173 @@
+//! Group commit: one writer thread per database that runs every queued write transaction of
+//! the moment inside a single `BEGIN IMMEDIATE … COMMIT`, one savepoint each.
+//!
+//! With `synchronous=FULL` every commit is an fsync, and SQLite has one writer at a time, so
+//! committing each consumer's write on its own caps a service at one message per fsync. Here
+//! the writes that queued up while the previous commit was syncing share the next commit.
+//! Nothing about a single write changes: its closure runs under its own savepoint, an `Err`
+//! rolls back exactly its own changes (the others commit), and its caller hears `Ok` only
+//! after the shared `COMMIT` returned, i.e. once its effect is durable. If the commit itself
+//! fails, every write of the group gets the error and none of them is applied.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use deadpool_sqlite::rusqlite::{self, Connection, Transaction, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use crate::store::DbError;
+
+/// At most this many writes share one commit, so one commit never holds the lock for long.
+const MAX_GROUP: usize = 256;
+
+/// A write as the writer thread sees it: run it on the open transaction, report the outcome
+/// later (after the commit).
+type Job = Box<dyn FnOnce(&Transaction) -> Box<dyn FnOnce(Option<String>) + Send> + Send>;
+
+/// The sending half; cloning it shares the writer thread.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Opens its own connection to `path` (already created and in WAL mode) and starts the
+    /// writer thread; the thread ends when every `Writer` clone is dropped.
+    pub(crate) fn start(path: &Path) -> Result<Self, DbError> {
+        let conn = Connection::open(path).map_err(|e| DbError::Open {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || serve(conn, queue))
+            .map_err(|e| DbError::Open {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` in the next group transaction and returns once that transaction committed.
+    pub(crate) async fn write<R, F>(&self, f: F) -> Result<R, DbError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Transaction) -> Result<R, rusqlite::Error> + Send + 'static,
+    {
+        let (tx_result, rx_result) = oneshot::channel::<Result<R, DbError>>();
+        let job: Job = Box::new(move |tx: &Transaction| {
+            let outcome = run_in_savepoint(tx, f);
+            Box::new(move |commit_error: Option<String>| {
+                let result = match (commit_error, outcome) {
+                    (Some(e), Ok(_)) => Err(DbError::Interact(format!("group commit failed: {e}"))),
+                    (_, outcome) => outcome,
+                };
+                let _ = tx_result.send(result);
+            })
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| DbError::Interact("the database writer stopped".into()))?;
+        rx_result
+            .await
+            .map_err(|_| DbError::Interact("the database writer dropped a write".into()))?
+    }
+}
+
+/// Runs `f` between `SAVEPOINT` and `RELEASE`, rolling its changes back when it fails or panics.
+fn run_in_savepoint<R, F>(tx: &Transaction, f: F) -> Result<R, DbError>
+where
+    F: FnOnce(&Transaction) -> Result<R, rusqlite::Error>,
+{
+    tx.execute_batch("SAVEPOINT w")?;
+    let outcome = match catch_unwind(AssertUnwindSafe(|| f(tx))) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(DbError::Sqlite(e)),
+        Err(_) => Err(DbError::Interact("a write panicked".into())),
+    };
+    if outcome.is_err() {
+        tx.execute_batch("ROLLBACK TO w")?;
+    }
+    tx.execute_batch("RELEASE w")?;
+    outcome
+}
+
+fn serve(mut conn: Connection, queue: mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("sqlite_group_commit_size").record(group.len() as f64);
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                // The writes are not run: dropping them drops their result senders, so every
+                // caller gets a (retryable) error instead of an answer.
+                tracing::warn!(error = %e, writes = group.len(), "could not begin a write transaction");
+                drop(group);
+                continue;
+            }
+        };
+        let reports: Vec<_> = group.into_iter().map(|job| job(&tx)).collect();
+        let commit_error = tx.commit().err().map(|e| e.to_string());
+        for report in reports {
+            report(commit_error.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::Db;
+
+    const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT NOT NULL);";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_rolls_back_only_itself() {
+        let dir = std::env::temp_dir().join(format!("group-commit-{}", uuid::Uuid::new_v4()));
+        let db = Db::open(&dir.join("t.db"), SCHEMA).await.unwrap();
+        let mut writes = Vec::new();
+        for i in 0..50i64 {
+            let db = db.clone();
+            writes.push(tokio::spawn(async move {
+                db.write(move |tx| {
+                    tx.execute("INSERT INTO t (id, v) VALUES (?1, 'x')", [i])?;
+                    if i % 5 == 0 {
+                        // NOT NULL violation after a successful insert: both must vanish.
+                        tx.execute("INSERT INTO t (id, v) VALUES (?1, NULL)", [1000 + i])?;
+                    }
+                    Ok(i)
+                })
+                .await
+            }));
+        }
+        let mut failed = 0;
+        for write in writes {
+            if write.await.unwrap().is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 10);
+        let (rows, failed_rows): (i64, i64) = db
+            .call(|c| {
+                c.query_row(
+                    "SELECT COUNT(*), COUNT(*) FILTER (WHERE id % 5 = 0 OR id >= 1000) FROM t",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!((rows, failed_rows), (40, 0));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Benchmarks of issue 5 (see docs/benchmarks.md): builds release binaries, starts the five
+# services as separate processes against a dedicated vhost, Redis key prefix and data dir,
+# runs the scenarios with `loadgen`, and stops and cleans up everything on exit, also on
+# failure or Ctrl-C. Every scenario gets a fresh system (new vhost, prefix, data dir).
+#
+#   bash scripts/bench.sh                       # every scenario, defaults below
+#   SCENARIOS="saturation ceiling" bash scripts/bench.sh
+#
+# Knobs (environment): SCENARIOS (saturation ceiling rates soak; webhook deliveries/s are in
+# every load report), DURATION (30 s per
+# run), REPEAT (2 runs of each measurement), CONCURRENCY (64 clients at saturation), RATES
+# ("100 500 1000"), SOAK_SECS (600) and SOAK_RATE (500), BENCH_RUST_LOG (warn), PORT_BASE (23000),
+# BENCH_OUT (where the tables are also written).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCENARIOS=${SCENARIOS:-"saturation ceiling rates soak"}
+DURATION=${DURATION:-30}
+REPEAT=${REPEAT:-2}
+CONCURRENCY=${CONCURRENCY:-64}
+RATES=${RATES:-"100 500 1000"}
+SOAK_SECS=${SOAK_SECS:-600}
+SOAK_RATE=${SOAK_RATE:-500}
+PORT_BASE=${PORT_BASE:-23000}
+MGMT=${RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:15672}
+AMQP_BASE=${AMQP_BASE:-amqp://guest:guest@127.0.0.1:5672}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+export RUST_LOG=${BENCH_RUST_LOG:-warn}
+BIN=${CARGO_TARGET_DIR:-target}/release
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+BENCH_OUT=${BENCH_OUT:-/tmp/bench-$STAMP.md}
+WORK=$(mktemp -d /tmp/bench.XXXXXX)
+JWT_SECRET="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export JWT_SECRET
+export WEBHOOK_SECRET="whsec_$(head -c 24 /dev/urandom | base64)"
+
+pids=()
+vhost=""
+prefix=""
+
+log() { echo "[bench] $*" >&2; }
+out() { echo "$@" | tee -a "$BENCH_OUT"; }
+
+mgmt() { curl -fsS -u guest:guest -H 'content-type: application/json' "$@"; }
+
+new_vhost() {
+  vhost="bench-$1-$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  prefix="$vhost:"
+  mgmt -XPUT "$MGMT/api/vhosts/$vhost" -d '{}' >/dev/null
+  mgmt -XPUT "$MGMT/api/permissions/$vhost/guest" -d '{"configure":".*","write":".*","read":".*"}' >/dev/null
+}
+
+drop_vhost() {
+  if [ -n "$vhost" ]; then
+    mgmt -XDELETE "$MGMT/api/vhosts/$vhost" >/dev/null 2>&1 || true
+    redis-cli -u "$REDIS_URL" --scan --pattern "${prefix}*" 2>/dev/null \
+      | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
+    vhost=""
+  fi
+}
+
+stop_system() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  pids=()
+  drop_vhost
+}
+
+cleanup() {
+  local rc=$?
+  stop_system
+  rm -rf "$WORK"
+  if [ $rc -ne 0 ]; then log "failed (exit $rc); logs were in $WORK (removed)"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port() { case $1 in gateway) echo $((PORT_BASE));; products) echo $((PORT_BASE+1));; orders) echo $((PORT_BASE+2));; webhook-publisher) echo $((PORT_BASE+3));; notifier) echo $((PORT_BASE+85));; esac; }
+SERVICES=(products orders gateway notifier webhook-publisher)
+
+# Starts all five services on a fresh vhost, prefix and data dir; sets $PIDS_SPEC.
+start_system() {
+  new_vhost "$1"
+  local data="$WORK/$vhost"
+  mkdir -p "$data/logs"
+  for s in "${SERVICES[@]}"; do
+    HTTP_ADDR="127.0.0.1:$(port "$s")" \
+    AMQP_URL="$AMQP_BASE/$vhost" \
+    REDIS_URL="$REDIS_URL" REDIS_KEY_PREFIX="$prefix" \
+    DATA_DIR="$data/$s" \
+    NOTIFIER_URL="http://127.0.0.1:$(port notifier)/webhooks" \
+    RATE_LIMIT_PER_SEC=0 \
+      "$BIN/$s" >"$data/logs/$s.log" 2>&1 &
+    pids+=($!)
+  done
+  for s in "${SERVICES[@]}"; do
+    local ok=""
+    for _ in $(seq 1 120); do
+      if curl -fs "http://127.0.0.1:$(port "$s")/ready" >/dev/null 2>&1; then ok=1; break; fi
+      sleep 0.25
+    done
+    if [ -z "$ok" ]; then log "$s did not become ready"; tail -20 "$data/logs/$s.log" >&2; return 1; fi
+  done
+  PIDS_SPEC=""
+  local i=0
+  for s in "${SERVICES[@]}"; do PIDS_SPEC+="$s=${pids[$i]},"; i=$((i+1)); done
+  local beam redis
+  beam=$(pgrep -o -x beam.smp || true); redis=$(pgrep -o -x redis-server || true)
+  [ -n "$beam" ] && PIDS_SPEC+="rabbitmq(shared)=$beam,"
+  [ -n "$redis" ] && PIDS_SPEC+="redis(shared)=$redis,"
+}
+
+loadgen() {
+  "$BIN/loadgen" --gateway "http://127.0.0.1:$(port gateway)" --amqp-url "$AMQP_BASE/$vhost" \
+    --pids "$PIDS_SPEC" --webhook-metrics "http://127.0.0.1:$(port webhook-publisher)/metrics" "$@" \
+    | tee -a "$BENCH_OUT"
+}
+
+log "building release binaries into $BIN"
+cargo build --release -q -p gateway -p orders -p products -p webhook-publisher -p notifier -p loadgen
+
+out "# bench run $STAMP"
+out ""
+out "nproc $(nproc), $(free -m | awk '/Mem:/{print $2" MiB RAM"}'), RabbitMQ $(mgmt "$MGMT/api/overview" | sed -n 's/.*"rabbitmq_version":"\([^"]*\)".*/\1/p'), $(redis-cli -u "$REDIS_URL" INFO server | tr -d '\r' | grep redis_version), RUST_LOG=$RUST_LOG, git $(git rev-parse --short HEAD)"
+out ""
+
+saturation=""
+for scenario in $SCENARIOS; do
+  case $scenario in
+    saturation)
+      for r in $(seq 1 "$REPEAT"); do
+        start_system sat
+        loadgen --concurrency "$CONCURRENCY" --duration "$DURATION" --title "saturation run $r: closed loop, $CONCURRENCY clients, ${DURATION} s" \
+          > "$WORK/sat.txt"
+        cat "$WORK/sat.txt"
+        saturation+="$(sed -n 's/^| sustained.*| \*\*\([0-9.]*\) orders\/s\*\*.*/\1/p' "$WORK/sat.txt") "
+        stop_system
+      done
+      ;;
+    ceiling)
+      best=$(echo "$saturation" | tr ' ' '\n' | sort -g | tail -1)
+      for r in $(seq 1 "$REPEAT"); do
+        new_vhost ceiling
+        "$BIN/loadgen" ceiling --amqp-url "$AMQP_BASE/$vhost" --duration "$DURATION" \
+          ${best:+--orders-per-sec "$best"} | tee -a "$BENCH_OUT"
+        drop_vhost
+      done
+      ;;
+    rates)
+      for rate in $RATES; do
+        for r in $(seq 1 "$REPEAT"); do
+          start_system "rate$rate"
+          loadgen --rate "$rate" --duration "$DURATION" --title "open loop run $r: $rate orders/s offered, ${DURATION} s"
+          stop_system
+        done
+      done
+      ;;
+    soak)
+      start_system soak
+      loadgen --rate "$SOAK_RATE" --duration "$SOAK_SECS" --mem-every 60 --title "soak: $SOAK_RATE orders/s for $SOAK_SECS s"
+      stop_system
+      ;;
+    *) log "unknown scenario $scenario"; exit 2 ;;
+  esac
+done
+log "tables written to $BENCH_OUT"
