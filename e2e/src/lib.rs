@@ -29,3 +29,14 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Waits until `base/ready` answers 200, at most `timeout`.
+pub async fn wait_ready(base: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let ready = eventually(timeout, || async {
+        let response = http.get(format!("{base}/ready")).send().await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+    ready.ok_or_else(|| anyhow::anyhow!("{base} never became ready"))
+}

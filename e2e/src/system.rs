@@ -186,12 +186,7 @@ impl System {
 
     /// Waits until a service's `/ready` says 200.
     pub async fn wait_ready(&self, base: &str) -> Result<()> {
-        let ready = crate::eventually(Duration::from_secs(20), || async {
-            let response = self.http.get(format!("{base}/ready")).send().await.ok()?;
-            response.status().is_success().then_some(())
-        })
-        .await;
-        ready.with_context(|| format!("{base} never became ready"))
+        crate::wait_ready(base, Duration::from_secs(20)).await
     }
 
     pub async fn stop_products(&mut self) {

@@ -11,7 +11,7 @@ use messaging::contracts::OrderEvent;
 use messaging::service::Running;
 use messaging::signature::Secret;
 use notifier::Config;
-use notifier::auth::{Claims, Role};
+use notifier::auth::Role;
 use serde_json::{Value, json};
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -39,27 +39,21 @@ pub fn config(env: &TestEnv) -> Config {
 /// Spawns a notifier and waits until it listens on the events channel.
 pub async fn start(config: Config) -> Running {
     let running = notifier::spawn(config).await.unwrap();
-    let ready = format!("{}/ready", running.url());
-    let up = e2e::eventually(LONG, || {
-        let ready = ready.clone();
-        async move {
-            let response = reqwest::get(&ready).await.ok()?;
-            response.status().is_success().then_some(())
-        }
-    })
-    .await;
-    assert!(up.is_some(), "the notifier never became ready");
+    e2e::wait_ready(&running.url(), LONG)
+        .await
+        .expect("the notifier never became ready");
     running
 }
 
 pub fn token(role: Role, sub: &str, seller_id: Option<&str>) -> String {
-    let claims = Claims {
-        sub: sub.to_owned(),
+    notifier::auth::issue_for(
+        JWT_SECRET.as_bytes(),
+        sub,
         role,
-        seller_id: seller_id.map(str::to_owned),
-        exp: jsonwebtoken::get_current_timestamp() + 600,
-    };
-    notifier::auth::issue(JWT_SECRET.as_bytes(), &claims).unwrap()
+        seller_id,
+        Duration::from_secs(600),
+    )
+    .unwrap()
 }
 
 pub fn now() -> i64 {

@@ -221,16 +221,9 @@ pub fn config(env: &TestEnv, default_url: &str, schedule_ms: &str) -> Config {
 /// Spawns the publisher and waits until it consumes (its topology is then declared).
 pub async fn start(config: Config) -> Running {
     let running = webhook_publisher::spawn(config).await.unwrap();
-    let ready = format!("{}/ready", running.url());
-    let up = e2e::eventually(LONG, || {
-        let ready = ready.clone();
-        async move {
-            let response = reqwest::get(&ready).await.ok()?;
-            response.status().is_success().then_some(())
-        }
-    })
-    .await;
-    assert!(up.is_some(), "the publisher never became ready");
+    e2e::wait_ready(&running.url(), LONG)
+        .await
+        .expect("the publisher never became ready");
     running
 }
 
