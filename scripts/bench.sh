@@ -116,6 +116,17 @@ start_system() {
   [ -n "$redis" ] && PIDS_SPEC+="redis(shared)=$redis,"
 }
 
+# With DUMP_METRICS=1, prints each service's commit and handler timings before it is stopped
+# (summaries from /metrics: where the time of a message goes).
+dump_metrics() {
+  [ "${DUMP_METRICS:-0}" = 1 ] || return 0
+  for s in "${SERVICES[@]}"; do
+    curl -fsS "http://127.0.0.1:$(port "$s")/metrics" 2>/dev/null \
+      | grep -E '^(sqlite_group_commit|message_handle_seconds)' | grep -vE 'quantile="0"|quantile="1"' \
+      | sed "s/^/$s /" | tee -a "$BENCH_OUT" || true
+  done
+}
+
 loadgen() {
   "$BIN/loadgen" --gateway "http://127.0.0.1:$(port gateway)" --amqp-url "$AMQP_BASE/$vhost" \
     --pids "$PIDS_SPEC" --webhook-metrics "http://127.0.0.1:$(port webhook-publisher)/metrics" "$@" \
@@ -157,6 +168,7 @@ for scenario in $SCENARIOS; do
         for r in $(seq 1 "$REPEAT"); do
           start_system "rate$rate"
           loadgen --rate "$rate" --duration "$DURATION" --title "open loop run $r: $rate orders/s offered, ${DURATION} s"
+          dump_metrics
           stop_system
         done
       done

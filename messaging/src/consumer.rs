@@ -208,6 +208,8 @@ impl Consumer {
         loop {
             match (self.handler)(incoming.clone()).await {
                 Ok(()) => {
+                    metrics::histogram!("message_handle_seconds", "queue" => queue.to_owned())
+                        .record(started.elapsed().as_secs_f64());
                     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                         warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
                     } else {

@@ -117,8 +117,10 @@ fn serve(mut conn: Connection, queue: mpsc::Receiver<Job>) {
                 continue;
             }
         };
+        let started = std::time::Instant::now();
         let reports: Vec<_> = group.into_iter().map(|job| job(&tx)).collect();
         let commit_error = tx.commit().err().map(|e| e.to_string());
+        metrics::histogram!("sqlite_group_commit_seconds").record(started.elapsed().as_secs_f64());
         for report in reports {
             report(commit_error.clone());
         }

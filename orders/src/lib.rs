@@ -64,7 +64,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     };
     broker.attach(Arc::new(
         Consumer::new(ORDERS_QUEUE, SERVICE, orders.into_handler())
-            .with_prefetch(config.prefetch, 8),
+            .with_prefetch(config.prefetch, usize::from(config.prefetch)),
     ));
     let reads = rpc::RpcHandler {
         db,

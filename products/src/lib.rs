@@ -49,7 +49,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     };
     // Stock changes serialize on SQLite's single writer anyway; a few in flight hide latency.
     let stock_consumer = Consumer::new(PRODUCTS_QUEUE, SERVICE, stock.into_handler())
-        .with_prefetch(config.prefetch, 4);
+        .with_prefetch(config.prefetch, usize::from(config.prefetch));
     broker.attach(Arc::new(stock_consumer));
     let reads = rpc::RpcHandler {
         db: db.clone(),

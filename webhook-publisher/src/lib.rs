@@ -108,7 +108,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     // Recording an event is one short SQLite transaction; a few in flight hide its latency.
     broker.attach(Arc::new(
         Consumer::new(WEBHOOKS_QUEUE, SERVICE, events.into_handler())
-            .with_prefetch(config.prefetch, 4),
+            .with_prefetch(config.prefetch, usize::from(config.prefetch)),
     ));
 
     let ready_broker = broker.clone();
