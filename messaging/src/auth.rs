@@ -46,9 +46,13 @@ pub struct Identity {
     pub seller_id: Option<String>,
 }
 
-/// Checks tokens against `JWT_SECRET`.
+/// Checks tokens against `JWT_SECRET`. Cheap to clone (handlers get a clone per request).
 #[derive(Clone)]
 pub struct TokenVerifier {
+    inner: std::sync::Arc<VerifierInner>,
+}
+
+struct VerifierInner {
     key: DecodingKey,
     validation: Validation,
 }
@@ -60,14 +64,16 @@ impl TokenVerifier {
         // A few seconds of clock skew between the token issuer and us.
         validation.leeway = 5;
         Self {
-            key: DecodingKey::from_secret(secret),
-            validation,
+            inner: std::sync::Arc::new(VerifierInner {
+                key: DecodingKey::from_secret(secret),
+                validation,
+            }),
         }
     }
 
     pub fn verify(&self, token: Option<&str>) -> Result<Identity, TokenError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(TokenError::Missing)?;
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?.claims;
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.inner.key, &self.inner.validation)?.claims;
         if claims.sub.is_empty() {
             return Err(TokenError::EmptySubject);
         }

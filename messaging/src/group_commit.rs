@@ -8,16 +8,58 @@
 //! rolls back exactly its own changes (the others commit), and its caller hears `Ok` only
 //! after the shared `COMMIT` returned, i.e. once its effect is durable. If the commit itself
 //! fails, every write of the group gets the error and none of them is applied.
+//!
+//! The writer also knows, better than anyone, which outbox rows just became durable: rows that
+//! [`crate::store::outbox_enqueue`] wrote inside a savepoint that was kept and a commit that
+//! succeeded. After each commit it hands those rows to the outbox relay over a bounded channel
+//! (the relay's fast path, see `outbox.rs`), so the relay need not read them back. A rolled-back
+//! write's rows are forgotten with it; a row that does not fit in the channel stays in the
+//! table for the relay's poll.
 
+use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
 
 use deadpool_sqlite::rusqlite::{self, Connection, Transaction, TransactionBehavior};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc as async_mpsc, oneshot};
 
-use crate::store::DbError;
+use crate::store::{DbError, OutboxRow};
+
+/// Where committed outbox rows go: the relay's fast path, once a relay asked for it.
+pub(crate) type OutboxSink = Arc<OnceLock<async_mpsc::Sender<OutboxRow>>>;
+
+thread_local! {
+    /// The outbox rows written by the group transaction being built. `Some` only on a writer
+    /// thread, so `outbox_enqueue` called anywhere else collects nothing.
+    static WRITTEN: RefCell<Option<Vec<OutboxRow>>> = const { RefCell::new(None) };
+}
+
+/// Called by `outbox_enqueue` after its INSERT: remembers the row if this is a writer thread.
+pub(crate) fn note_outbox_row(row: impl FnOnce() -> OutboxRow) {
+    WRITTEN.with(|w| {
+        if let Some(rows) = w.borrow_mut().as_mut() {
+            rows.push(row());
+        }
+    });
+}
+
+fn written_len() -> usize {
+    WRITTEN.with(|w| w.borrow().as_ref().map_or(0, Vec::len))
+}
+
+fn forget_written_after(len: usize) {
+    WRITTEN.with(|w| {
+        if let Some(rows) = w.borrow_mut().as_mut() {
+            rows.truncate(len);
+        }
+    });
+}
+
+fn take_written() -> Vec<OutboxRow> {
+    WRITTEN.with(|w| w.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default())
+}
 
 /// At most this many writes share one commit, so one commit never holds the lock for long.
 const MAX_GROUP: usize = 256;
@@ -35,7 +77,7 @@ pub(crate) struct Writer {
 impl Writer {
     /// Opens its own connection to `path` (already created and in WAL mode) and starts the
     /// writer thread; the thread ends when every `Writer` clone is dropped.
-    pub(crate) fn start(path: &Path) -> Result<Self, DbError> {
+    pub(crate) fn start(path: &Path, sink: OutboxSink) -> Result<Self, DbError> {
         let conn = Connection::open(path).map_err(|e| DbError::Open {
             path: path.display().to_string(),
             reason: e.to_string(),
@@ -45,7 +87,7 @@ impl Writer {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || serve(conn, queue))
+            .spawn(move || serve(conn, queue, sink))
             .map_err(|e| DbError::Open {
                 path: path.display().to_string(),
                 reason: e.to_string(),
@@ -85,19 +127,22 @@ where
     F: FnOnce(&Transaction) -> Result<R, rusqlite::Error>,
 {
     tx.execute_batch("SAVEPOINT w")?;
+    let rows_before = written_len();
     let outcome = match catch_unwind(AssertUnwindSafe(|| f(tx))) {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(DbError::Sqlite(e)),
         Err(_) => Err(DbError::Interact("a write panicked".into())),
     };
     if outcome.is_err() {
+        forget_written_after(rows_before);
         tx.execute_batch("ROLLBACK TO w")?;
     }
     tx.execute_batch("RELEASE w")?;
     outcome
 }
 
-fn serve(mut conn: Connection, queue: mpsc::Receiver<Job>) {
+fn serve(mut conn: Connection, queue: mpsc::Receiver<Job>, sink: OutboxSink) {
+    WRITTEN.with(|w| *w.borrow_mut() = Some(Vec::new()));
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -121,17 +166,84 @@ fn serve(mut conn: Connection, queue: mpsc::Receiver<Job>) {
         let reports: Vec<_> = group.into_iter().map(|job| job(&tx)).collect();
         let commit_error = tx.commit().err().map(|e| e.to_string());
         metrics::histogram!("sqlite_group_commit_seconds").record(started.elapsed().as_secs_f64());
+        hand_to_relay(take_written(), commit_error.is_none(), &sink);
         for report in reports {
             report(commit_error.clone());
         }
     }
 }
 
+/// Gives the rows of a committed group to the relay; a row that does not fit stays in the
+/// table for the relay's poll, as do all rows when no relay listens.
+fn hand_to_relay(rows: Vec<OutboxRow>, committed: bool, sink: &OutboxSink) {
+    let Some(sink) = sink.get().filter(|_| committed) else {
+        return;
+    };
+    for row in rows {
+        if sink.try_send(row).is_err() {
+            metrics::counter!("outbox_fast_path_skipped_total").increment(1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use deadpool_sqlite::rusqlite;
+
     use crate::store::Db;
 
     const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT NOT NULL);";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_committed_outbox_rows_reach_the_relay() {
+        use crate::envelope::OutgoingMessage;
+        use crate::store::outbox_enqueue;
+        let dir = std::env::temp_dir().join(format!("group-commit-{}", uuid::Uuid::new_v4()));
+        let db = Db::open(&dir.join("t.db"), SCHEMA).await.unwrap();
+        let mut rows = db.committed_outbox_rows(16).unwrap();
+        assert!(db.committed_outbox_rows(16).is_none(), "one relay per database");
+        let mut writes = Vec::new();
+        for i in 0..6i64 {
+            let db = db.clone();
+            writes.push(tokio::spawn(async move {
+                db.write(move |tx| {
+                    let msg = OutgoingMessage::json("ex", "key", Some(&i.to_string()), &i)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                    outbox_enqueue(tx, &msg)?;
+                    if i % 3 == 0 {
+                        // Fails after its outbox row was written: the row must vanish.
+                        tx.execute("INSERT INTO t (id, v) VALUES (?1, NULL)", [i])?;
+                    }
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        for write in writes {
+            let _ = write.await.unwrap();
+        }
+        let mut handed = Vec::new();
+        while let Ok(row) = rows.try_recv() {
+            handed.push(row);
+        }
+        let mut orders: Vec<String> = handed
+            .iter()
+            .filter_map(|r| r.message.correlation_id.clone())
+            .collect();
+        orders.sort();
+        assert_eq!(orders, ["1", "2", "4", "5"]);
+        assert!(handed.windows(2).all(|w| w[0].id < w[1].id), "commit order");
+        let in_table: Vec<i64> = db
+            .call(|c| {
+                let mut stmt = c.prepare("SELECT id FROM outbox ORDER BY id")?;
+                let ids = stmt.query_map([], |r| r.get(0))?;
+                ids.collect()
+            })
+            .await
+            .unwrap();
+        assert_eq!(in_table, handed.iter().map(|r| r.id).collect::<Vec<_>>());
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_write_rolls_back_only_itself() {

@@ -1,115 +1,212 @@
 //! The outbox relay: publishes what a transaction left in the `outbox` table, with confirms.
 //!
 //! A service writes its state change and the messages that announce it in one SQLite
-//! transaction (see [`crate::store::outbox_enqueue`]) and then calls [`Relay::wake`]. The relay
-//! publishes the rows in id order, pipelining the confirms of a batch, and deletes a row only
-//! once the broker confirmed it. A crash between publish and delete publishes the row again with
-//! the same message id, which consumers deduplicate; nothing committed is ever lost.
+//! transaction (see [`crate::store::outbox_enqueue`]). The relay deletes a row only once the
+//! broker confirmed it; a crash between publish and delete publishes the row again with the
+//! same message id, which consumers deduplicate. Nothing committed is ever lost.
+//!
+//! Rows reach the relay two ways:
+//! - **fast path**: right after each group commit the database writer hands over the rows that
+//!   commit made durable (`group_commit.rs`), so the relay publishes them at once without
+//!   reading them back;
+//! - **poll**: every [`POLL`] (and at start) the relay reads the oldest rows of the table, for
+//!   rows the fast path did not carry — left by a previous run, refused by the broker, or that
+//!   did not fit in the channel.
+//!
+//! Publishes are pipelined: up to [`WINDOW`] await their confirms at once (a sliding window,
+//! not batch-at-a-time), and confirmed rows are deleted in batches by a write that runs while
+//! the next messages are already being published. A row is "in flight" from its publish until
+//! its delete (or failure) is committed; neither path publishes an in-flight row again.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::broker::Broker;
-use crate::store::{Db, outbox_batch, outbox_settle};
+use crate::broker::{Broker, PublishError};
+use crate::store::{Db, DbError, OutboxRow, outbox_batch, outbox_settle};
 
-const BATCH: usize = 200;
-/// Rows are also picked up without a wake-up, e.g. those left by a previous run.
+/// Unconfirmed publishes at most; the fast path waits while the window is full.
+const WINDOW: usize = 512;
+/// Committed rows the fast path may hold before the writer leaves them to the poll.
+const CHANNEL: usize = 4096;
+/// Rows read by one poll.
+const POLL_BATCH: usize = 500;
+/// How often the table is read for rows the fast path did not carry.
 const POLL: Duration = Duration::from_millis(500);
+/// How long a stopping relay waits for its outstanding confirms and deletes.
+const DRAIN: Duration = Duration::from_secs(2);
 
-#[derive(Clone)]
+type Confirm = BoxFuture<'static, (OutboxRow, Result<(), PublishError>)>;
+type Settled = BoxFuture<'static, (Vec<i64>, Result<(), DbError>)>;
+
 pub struct Relay {
     db: Db,
     broker: Broker,
-    wake: Arc<Notify>,
+    rows: mpsc::Receiver<OutboxRow>,
 }
 
 impl Relay {
-    pub fn new(db: Db, broker: Broker) -> Self {
-        Self {
-            db,
-            broker,
-            wake: Arc::new(Notify::new()),
-        }
-    }
-
-    /// Tells the relay that a transaction just committed outbox rows.
-    pub fn wake(&self) {
-        self.wake.notify_one();
+    /// The relay of `db`. Fails if `db` already has one: the fast path has one reader.
+    pub fn new(db: Db, broker: Broker) -> Result<Self, DbError> {
+        let rows = db
+            .committed_outbox_rows(CHANNEL)
+            .ok_or_else(|| DbError::Interact("this database already has an outbox relay".into()))?;
+        Ok(Self { db, broker, rows })
     }
 
     /// Relays until `shutdown`. Run it in its own task.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut failures = 0u32;
-        while !shutdown.is_cancelled() {
-            let pause = match self.relay_batch().await {
-                Ok(0) => {
-                    failures = 0;
-                    POLL
-                }
-                Ok(_) => {
-                    failures = 0;
-                    continue;
-                }
-                Err(reason) => {
-                    failures += 1;
-                    if failures == 1 || failures % 20 == 0 {
-                        warn!(%reason, failures, "outbox relay could not publish; will retry");
-                    }
-                    Duration::from_millis(100 * u64::from(failures.min(30)))
-                }
-            };
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut state = State::default();
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let room = state.confirms.len() < WINDOW;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(pause) => {}
+                Some(row) = self.rows.recv(), if room => {
+                    // Not connected: the row stays in the table and the poll sends it later.
+                    // At or below what a poll saw: that poll (or an earlier publish) sent it.
+                    if self.broker.is_connected() && row.id > state.polled_up_to {
+                        self.publish(&mut state, row);
+                    }
+                }
+                Some((row, result)) = state.confirms.next() => state.confirmed(row, result),
+                Some((ids, result)) = state.settling.next() => state.settled(ids, result),
+                _ = poll.tick(), if room => self.poll(&mut state).await,
+            }
+            if state.settling.is_empty() && !(state.done.is_empty() && state.failed.is_empty()) {
+                let settle = self.settle(&mut state);
+                state.settling.push(settle);
+            }
+        }
+        self.drain(state).await;
+    }
+
+    /// Starts publishing `row` unless it is already in flight.
+    fn publish(&self, state: &mut State, row: OutboxRow) {
+        if !state.in_flight.insert(row.id) {
+            return;
+        }
+        let broker = self.broker.clone();
+        state.confirms.push(Box::pin(async move {
+            let result = broker.publish(&row.message).await;
+            (row, result)
+        }));
+    }
+
+    /// Reads the oldest rows not in flight and publishes them.
+    async fn poll(&self, state: &mut State) {
+        if !self.broker.is_connected() {
+            return;
+        }
+        let rows = match self.db.call(|conn| outbox_batch(conn, POLL_BATCH)).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                warn!(error = %e, "could not read the outbox; will try again");
+                return;
+            }
+        };
+        if let Some(last) = rows.last() {
+            state.polled_up_to = state.polled_up_to.max(last.id);
+        }
+        let fresh: Vec<_> = rows
+            .into_iter()
+            .filter(|row| !state.in_flight.contains(&row.id))
+            .collect();
+        if !fresh.is_empty() {
+            debug!(rows = fresh.len(), "outbox rows found by the poll");
+        }
+        for row in fresh {
+            self.publish(state, row);
+        }
+    }
+
+    /// Deletes the confirmed rows and records the failures, in one write.
+    fn settle(&self, state: &mut State) -> Settled {
+        let done = std::mem::take(&mut state.done);
+        let failed = std::mem::take(&mut state.failed);
+        let ids: Vec<i64> = done.iter().chain(failed.iter().map(|(id, _)| id)).copied().collect();
+        let db = self.db.clone();
+        Box::pin(async move {
+            let count = done.len();
+            let result = db.write(move |tx| outbox_settle(tx, &done, &failed)).await;
+            if result.is_ok() {
+                metrics::counter!("outbox_relayed_total").increment(count as u64);
+            }
+            (ids, result)
+        })
+    }
+
+    /// On shutdown: lets outstanding confirms arrive and deletes what was confirmed, briefly.
+    async fn drain(self, mut state: State) {
+        let drained = tokio::time::timeout(DRAIN, async {
+            while let Some((row, result)) = state.confirms.next().await {
+                state.confirmed(row, result);
+            }
+            while state.settling.next().await.is_some() {}
+            if !state.done.is_empty() || !state.failed.is_empty() {
+                let _ = self.settle(&mut state).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            debug!("relay stopped with confirms outstanding; those rows are sent again next start");
+        }
+    }
+}
+
+/// What the relay has in the air.
+#[derive(Default)]
+struct State {
+    /// Row ids published and not yet settled in the table.
+    in_flight: HashSet<i64>,
+    /// Publishes awaiting their confirm.
+    confirms: FuturesUnordered<Confirm>,
+    /// Confirmed rows to delete.
+    done: Vec<i64>,
+    /// Refused rows to mark (they stay for the poll).
+    failed: Vec<(i64, String)>,
+    /// The settle write in progress (at most one, so the next one collects a bigger batch).
+    settling: FuturesUnordered<Settled>,
+    /// Consecutive refused publishes, for logging without flooding.
+    failures: u32,
+    /// The highest row id a poll has read: rows are committed in id order, so a fast-path row
+    /// at or below it was committed before that poll and has been published already.
+    polled_up_to: i64,
+}
+
+impl State {
+    fn confirmed(&mut self, row: OutboxRow, result: Result<(), PublishError>) {
+        match result {
+            Ok(()) => {
+                self.failures = 0;
+                self.done.push(row.id);
+            }
+            Err(e) => {
+                self.failures += 1;
+                if self.failures == 1 || self.failures % 100 == 0 {
+                    warn!(message_id = %row.message.message_id, order_id = row.message.correlation_id.as_deref().unwrap_or(""),
+                        routing_key = %row.message.routing_key, error = %e, failures = self.failures,
+                        "outbox message not confirmed; keeping it for the next poll");
+                }
+                self.failed.push((row.id, e.to_string()));
             }
         }
     }
 
-    /// Publishes one batch; returns how many rows it sent, or why none went out.
-    async fn relay_batch(&self) -> Result<usize, String> {
-        let rows = self
-            .db
-            .call(|conn| outbox_batch(conn, BATCH))
-            .await
-            .map_err(|e| e.to_string())?;
-        if rows.is_empty() {
-            return Ok(0);
+    fn settled(&mut self, ids: Vec<i64>, result: Result<(), DbError>) {
+        if let Err(e) = result {
+            // The rows stay in the table; the poll publishes them again (same message ids).
+            warn!(error = %e, rows = ids.len(), "could not settle relayed outbox rows; they will be sent again");
         }
-        if !self.broker.is_connected() {
-            return Err("not connected to the broker".into());
-        }
-        // Publishing every row before awaiting any confirm pipelines the confirms.
-        let results =
-            futures::future::join_all(rows.iter().map(|row| self.broker.publish(&row.message)))
-                .await;
-        let mut sent = Vec::new();
-        let mut failed = Vec::new();
-        for (row, result) in rows.iter().zip(results) {
-            match result {
-                Ok(()) => sent.push(row.id),
-                Err(e) => {
-                    warn!(message_id = %row.message.message_id, order_id = row.message.correlation_id.as_deref().unwrap_or(""),
-                        routing_key = %row.message.routing_key, error = %e, "outbox message not confirmed; keeping it");
-                    failed.push((row.id, e.to_string()));
-                }
-            }
-        }
-        let count = sent.len();
-        let first_error = failed.first().map(|(_, e)| e.clone());
-        self.db
-            .write(move |tx| outbox_settle(tx, &sent, &failed))
-            .await
-            .map_err(|e| e.to_string())?;
-        debug!(count, "outbox rows relayed");
-        metrics::counter!("outbox_relayed_total").increment(count as u64);
-        match first_error {
-            Some(e) if count == 0 => Err(e),
-            _ => Ok(count),
+        for id in ids {
+            self.in_flight.remove(&id);
         }
     }
 }

@@ -10,7 +10,7 @@ use deadpool_sqlite::rusqlite::{self, Connection, Transaction, params};
 use deadpool_sqlite::{Config, Hook, HookError, Pool, Runtime};
 
 use crate::envelope::OutgoingMessage;
-use crate::group_commit::Writer;
+use crate::group_commit::{OutboxSink, Writer, note_outbox_row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -50,6 +50,8 @@ pub struct Db {
     pool: Pool,
     /// Every write transaction goes through the one writer, which commits them in groups.
     writer: Writer,
+    /// Where the writer sends outbox rows once they are committed (the relay's fast path).
+    outbox_sink: OutboxSink,
 }
 
 impl Db {
@@ -85,8 +87,24 @@ impl Db {
         .await
         .map_err(|e| DbError::Interact(e.to_string()))??;
         drop(conn);
-        let writer = Writer::start(path)?;
-        Ok(Self { pool, writer })
+        let outbox_sink = OutboxSink::default();
+        let writer = Writer::start(path, outbox_sink.clone())?;
+        Ok(Self {
+            pool,
+            writer,
+            outbox_sink,
+        })
+    }
+
+    /// The outbox rows of every later commit, in commit (= id) order, for the one relay of this
+    /// database; `None` if a relay took them already. Rows that find the channel full are not
+    /// sent and stay in the table.
+    pub(crate) fn committed_outbox_rows(
+        &self,
+        capacity: usize,
+    ) -> Option<tokio::sync::mpsc::Receiver<OutboxRow>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        self.outbox_sink.set(tx).ok().map(|()| rx)
     }
 
     /// Runs `f` on a pooled connection in the blocking pool.
@@ -126,22 +144,31 @@ pub fn inbox_first_time(tx: &Transaction, message_id: &str) -> rusqlite::Result<
 
 /// Stores `msg` in the outbox, to be published by the relay after the transaction commits.
 pub fn outbox_enqueue(tx: &Transaction, msg: &OutgoingMessage) -> rusqlite::Result<()> {
-    tx.execute(
+    let mut insert = tx.prepare_cached(
         "INSERT INTO outbox (message_id, exchange, routing_key, correlation_id, traceparent, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            msg.message_id,
-            msg.exchange,
-            msg.routing_key,
-            msg.correlation_id,
-            msg.traceparent,
-            msg.body
-        ],
     )?;
+    insert.execute(params![
+        msg.message_id,
+        msg.exchange,
+        msg.routing_key,
+        msg.correlation_id,
+        msg.traceparent,
+        msg.body
+    ])?;
+    note_outbox_row(|| OutboxRow {
+        id: tx.last_insert_rowid(),
+        message: OutgoingMessage {
+            reply_to: None,
+            mandatory: true,
+            ..msg.clone()
+        },
+    });
     Ok(())
 }
 
 /// A row of the outbox.
+#[derive(Debug)]
 pub(crate) struct OutboxRow {
     pub id: i64,
     pub message: OutgoingMessage,
@@ -175,14 +202,15 @@ pub(crate) fn outbox_settle(
     sent: &[i64],
     failed: &[(i64, String)],
 ) -> rusqlite::Result<()> {
+    let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
     for id in sent {
-        tx.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
+        delete.execute(params![id])?;
     }
+    let mut keep = tx.prepare_cached(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+    )?;
     for (id, error) in failed {
-        tx.execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
-            params![id, error],
-        )?;
+        keep.execute(params![id, error])?;
     }
     Ok(())
 }

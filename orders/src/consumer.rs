@@ -39,7 +39,6 @@ impl OrdersHandler {
             .await
             .map_err(|e| HandleError::Retry(format!("orders.db: {e}")))?;
         if created {
-            self.saga.relay.wake();
             info!(%order_id, "order recorded as PENDING; stock requested");
             metrics::counter!("saga_transitions_total", "to" => "PENDING").increment(1);
         } else {

@@ -51,11 +51,10 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     let redis = redis_pool(&config.common.redis_url)?;
     let guard = Guard::new(redis.clone(), &config.common.redis_prefix);
     let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));
-    let relay = Relay::new(db.clone(), broker.clone());
+    let relay = Relay::new(db.clone(), broker.clone())?;
     let saga = saga::Saga {
         db: db.clone(),
         guard,
-        relay: relay.clone(),
     };
 
     let orders = consumer::OrdersHandler {

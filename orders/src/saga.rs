@@ -3,7 +3,8 @@
 //! For a stock answer about order `o`:
 //! `GET processed:o` (seen → ack and ignore) → `SET lock:o <token> NX PX 10000` (held → retry
 //! later) → guarded transition in orders.db with its outbox rows → `SET processed:o EX 86400` →
-//! compare-and-delete the lock. The idempotency key of this step is the order id: an order has
+//! compare-and-delete the lock. The two Redis steps before and the two after the transition
+//! each run as one Lua script (`Guard::begin`, `Guard::finish`): two round trips, not four. The idempotency key of this step is the order id: an order has
 //! exactly one stock answer that counts. The deadline sweeper takes the same lock, so a late
 //! answer and a cancellation never interleave. Without Redis nothing is confirmed: the message
 //! waits (in-place retries, then requeue) until Redis is back.
@@ -11,8 +12,7 @@
 use std::time::Duration;
 
 use messaging::contracts::StockAnswer;
-use messaging::idempotency::{Guard, GuardError};
-use messaging::outbox::Relay;
+use messaging::idempotency::{Begin, Guard, GuardError};
 use messaging::topology::keys;
 use messaging::{Db, HandleError, Incoming};
 use tracing::{info, warn};
@@ -26,7 +26,6 @@ pub const PROCESSED_TTL: Duration = Duration::from_secs(24 * 3600);
 pub struct Saga {
     pub db: Db,
     pub guard: Guard,
-    pub relay: Relay,
 }
 
 impl Saga {
@@ -35,21 +34,19 @@ impl Saga {
         let answer: StockAnswer = msg.json()?;
         let reserved = msg.meta.kind == keys::STOCK_RESERVED;
         let key = answer.order_id.clone();
-        if self.guard.is_processed(&key).await.map_err(redis_down)? {
-            info!(order_id = %key, "stock answer already processed; duplicate acked and ignored");
-            metrics::counter!("saga_duplicates_skipped_total").increment(1);
-            return Ok(());
-        }
-        let Some(lock) = self
-            .guard
-            .try_lock(&key, LOCK_TTL)
-            .await
-            .map_err(redis_down)?
-        else {
-            metrics::counter!("saga_lock_contention_total").increment(1);
-            return Err(HandleError::Retry(format!(
-                "lock:{key} is held by another consumer"
-            )));
+        let lock = match self.guard.begin(&key, LOCK_TTL).await.map_err(redis_down)? {
+            Begin::Processed => {
+                info!(order_id = %key, "stock answer already processed; duplicate acked and ignored");
+                metrics::counter!("saga_duplicates_skipped_total").increment(1);
+                return Ok(());
+            }
+            Begin::Held => {
+                metrics::counter!("saga_lock_contention_total").increment(1);
+                return Err(HandleError::Retry(format!(
+                    "lock:{key} is held by another consumer"
+                )));
+            }
+            Begin::Locked(lock) => lock,
         };
         let traceparent = msg.meta.traceparent.clone();
         let applied = self
@@ -58,42 +55,54 @@ impl Saga {
                 store::apply_stock_answer(tx, &answer, reserved, traceparent.as_deref())
             })
             .await;
-        let outcome = match applied {
-            Ok(applied) => self.finish(&key, applied).await,
+        let applied = match applied {
+            Ok(Applied::UnknownOrder) => Err(HandleError::Poison(format!(
+                "stock answer for unknown order {key}"
+            ))),
+            Ok(applied) => Ok(applied),
             Err(e) => Err(HandleError::Retry(format!("orders.db: {e}"))),
         };
-        if let Err(e) = self.guard.release(lock).await {
-            // The lock expires by itself within LOCK_TTL.
-            warn!(order_id = %key, error = %e, "could not release the lock; it will expire");
+        match applied {
+            Ok(applied) => {
+                Self::report(&key, &applied);
+                // The marker and the release go together; if Redis fails here the message is
+                // retried, finds the order decided (guarded transition) and sets the marker then.
+                let ours = self
+                    .guard
+                    .finish(&key, lock, PROCESSED_TTL)
+                    .await
+                    .map_err(redis_down)?;
+                if !ours {
+                    warn!(order_id = %key, "the lock had expired before the step finished");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(release) = self.guard.release(lock).await {
+                    // The lock expires by itself within LOCK_TTL.
+                    warn!(order_id = %key, error = %release, "could not release the lock; it will expire");
+                }
+                Err(e)
+            }
         }
-        outcome
     }
 
-    async fn finish(&self, order_id: &str, applied: Applied) -> Result<(), HandleError> {
-        match &applied {
+    /// Logs and counts what a stock answer did.
+    fn report(order_id: &str, applied: &Applied) {
+        match applied {
             Applied::Transitioned(status) => {
-                self.relay.wake();
                 info!(%order_id, status, "order decided");
                 metrics::counter!("saga_transitions_total", "to" => *status).increment(1);
             }
             Applied::Compensated => {
-                self.relay.wake();
                 info!(%order_id, "reservation arrived after the order was cancelled; releasing the stock");
                 metrics::counter!("saga_compensations_total").increment(1);
             }
             Applied::AlreadyDone(status) => {
                 info!(%order_id, %status, "order already decided; answer ignored")
             }
-            Applied::UnknownOrder => {
-                return Err(HandleError::Poison(format!(
-                    "stock answer for unknown order {order_id}"
-                )));
-            }
+            Applied::UnknownOrder => {}
         }
-        self.guard
-            .mark_processed(order_id, PROCESSED_TTL)
-            .await
-            .map_err(redis_down)
     }
 
     /// Cancels an order whose deadline passed, under the order's lock. Returns whether it did.
@@ -112,7 +121,6 @@ impl Saga {
         }
         match cancelled {
             Ok(true) => {
-                self.relay.wake();
                 info!(%order_id, %reason, "order cancelled");
                 metrics::counter!("saga_transitions_total", "to" => "CANCELLED").increment(1);
                 Ok(true)

@@ -1,7 +1,6 @@
 //! The `products_queue` consumer: `product.reserveStock` and `product.releaseStock`.
 
 use messaging::contracts::{ReleaseStock, ReserveStock};
-use messaging::outbox::Relay;
 use messaging::topology::keys;
 use messaging::{Db, HandleError, Incoming, MessageHandler};
 use tracing::info;
@@ -11,7 +10,6 @@ use crate::store::{self, Reserved};
 #[derive(Clone)]
 pub struct StockHandler {
     pub db: Db,
-    pub relay: Relay,
 }
 
 impl StockHandler {
@@ -27,7 +25,6 @@ impl StockHandler {
             .write(move |tx| store::reserve(tx, &msg, &req))
             .await
             .map_err(retry)?;
-        self.relay.wake();
         let label = match &outcome {
             Reserved::Reserved => {
                 info!(%order_id, %product_id, quantity, "stock reserved");

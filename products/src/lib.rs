@@ -41,11 +41,10 @@ impl Config {
 pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     let db = Db::open(&config.common.data_dir.join("products.db"), store::SCHEMA).await?;
     let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));
-    let relay = Relay::new(db.clone(), broker.clone());
+    let relay = Relay::new(db.clone(), broker.clone())?;
 
     let stock = consumer::StockHandler {
         db: db.clone(),
-        relay: relay.clone(),
     };
     // Stock changes serialize on SQLite's single writer anyway; a few in flight hide latency.
     let stock_consumer = Consumer::new(PRODUCTS_QUEUE, SERVICE, stock.into_handler())
