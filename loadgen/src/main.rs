@@ -96,8 +96,8 @@ struct CeilingArgs {
     /// Body size in bytes (the mean body of the five messages of an order).
     #[arg(long, default_value_t = 180)]
     size: usize,
-    /// Unconfirmed publishes in flight per queue (the outbox relay pipelines batches of 200).
-    #[arg(long, default_value_t = 200)]
+    /// Unconfirmed publishes in flight per queue (an outbox relay keeps up to 512 outstanding).
+    #[arg(long, default_value_t = 512)]
     window: usize,
     /// Consumer prefetch (ORDERS_PREFETCH / PRODUCTS_PREFETCH default to 32).
     #[arg(long, default_value_t = 32)]

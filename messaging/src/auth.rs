@@ -73,7 +73,8 @@ impl TokenVerifier {
 
     pub fn verify(&self, token: Option<&str>) -> Result<Identity, TokenError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(TokenError::Missing)?;
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.inner.key, &self.inner.validation)?.claims;
+        let claims =
+            jsonwebtoken::decode::<Claims>(token, &self.inner.key, &self.inner.validation)?.claims;
         if claims.sub.is_empty() {
             return Err(TokenError::EmptySubject);
         }

@@ -58,7 +58,12 @@ fn forget_written_after(len: usize) {
 }
 
 fn take_written() -> Vec<OutboxRow> {
-    WRITTEN.with(|w| w.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default())
+    WRITTEN.with(|w| {
+        w.borrow_mut()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    })
 }
 
 /// At most this many writes share one commit, so one commit never holds the lock for long.
@@ -84,6 +89,8 @@ impl Writer {
         })?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        // Every statement of every write is prepared once (prepare_cached), not parsed per use.
+        conn.set_prepared_statement_cache_capacity(64);
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -126,7 +133,7 @@ fn run_in_savepoint<R, F>(tx: &Transaction, f: F) -> Result<R, DbError>
 where
     F: FnOnce(&Transaction) -> Result<R, rusqlite::Error>,
 {
-    tx.execute_batch("SAVEPOINT w")?;
+    tx.prepare_cached("SAVEPOINT w")?.execute([])?;
     let rows_before = written_len();
     let outcome = match catch_unwind(AssertUnwindSafe(|| f(tx))) {
         Ok(Ok(value)) => Ok(value),
@@ -135,9 +142,9 @@ where
     };
     if outcome.is_err() {
         forget_written_after(rows_before);
-        tx.execute_batch("ROLLBACK TO w")?;
+        tx.prepare_cached("ROLLBACK TO w")?.execute([])?;
     }
-    tx.execute_batch("RELEASE w")?;
+    tx.prepare_cached("RELEASE w")?.execute([])?;
     outcome
 }
 
@@ -201,7 +208,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("group-commit-{}", uuid::Uuid::new_v4()));
         let db = Db::open(&dir.join("t.db"), SCHEMA).await.unwrap();
         let mut rows = db.committed_outbox_rows(16).unwrap();
-        assert!(db.committed_outbox_rows(16).is_none(), "one relay per database");
+        assert!(
+            db.committed_outbox_rows(16).is_none(),
+            "one relay per database"
+        );
         let mut writes = Vec::new();
         for i in 0..6i64 {
             let db = db.clone();

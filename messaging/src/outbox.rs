@@ -131,7 +131,11 @@ impl Relay {
     fn settle(&self, state: &mut State) -> Settled {
         let done = std::mem::take(&mut state.done);
         let failed = std::mem::take(&mut state.failed);
-        let ids: Vec<i64> = done.iter().chain(failed.iter().map(|(id, _)| id)).copied().collect();
+        let ids: Vec<i64> = done
+            .iter()
+            .chain(failed.iter().map(|(id, _)| id))
+            .copied()
+            .collect();
         let db = self.db.clone();
         Box::pin(async move {
             let count = done.len();

@@ -65,12 +65,9 @@ fn order_row(row: &rusqlite::Row) -> rusqlite::Result<OrderRow> {
 }
 
 fn load(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<OrderRow>> {
-    conn.query_row(
-        &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"),
-        params![id],
-        order_row,
-    )
-    .optional()
+    conn.prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"))?
+        .query_row(params![id], order_row)
+        .optional()
 }
 
 pub fn get_order(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<OrderView>> {
@@ -95,11 +92,18 @@ pub fn create_order(
     deadline_ms: i64,
     traceparent: Option<&str>,
 ) -> rusqlite::Result<bool> {
-    let inserted = tx.execute(
+    let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO orders (id, product_id, quantity, customer_id, idempotency_key, status, deadline_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, 'PENDING', ?6)",
-        params![cmd.order_id, cmd.product_id, cmd.quantity, cmd.customer_id, cmd.idempotency_key, deadline_ms],
     )?;
+    let inserted = insert.execute(params![
+        cmd.order_id,
+        cmd.product_id,
+        cmd.quantity,
+        cmd.customer_id,
+        cmd.idempotency_key,
+        deadline_ms
+    ])?;
     if inserted == 0 {
         return Ok(false);
     }
@@ -150,10 +154,10 @@ pub fn apply_stock_answer(
             } else {
                 ("REJECTED", answer.reason.clone())
             };
-            let changed = tx.execute(
+            let changed = tx.prepare_cached(
                 &format!("UPDATE orders SET status = ?2, reason = ?3, seller_id = ?4, updated_at = {NOW} WHERE id = ?1 AND status = 'PENDING'"),
-                params![order.id, status, reason, answer.seller_id],
-            )?;
+            )?
+            .execute(params![order.id, status, reason, answer.seller_id])?;
             if changed == 0 {
                 return Ok(Applied::AlreadyDone(order.status));
             }
@@ -161,10 +165,10 @@ pub fn apply_stock_answer(
             Ok(Applied::Transitioned(status))
         }
         "CANCELLED" if reserved && !order.compensated => {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE orders SET compensated = 1 WHERE id = ?1 AND compensated = 0",
-                params![order.id],
-            )?;
+            )?
+            .execute(params![order.id])?;
             let release = ReleaseStock {
                 order_id: order.id.clone(),
                 product_id: order.product_id.clone(),
@@ -196,10 +200,10 @@ pub fn expired(
 
 /// PENDING → CANCELLED with `reason`, and `order.cancelled`. Returns whether it happened.
 pub fn cancel(tx: &Transaction, order_id: &str, reason: &str) -> rusqlite::Result<bool> {
-    let changed = tx.execute(
+    let changed = tx.prepare_cached(
         &format!("UPDATE orders SET status = 'CANCELLED', reason = ?2, updated_at = {NOW} WHERE id = ?1 AND status = 'PENDING'"),
-        params![order_id, reason],
-    )?;
+    )?
+    .execute(params![order_id, reason])?;
     if changed == 1 {
         announce(tx, order_id, None)?;
     }

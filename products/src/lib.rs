@@ -43,9 +43,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));
     let relay = Relay::new(db.clone(), broker.clone())?;
 
-    let stock = consumer::StockHandler {
-        db: db.clone(),
-    };
+    let stock = consumer::StockHandler { db: db.clone() };
     // Stock changes serialize on SQLite's single writer anyway; a few in flight hide latency.
     let stock_consumer = Consumer::new(PRODUCTS_QUEUE, SERVICE, stock.into_handler())
         .with_prefetch(config.prefetch, usize::from(config.prefetch));

@@ -42,11 +42,10 @@ fn product_row(row: &rusqlite::Row) -> rusqlite::Result<ProductView> {
 }
 
 pub fn get_product(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<ProductView>> {
-    conn.query_row(
-        &format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE id = ?1"),
-        params![id],
-        product_row,
-    )
+    conn.prepare_cached(&format!(
+        "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = ?1"
+    ))?
+    .query_row(params![id], product_row)
     .optional()
 }
 
@@ -57,20 +56,19 @@ pub fn create_product(
     new: &messaging::contracts::CreateProduct,
 ) -> rusqlite::Result<ProductView> {
     let existing = tx
-        .query_row(
-            &format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE request_id = ?1"),
-            params![request_id],
-            product_row,
-        )
+        .prepare_cached(&format!(
+            "SELECT {PRODUCT_COLUMNS} FROM products WHERE request_id = ?1"
+        ))?
+        .query_row(params![request_id], product_row)
         .optional()?;
     if let Some(product) = existing {
         return Ok(product);
     }
     let id = uuid::Uuid::now_v7().to_string();
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO products (id, name, price_cents, stock, seller_id, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![id, new.name, new.price_cents, new.stock, new.seller_id, request_id],
-    )?;
+    )?
+    .execute(params![id, new.name, new.price_cents, new.stock, new.seller_id, request_id])?;
     Ok(ProductView {
         id,
         name: new.name.clone(),
@@ -105,18 +103,16 @@ pub fn reserve(tx: &Transaction, msg: &Incoming, req: &ReserveStock) -> rusqlite
     };
     let (status, key) = match &refusal {
         None => {
-            tx.execute(
-                "UPDATE products SET stock = stock - ?2 WHERE id = ?1",
-                params![req.product_id, req.quantity],
-            )?;
+            tx.prepare_cached("UPDATE products SET stock = stock - ?2 WHERE id = ?1")?
+                .execute(params![req.product_id, req.quantity])?;
             ("RESERVED", keys::STOCK_RESERVED)
         }
         Some(_) => ("REJECTED", keys::STOCK_REJECTED),
     };
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO reservations (order_id, product_id, quantity, status, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![req.order_id, req.product_id, req.quantity, status, refusal],
-    )?;
+    )?
+    .execute(params![req.order_id, req.product_id, req.quantity, status, refusal])?;
     let answer = StockAnswer {
         order_id: req.order_id.clone(),
         product_id: req.product_id.clone(),
@@ -129,13 +125,10 @@ pub fn reserve(tx: &Transaction, msg: &Incoming, req: &ReserveStock) -> rusqlite
 }
 
 fn reservation_exists(tx: &Transaction, order_id: &str) -> rusqlite::Result<bool> {
-    tx.query_row(
-        "SELECT 1 FROM reservations WHERE order_id = ?1",
-        params![order_id],
-        |_| Ok(()),
-    )
-    .optional()
-    .map(|r| r.is_some())
+    tx.prepare_cached("SELECT 1 FROM reservations WHERE order_id = ?1")?
+        .query_row(params![order_id], |_| Ok(()))
+        .optional()
+        .map(|r| r.is_some())
 }
 
 /// Gives a reserved quantity back, once. Returns the quantity released (0 when nothing was
@@ -145,27 +138,24 @@ pub fn release(tx: &Transaction, msg: &Incoming, req: &ReleaseStock) -> rusqlite
         return Ok(0);
     }
     let reserved: Option<(String, i64)> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT product_id, quantity FROM reservations WHERE order_id = ?1 AND status = 'RESERVED'",
-            params![req.order_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        )?
+        .query_row(params![req.order_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((product_id, quantity)) = reserved else {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR IGNORE INTO reservations (order_id, product_id, quantity, status, reason) VALUES (?1, ?2, 0, 'RELEASED', 'released before reserved')",
-            params![req.order_id, req.product_id],
-        )?;
+        )?
+        .execute(params![req.order_id, req.product_id])?;
         return Ok(0);
     };
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE reservations SET status = 'RELEASED', updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE order_id = ?1",
-        params![req.order_id],
-    )?;
-    tx.execute(
-        "UPDATE products SET stock = stock + ?2 WHERE id = ?1",
-        params![product_id, quantity],
-    )?;
+    )?
+    .execute(params![req.order_id])?;
+    tx.prepare_cached("UPDATE products SET stock = stock + ?2 WHERE id = ?1")?
+        .execute(params![product_id, quantity])?;
     Ok(quantity)
 }
 
