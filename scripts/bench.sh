@@ -122,7 +122,7 @@ dump_metrics() {
   [ "${DUMP_METRICS:-0}" = 1 ] || return 0
   for s in "${SERVICES[@]}"; do
     curl -fsS "http://127.0.0.1:$(port "$s")/metrics" 2>/dev/null \
-      | grep -E '^(sqlite_group_commit|message_handle_seconds)' | grep -vE 'quantile="0"|quantile="1"' \
+      | grep -E '^(sqlite_group_commit|sqlite_memory_bytes|message_handle_seconds)' | grep -vE 'quantile="0"|quantile="1"' \
       | sed "s/^/$s /" | tee -a "$BENCH_OUT" || true
   done
 }
@@ -176,6 +176,7 @@ for scenario in $SCENARIOS; do
     soak)
       start_system soak
       loadgen --rate "$SOAK_RATE" --duration "$SOAK_SECS" --mem-every 60 --title "soak: $SOAK_RATE orders/s for $SOAK_SECS s"
+      dump_metrics
       stop_system
       ;;
     *) log "unknown scenario $scenario"; exit 2 ;;

@@ -174,10 +174,19 @@ fn serve(mut conn: Connection, queue: mpsc::Receiver<Job>, sink: OutboxSink) {
         let commit_error = tx.commit().err().map(|e| e.to_string());
         metrics::histogram!("sqlite_group_commit_seconds").record(started.elapsed().as_secs_f64());
         hand_to_relay(take_written(), commit_error.is_none(), &sink);
+        record_sqlite_memory();
         for report in reports {
             report(commit_error.clone());
         }
     }
+}
+
+/// Publishes how much memory SQLite holds in this process (page caches of every connection,
+/// prepared statements), so that a growing RSS can be told apart from a growing page cache.
+fn record_sqlite_memory() {
+    // SAFETY: sqlite3_memory_used only reads SQLite's global memory counter.
+    let used = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+    metrics::gauge!("sqlite_memory_bytes").set(used as f64);
 }
 
 /// Gives the rows of a committed group to the relay; a row that does not fit stays in the
