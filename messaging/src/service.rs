@@ -28,7 +28,9 @@ impl Running {
         addr: SocketAddr,
         router: Router,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("{name} could not listen on {addr}: {e}"))
+        })?;
         let addr = listener.local_addr()?;
         let mut running = Self {
             name,
