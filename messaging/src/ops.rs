@@ -2,6 +2,7 @@
 //! the server loop with graceful shutdown.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
@@ -47,6 +48,25 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// How often recorded histogram samples are folded into their summaries.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Folds histogram samples into their summaries every few seconds, until `stop`.
+///
+/// The recorder is built without the exporter's own upkeep task, and it keeps every histogram
+/// sample (one per request, per message, per group commit) until `/metrics` is rendered: a
+/// service nobody scrapes grew by about 1 MiB a minute under load (the soak in
+/// docs/benchmarks.md; found in the webhook-publisher). Every service runs this.
+pub async fn metrics_upkeep(stop: tokio_util::sync::CancellationToken) {
+    let handle = metrics_handle();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(METRICS_UPKEEP) => handle.run_upkeep(),
+        }
+    }
 }
 
 /// `/health`, `/ready` and `/metrics`, to merge into a service's router.

@@ -43,6 +43,7 @@ impl Running {
                 warn!(error = %e, "http server stopped");
             }
         });
+        running.spawn(crate::ops::metrics_upkeep);
         info!(service = name, %addr, "listening");
         Ok(running)
     }
