@@ -42,7 +42,8 @@ pub struct Config {
     pub schedule: RetrySchedule,
     /// `WEBHOOK_TIMEOUT_MS`: time limit of one request.
     pub timeout: Duration,
-    /// `WEBHOOK_ENDPOINT_CONCURRENCY`: requests in flight per subscription.
+    /// `WEBHOOK_ENDPOINT_CONCURRENCY` (32): requests in flight per subscription; see
+    /// "Throughput and cost of the publisher" in docs/webhooks.md for why 32.
     pub endpoint_concurrency: usize,
     /// `WEBHOOKS_PREFETCH`: unacked events the consumer may hold.
     pub prefetch: u16,
@@ -63,7 +64,7 @@ impl Config {
             webhook_secret: webhook_secret_from_env()?,
             schedule,
             timeout: Duration::from_millis(env_or("WEBHOOK_TIMEOUT_MS", 10_000)?),
-            endpoint_concurrency: env_or("WEBHOOK_ENDPOINT_CONCURRENCY", 4)?,
+            endpoint_concurrency: env_or("WEBHOOK_ENDPOINT_CONCURRENCY", 32)?,
             prefetch: env_or("WEBHOOKS_PREFETCH", 32)?,
         })
     }
@@ -129,3 +130,4 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     running.spawn(move |stop| dispatcher.run(stop));
     Ok(running)
 }
+
