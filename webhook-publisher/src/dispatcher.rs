@@ -6,11 +6,20 @@
 //! due deliveries. The dispatcher wakes when the consumer records new deliveries, when a replay
 //! is asked for, when an attempt finishes, and otherwise at the next due time (at most every
 //! second). All state is in the database, so a restart simply carries on with the schedule.
+//!
+//! A pass is **one** write transaction: it records every attempt that finished since the last
+//! pass (each under its own savepoint), lists the active subscriptions, claims what there is room
+//! for and reads the next due time. Wake-ups that arrive while a pass runs fold into one next
+//! pass, so a burst of finished attempts costs one commit, not one each. Attempts finished but
+//! not yet written keep their lease; if the process dies before the pass commits, they are
+//! attempted again after it, as for a crash mid-attempt. At shutdown the last ones are written
+//! after the in-flight attempts drained.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use deadpool_sqlite::rusqlite::{self, Transaction};
 use messaging::Db;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -19,7 +28,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::delivery::{self, Sent};
 use crate::schedule::RetrySchedule;
-use crate::store::{self, Job, Next, now_ms};
+use crate::store::{self, Job, Next, Settlement, now_ms};
 
 /// How the dispatcher sends.
 #[derive(Debug, Clone)]
@@ -37,7 +46,53 @@ pub struct Dispatcher {
     client: reqwest::Client,
     settings: Settings,
     wake: Arc<Notify>,
-    endpoints: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    endpoints: Arc<Endpoints>,
+    /// Attempts that finished and wait for the next pass to be written. At most one per
+    /// permit, so bounded by the endpoints' concurrency.
+    finished: Arc<Mutex<Vec<Settlement>>>,
+}
+
+/// The permits of every active subscription.
+struct Endpoints {
+    permits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    concurrency: usize,
+}
+
+impl Endpoints {
+    fn permits_of(&self, subscription_id: &str) -> Arc<Semaphore> {
+        let mut permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
+        permits
+            .entry(subscription_id.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.concurrency.max(1))))
+            .clone()
+    }
+
+    /// Free permits of each subscription; forgets subscriptions that are no longer active (an
+    /// attempt still in flight keeps its semaphore alive through its permit).
+    fn room(&self, active: Vec<String>) -> Vec<(String, usize)> {
+        let room: Vec<(String, usize)> = active
+            .into_iter()
+            .map(|id| {
+                let free = self.permits_of(&id).available_permits();
+                (id, free)
+            })
+            .collect();
+        let mut permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
+        permits.retain(|id, _| room.iter().any(|(active, _)| active == id));
+        room
+    }
+
+    /// Whether every known subscription has all its permits in use.
+    fn all_busy(&self) -> bool {
+        let permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
+        !permits.is_empty() && permits.values().all(|s| s.available_permits() == 0)
+    }
+}
+
+/// What one pass found.
+struct Pass {
+    jobs: Vec<Job>,
+    next_due: Option<i64>,
 }
 
 /// The longest pause between two passes when nothing is due.
@@ -50,9 +105,13 @@ impl Dispatcher {
         Ok(Self {
             db,
             client: delivery::http_client(settings.timeout)?,
+            endpoints: Arc::new(Endpoints {
+                permits: Mutex::new(HashMap::new()),
+                concurrency: settings.endpoint_concurrency,
+            }),
             settings,
             wake: Arc::new(Notify::new()),
-            endpoints: Arc::new(Mutex::new(HashMap::new())),
+            finished: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -70,21 +129,19 @@ impl Dispatcher {
     pub async fn run(self, stop: CancellationToken) {
         let mut in_flight = JoinSet::new();
         loop {
-            let pause = match self.dispatch_due(&mut in_flight).await {
-                Ok(pause) => pause,
-                Err(e) => {
-                    error!(error = %e, "could not read due deliveries from webhooks.db; trying again");
-                    IDLE
-                }
-            };
+            let pause = self.dispatch_due(&mut in_flight).await;
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(pause) => {}
-                Some(_) = in_flight.join_next() => {}
             }
             while in_flight.try_join_next().is_some() {}
         }
+        self.drain(in_flight).await;
+    }
+
+    /// Lets in-flight attempts finish (for a while), then writes what they gave.
+    async fn drain(&self, mut in_flight: JoinSet<()>) {
         let drained = tokio::time::timeout(DRAIN, async {
             while in_flight.join_next().await.is_some() {}
         })
@@ -95,47 +152,84 @@ impl Dispatcher {
             );
             in_flight.shutdown().await;
         }
-    }
-
-    fn permits_of(&self, subscription_id: &str) -> Arc<Semaphore> {
-        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        endpoints
-            .entry(subscription_id.to_owned())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.endpoint_concurrency.max(1))))
-            .clone()
-    }
-
-    /// Claims and starts every due delivery there is room for; returns how long to pause.
-    async fn dispatch_due(
-        &self,
-        in_flight: &mut JoinSet<()>,
-    ) -> Result<Duration, messaging::store::DbError> {
-        let subscriptions = self
-            .db
-            .call(|conn| store::active_subscription_ids(conn))
-            .await?;
-        let room: Vec<(String, usize)> = subscriptions
-            .into_iter()
-            .map(|id| {
-                let free = self.permits_of(&id).available_permits();
-                (id, free)
-            })
-            .filter(|(_, free)| *free > 0)
-            .collect();
-        let lease = self.lease();
-        let jobs = self
+        let finished = self.take_finished();
+        if finished.is_empty() {
+            return;
+        }
+        let written = self
             .db
             .write(move |tx| {
+                settle_all(tx, &finished);
+                Ok(())
+            })
+            .await;
+        if let Err(e) = written {
+            error!(error = %e, "could not record the last attempts in webhooks.db; they will be attempted again after their lease");
+        }
+    }
+
+    fn take_finished(&self) -> Vec<Settlement> {
+        std::mem::take(&mut *self.finished.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts settlements back for the next pass (their write failed).
+    fn requeue(&self, settlements: Vec<Settlement>) {
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        finished.extend(settlements);
+    }
+
+    /// Runs one pass and starts what it claimed; returns how long to pause.
+    async fn dispatch_due(&self, in_flight: &mut JoinSet<()>) -> Duration {
+        let settlements = Arc::new(self.take_finished());
+        if settlements.is_empty() && self.endpoints.all_busy() {
+            // Nothing to write and no room: the next finished attempt wakes the loop.
+            return IDLE;
+        }
+        match self.pass(settlements.clone()).await {
+            Ok(pass) => {
+                self.start(pass.jobs, in_flight);
+                let now = now_ms();
+                pass.next_due.map_or(IDLE, |at| {
+                    Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(IDLE)
+                })
+            }
+            Err(e) => {
+                error!(error = %e, "a dispatcher pass over webhooks.db failed; trying again");
+                self.requeue(Arc::unwrap_or_clone(settlements));
+                IDLE
+            }
+        }
+    }
+
+    /// One write transaction: settle, then claim per subscription, then the next due time.
+    async fn pass(
+        &self,
+        settlements: Arc<Vec<Settlement>>,
+    ) -> Result<Pass, messaging::store::DbError> {
+        let (endpoints, lease) = (self.endpoints.clone(), self.lease());
+        self.db
+            .write(move |tx| {
+                settle_all(tx, &settlements);
                 let now = now_ms();
                 let mut jobs = Vec::new();
-                for (id, free) in &room {
-                    jobs.extend(store::claim_due(tx, id, now, now + lease, *free)?);
+                for (id, free) in endpoints.room(store::active_subscription_ids(tx)?) {
+                    if free > 0 {
+                        jobs.extend(store::claim_due(tx, &id, now, now + lease, free)?);
+                    }
                 }
-                Ok(jobs)
+                let next_due = store::next_due_after(tx, now)?;
+                Ok(Pass { jobs, next_due })
             })
-            .await?;
+            .await
+    }
+
+    fn start(&self, jobs: Vec<Job>, in_flight: &mut JoinSet<()>) {
         for job in jobs {
-            match self.permits_of(&job.subscription_id).try_acquire_owned() {
+            match self
+                .endpoints
+                .permits_of(&job.subscription_id)
+                .try_acquire_owned()
+            {
                 Ok(permit) => {
                     let this = self.clone();
                     let span = info_span!("webhook", webhook_id = %job.webhook_id, delivery_id = %job.delivery_id,
@@ -148,14 +242,6 @@ impl Dispatcher {
                 }
             }
         }
-        let now = now_ms();
-        let next = self
-            .db
-            .call(move |conn| store::next_due_after(conn, now))
-            .await?;
-        Ok(next.map_or(IDLE, |at| {
-            Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(IDLE)
-        }))
     }
 
     async fn attempt(self, job: Job, permit: OwnedSemaphorePermit) {
@@ -163,16 +249,28 @@ impl Dispatcher {
         drop(permit);
         let next = delivery::next_step(&job, &sent, &self.settings.schedule);
         log_outcome(&job, &sent, &next);
-        let (job_for_db, record, next_for_db) = (job.clone(), sent.record.clone(), next.clone());
-        let settled = self
-            .db
-            .write(move |tx| store::settle_attempt(tx, &job_for_db, &record, &next_for_db))
-            .await;
-        if let Err(e) = settled {
-            error!(error = %e, "could not record the attempt in webhooks.db; the delivery will be attempted again after its lease");
-        }
+        let settlement = Settlement::of(&job, sent.record, next);
+        self.finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(settlement);
         self.wake();
     }
+}
+
+/// Records every finished attempt, each on its own: one that cannot be written is logged and
+/// attempted again after its lease, the others are kept.
+fn settle_all(tx: &Transaction, settlements: &[Settlement]) {
+    for settlement in settlements {
+        if let Err(e) = store::settle_in_savepoint(tx, settlement) {
+            log_settle_error(settlement, &e);
+        }
+    }
+}
+
+fn log_settle_error(settlement: &Settlement, e: &rusqlite::Error) {
+    error!(delivery_id = %settlement.delivery_id, error = %e,
+        "could not record the attempt in webhooks.db; the delivery will be attempted again after its lease");
 }
 
 fn log_outcome(job: &Job, sent: &Sent, next: &Next) {

@@ -225,23 +225,23 @@ pub fn record_event(
         .filter(|s| s.events.iter().any(|f| filter_matches(f, event_type)))
         .collect();
     let now = now_ms();
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO deliveries
+         (id, webhook_id, subscription_id, message_id, event_type, order_id, payload, status, next_attempt_at, traceparent)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9)",
+    )?;
     for subscription in &subscriptions {
-        tx.execute(
-            "INSERT OR IGNORE INTO deliveries
-             (id, webhook_id, subscription_id, message_id, event_type, order_id, payload, status, next_attempt_at, traceparent)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9)",
-            params![
-                uuid::Uuid::now_v7().to_string(),
-                webhook_id(message_id),
-                subscription.id,
-                message_id,
-                event_type,
-                event.order_id,
-                body,
-                now,
-                traceparent
-            ],
-        )?;
+        insert.execute(params![
+            uuid::Uuid::now_v7().to_string(),
+            webhook_id(message_id),
+            subscription.id,
+            message_id,
+            event_type,
+            event.order_id,
+            body,
+            now,
+            traceparent
+        ])?;
     }
     Ok(Some(subscriptions.len()))
 }
@@ -308,22 +308,20 @@ pub fn claim_due(
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
+    let mut lease =
+        tx.prepare_cached("UPDATE deliveries SET next_attempt_at = ?2 WHERE id = ?1")?;
     for job in &jobs {
-        tx.execute(
-            "UPDATE deliveries SET next_attempt_at = ?2 WHERE id = ?1",
-            params![job.delivery_id, lease_until],
-        )?;
+        lease.execute(params![job.delivery_id, lease_until])?;
     }
     Ok(jobs)
 }
 
 /// The earliest future attempt time of a pending delivery, to know how long to sleep.
 pub fn next_due_after(conn: &Connection, now: i64) -> rusqlite::Result<Option<i64>> {
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' AND next_attempt_at > ?1",
-        params![now],
-        |r| r.get(0),
-    )
+    )?
+    .query_row(params![now], |r| r.get(0))
 }
 
 /// What one HTTP attempt gave.
@@ -345,72 +343,113 @@ pub enum Next {
     Gone,
 }
 
+/// The outcome of one finished attempt, waiting to be written by the dispatcher's next pass.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub delivery_id: String,
+    pub subscription_id: String,
+    /// The attempt's number (1 for the first).
+    pub number: i64,
+    pub manual: bool,
+    pub record: AttemptRecord,
+    pub next: Next,
+}
+
+impl Settlement {
+    pub fn of(job: &Job, record: AttemptRecord, next: Next) -> Self {
+        Self {
+            delivery_id: job.delivery_id.clone(),
+            subscription_id: job.subscription_id.clone(),
+            number: job.number,
+            manual: job.manual,
+            record,
+            next,
+        }
+    }
+}
+
+/// [`settle_attempt`] under a savepoint of its own: when it fails, only its own changes are
+/// undone (the delivery is then attempted again after its lease) and the rest of the
+/// transaction goes on.
+pub fn settle_in_savepoint(tx: &Transaction, settlement: &Settlement) -> rusqlite::Result<()> {
+    tx.execute_batch("SAVEPOINT settle")?;
+    match settle_attempt(tx, settlement) {
+        Ok(()) => tx.execute_batch("RELEASE settle"),
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO settle; RELEASE settle")?;
+            Err(e)
+        }
+    }
+}
+
 /// Writes the attempt row and moves the delivery on, in one transaction.
-pub fn settle_attempt(
-    tx: &Transaction,
-    job: &Job,
-    record: &AttemptRecord,
-    next: &Next,
-) -> rusqlite::Result<()> {
-    let trigger = if job.manual { "manual" } else { "scheduled" };
-    tx.execute(
-        "INSERT INTO attempts (delivery_id, number, trigger, status_code, latency_ms, error, response_body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            job.delivery_id,
-            job.number,
-            trigger,
-            record.status_code,
-            record.latency_ms,
-            record.error,
-            record.response_body
-        ],
-    )?;
+pub fn settle_attempt(tx: &Transaction, settlement: &Settlement) -> rusqlite::Result<()> {
+    insert_attempt(tx, settlement)?;
     // The subscription may have been deleted or disabled while this attempt was in flight: then
     // nobody will take a retry, so the delivery ends here instead of staying pending forever.
-    let next = match next {
-        Next::RetryAt(_) if !subscription_active(tx, &job.subscription_id)? => {
+    let next = match &settlement.next {
+        Next::RetryAt(_) if !subscription_active(tx, &settlement.subscription_id)? => {
             &Next::Failed("the subscription was deleted or disabled".to_owned())
         }
         other => other,
     };
+    let record = &settlement.record;
     let (status, next_at, error) = match next {
         Next::Delivered => ("delivered", None, None),
         Next::RetryAt(at) => ("pending", Some(*at), record.error.clone()),
         Next::Failed(reason) => ("failed", None, Some(reason.clone())),
         Next::Gone => ("failed", None, Some(GONE_REASON.to_owned())),
     };
-    tx.execute(
-        &format!(
-            "UPDATE deliveries SET status = ?2, next_attempt_at = ?3, last_error = ?4, last_status_code = ?5,
-                attempt_count = attempt_count + 1,
-                scheduled_attempts = scheduled_attempts + ?6,
-                manual_next = 0, updated_at = {NOW}
-             WHERE id = ?1"
-        ),
-        params![
-            job.delivery_id,
-            status,
-            next_at,
-            error,
-            record.status_code,
-            i64::from(!job.manual)
-        ],
-    )?;
+    // `updated_at` as in `NOW`, spelt out so that the statement is a constant for the cache.
+    tx.prepare_cached(
+        "UPDATE deliveries SET status = ?2, next_attempt_at = ?3, last_error = ?4, last_status_code = ?5,
+            attempt_count = attempt_count + 1,
+            scheduled_attempts = scheduled_attempts + ?6,
+            manual_next = 0, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now')
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        settlement.delivery_id,
+        status,
+        next_at,
+        error,
+        record.status_code,
+        i64::from(!settlement.manual)
+    ])?;
     if *next == Next::Gone {
-        disable_subscription(tx, &job.subscription_id, GONE_REASON)?;
+        disable_subscription(tx, &settlement.subscription_id, GONE_REASON)?;
     }
     Ok(())
 }
 
+fn insert_attempt(tx: &Transaction, settlement: &Settlement) -> rusqlite::Result<()> {
+    let trigger = if settlement.manual {
+        "manual"
+    } else {
+        "scheduled"
+    };
+    let record = &settlement.record;
+    tx.prepare_cached(
+        "INSERT INTO attempts (delivery_id, number, trigger, status_code, latency_ms, error, response_body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        settlement.delivery_id,
+        settlement.number,
+        trigger,
+        record.status_code,
+        record.latency_ms,
+        record.error,
+        record.response_body
+    ])?;
+    Ok(())
+}
+
 fn subscription_active(tx: &Transaction, id: &str) -> rusqlite::Result<bool> {
-    tx.query_row(
-        "SELECT 1 FROM subscriptions WHERE id = ?1 AND status = 'active'",
-        params![id],
-        |_| Ok(()),
-    )
-    .optional()
-    .map(|found| found.is_some())
+    tx.prepare_cached("SELECT 1 FROM subscriptions WHERE id = ?1 AND status = 'active'")?
+        .query_row(params![id], |_| Ok(()))
+        .optional()
+        .map(|found| found.is_some())
 }
 
 pub const GONE_REASON: &str = "the endpoint answered 410 Gone: subscription disabled";
