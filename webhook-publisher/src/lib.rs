@@ -128,25 +128,5 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     let mut running = Running::start(SERVICE, config.common.http_addr, app).await?;
     running.spawn(move |stop| broker.run(stop));
     running.spawn(move |stop| dispatcher.run(stop));
-    running.spawn(metrics_upkeep);
     Ok(running)
-}
-
-/// How often histogram samples are folded into their summaries.
-const METRICS_UPKEEP: Duration = Duration::from_secs(5);
-
-/// Folds recorded histogram samples into their summaries every few seconds.
-///
-/// The recorder of `messaging::ops` is built without the exporter's upkeep task, so every
-/// histogram sample (one per attempt, per consumed event, per group commit) stays in memory
-/// until `/metrics` is scraped: a process that nobody scrapes grows without bound (≈ 1 MiB/min
-/// in the 10-minute soak of docs/benchmarks.md). Running the upkeep here bounds it.
-async fn metrics_upkeep(stop: tokio_util::sync::CancellationToken) {
-    let handle = messaging::ops::metrics_handle();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(METRICS_UPKEEP) => handle.run_upkeep(),
-        }
-    }
 }
