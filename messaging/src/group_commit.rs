@@ -91,14 +91,27 @@ impl Writer {
         conn.busy_timeout(Duration::from_secs(5))?;
         // Every statement of every write is prepared once (prepare_cached), not parsed per use.
         conn.set_prepared_statement_cache_capacity(64);
+        // Checkpoints run on their own thread (below), not inside whichever commit crosses
+        // SQLite's 1000-page threshold, where they stalled every write waiting behind it.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = Connection::open(path)?;
+        let (writer_alive, writer_gone) = mpsc::channel::<()>();
+        let spawn_error = |e: std::io::Error| DbError::Open {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint(checkpointer, writer_gone))
+            .map_err(spawn_error)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || serve(conn, queue, sink))
-            .map_err(|e| DbError::Open {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            .spawn(move || {
+                serve(conn, queue, sink);
+                drop(writer_alive);
+            })
+            .map_err(spawn_error)?;
         Ok(Self { jobs })
     }
 
@@ -177,6 +190,24 @@ fn serve(mut conn: Connection, queue: mpsc::Receiver<Job>, sink: OutboxSink) {
         record_sqlite_memory();
         for report in reports {
             report(commit_error.clone());
+        }
+    }
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs a `PASSIVE` checkpoint every [`CHECKPOINT_EVERY`] until the writer thread ends.
+///
+/// A passive checkpoint never blocks the writer or readers; it copies what it can, and the
+/// writer starts the WAL over once everything was copied. Durability does not depend on it:
+/// with `synchronous=FULL` a commit is durable in the WAL.
+fn checkpoint(conn: Connection, writer_gone: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = writer_gone.recv_timeout(CHECKPOINT_EVERY) {
+        let frames = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
+        match frames {
+            Ok(frames) => metrics::gauge!("sqlite_wal_frames").set(frames as f64),
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will try again"),
         }
     }
 }
