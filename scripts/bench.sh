@@ -122,7 +122,7 @@ dump_metrics() {
   [ "${DUMP_METRICS:-0}" = 1 ] || return 0
   for s in "${SERVICES[@]}"; do
     curl -fsS "http://127.0.0.1:$(port "$s")/metrics" 2>/dev/null \
-      | grep -E '^(sqlite_group_commit|sqlite_memory_bytes|message_handle_seconds)' | grep -vE 'quantile="0"|quantile="1"' \
+      | grep -E '^(sqlite_group_commit|sqlite_memory_bytes|sqlite_wal_frames|message_handle_seconds)' | grep -vE 'quantile="0"|quantile="1"' \
       | sed "s/^/$s /" | tee -a "$BENCH_OUT" || true
   done
 }
