@@ -205,10 +205,23 @@ impl Broker {
                 Ok((connection, tasks)) => {
                     delays = self.reconnect_delays();
                     self.serve_link(&connection, tasks, &shutdown).await;
-                    self.inner.link.send_replace(None);
+                    let reason = if shutdown.is_cancelled() {
+                        "shutting down"
+                    } else {
+                        "reconnecting"
+                    };
+                    // Close the publishing channel before the connection: dropped, it would
+                    // close itself while the connection closes, which lapin logs as an error.
+                    if let Some(link) = self.inner.link.send_replace(None) {
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            link.publisher.close(200, reason.into()),
+                        )
+                        .await;
+                    }
                     let _ = tokio::time::timeout(
                         Duration::from_secs(2),
-                        connection.close(200, "reconnecting".into()),
+                        connection.close(200, reason.into()),
                     )
                     .await;
                     if shutdown.is_cancelled() {
@@ -262,6 +275,10 @@ impl Broker {
         for attachment in attachments {
             let handle = attachment.attach(connection.clone()).await?;
             tasks.spawn(async move {
+                // Aborting this wrapper (link rebuilt, shutdown) must stop the attachment's
+                // task too; dropping a JoinHandle alone would leave it running.
+                let abort = handle.abort_handle();
+                let _guard = AbortOnDrop(abort);
                 let _ = handle.await;
             });
         }
@@ -305,6 +322,15 @@ impl Broker {
             }
         }
         tasks.shutdown().await;
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
