@@ -83,10 +83,11 @@ impl Writer {
     /// Opens its own connection to `path` (already created and in WAL mode) and starts the
     /// writer thread; the thread ends when every `Writer` clone is dropped.
     pub(crate) fn start(path: &Path, sink: OutboxSink) -> Result<Self, DbError> {
-        let conn = Connection::open(path).map_err(|e| DbError::Open {
+        let open_err = |reason: String| DbError::Open {
             path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(Duration::from_secs(5))?;
         // Every statement of every write is prepared once (prepare_cached), not parsed per use.
@@ -96,16 +97,12 @@ impl Writer {
         // copy instead of stalling every write queued behind it. That in-commit checkpoint
         // stays: only it runs with no writer active, so only it lets the next write start the
         // WAL over (with background checkpoints alone the WAL grew by 200-400 MB a minute).
-        let checkpointer = Connection::open(path)?;
+        let checkpointer = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         let (writer_alive, writer_gone) = mpsc::channel::<()>();
-        let spawn_error = |e: std::io::Error| DbError::Open {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        };
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || checkpoint(checkpointer, writer_gone))
-            .map_err(spawn_error)?;
+            .map_err(|e| open_err(e.to_string()))?;
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -113,7 +110,7 @@ impl Writer {
                 serve(conn, queue, sink);
                 drop(writer_alive);
             })
-            .map_err(spawn_error)?;
+            .map_err(|e| open_err(e.to_string()))?;
         Ok(Self { jobs })
     }
 
@@ -189,7 +186,6 @@ fn serve(mut conn: Connection, queue: mpsc::Receiver<Job>, sink: OutboxSink) {
         let commit_error = tx.commit().err().map(|e| e.to_string());
         metrics::histogram!("sqlite_group_commit_seconds").record(started.elapsed().as_secs_f64());
         hand_to_relay(take_written(), commit_error.is_none(), &sink);
-        record_sqlite_memory();
         for report in reports {
             report(commit_error.clone());
         }
@@ -199,7 +195,8 @@ fn serve(mut conn: Connection, queue: mpsc::Receiver<Job>, sink: OutboxSink) {
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
-/// Runs a `PASSIVE` checkpoint every [`CHECKPOINT_EVERY`] until the writer thread ends.
+/// Runs a `PASSIVE` checkpoint every [`CHECKPOINT_EVERY`] until the writer thread ends, and
+/// publishes the WAL's length and SQLite's memory as it goes (off the commit path).
 ///
 /// A passive checkpoint never blocks the writer or readers; it copies what it can. Durability
 /// does not depend on it: with `synchronous=FULL` a commit is durable in the WAL.
@@ -210,6 +207,7 @@ fn checkpoint(conn: Connection, writer_gone: mpsc::Receiver<()>) {
             Ok(frames) => metrics::gauge!("sqlite_wal_frames").set(frames as f64),
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will try again"),
         }
+        record_sqlite_memory();
     }
 }
 

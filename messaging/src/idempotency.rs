@@ -6,14 +6,14 @@
 //!
 //! The confirming step needs four commands per message (check the marker, take the lock, set
 //! the marker, release the lock). [`Guard::begin`] and [`Guard::finish`] run them as two Lua
-//! scripts — the same commands, two round trips instead of four — which is what the saga uses;
-//! the single-command methods stay for callers that need only one of them.
+//! scripts — the same commands, two round trips instead of four. The deadline sweeper needs
+//! only the lock: [`Guard::try_lock`] and [`Guard::release`].
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use deadpool_redis::{Config, Pool, Runtime};
-use redis::{AsyncCommands, Script};
+use redis::Script;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -119,24 +119,6 @@ impl Guard {
         format!("{}{kind}:{key}", self.prefix)
     }
 
-    pub async fn is_processed(&self, key: &str) -> Result<bool, GuardError> {
-        let mut conn = self.pool.get().await?;
-        Ok(conn.exists(self.key("processed", key)).await?)
-    }
-
-    pub async fn mark_processed(&self, key: &str, ttl: Duration) -> Result<(), GuardError> {
-        let mut conn = self.pool.get().await?;
-        // PX, not EX: a TTL under a second must not become "EX 0", which Redis refuses.
-        let _: () = redis::cmd("SET")
-            .arg(self.key("processed", key))
-            .arg(1)
-            .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
-    }
-
     /// Takes `lock:<key>` unless somebody holds it.
     pub async fn try_lock(&self, key: &str, ttl: Duration) -> Result<Option<Lock>, GuardError> {
         let mut conn = self.pool.get().await?;
@@ -194,6 +176,7 @@ impl Guard {
             .key(self.key("processed", key))
             .key(&lock.key)
             .arg(&lock.token)
+            // PX, not EX: a TTL under a second must not become "EX 0", which Redis refuses.
             .arg(ttl.as_millis().max(1) as u64)
             .invoke_async(&mut conn)
             .await?;

@@ -88,16 +88,17 @@ impl Relay {
         self.drain(state).await;
     }
 
-    /// Starts publishing `row` unless it is already in flight.
-    fn publish(&self, state: &mut State, row: OutboxRow) {
+    /// Starts publishing `row` unless it is already in flight; returns whether it did.
+    fn publish(&self, state: &mut State, row: OutboxRow) -> bool {
         if !state.in_flight.insert(row.id) {
-            return;
+            return false;
         }
         let broker = self.broker.clone();
         state.confirms.push(Box::pin(async move {
             let result = broker.publish(&row.message).await;
             (row, result)
         }));
+        true
     }
 
     /// Reads the oldest rows not in flight and publishes them.
@@ -115,15 +116,13 @@ impl Relay {
         if let Some(last) = rows.last() {
             state.polled_up_to = state.polled_up_to.max(last.id);
         }
-        let fresh: Vec<_> = rows
+        let started = rows
             .into_iter()
-            .filter(|row| !state.in_flight.contains(&row.id))
-            .collect();
-        if !fresh.is_empty() {
-            debug!(rows = fresh.len(), "outbox rows found by the poll");
-        }
-        for row in fresh {
-            self.publish(state, row);
+            .map(|row| self.publish(state, row))
+            .filter(|&started| started)
+            .count();
+        if started > 0 {
+            debug!(rows = started, "outbox rows found by the poll");
         }
     }
 

@@ -4,8 +4,9 @@
 //! `GET processed:o` (seen → ack and ignore) → `SET lock:o <token> NX PX 10000` (held → retry
 //! later) → guarded transition in orders.db with its outbox rows → `SET processed:o EX 86400` →
 //! compare-and-delete the lock. The two Redis steps before and the two after the transition
-//! each run as one Lua script (`Guard::begin`, `Guard::finish`): two round trips, not four. The idempotency key of this step is the order id: an order has
-//! exactly one stock answer that counts. The deadline sweeper takes the same lock, so a late
+//! each run as one Lua script (`Guard::begin`, `Guard::finish`): two round trips, not four.
+//! The idempotency key of this step is the order id: an order has exactly one stock answer
+//! that counts. The deadline sweeper takes the same lock, so a late
 //! answer and a cancellation never interleave. Without Redis nothing is confirmed: the message
 //! waits (in-place retries, then requeue) until Redis is back.
 
