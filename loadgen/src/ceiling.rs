@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -40,6 +40,9 @@ pub struct Settings {
     /// the queue short, as in the saga, so publishing cannot starve consuming and the rate
     /// measured is a steady state, not a queue filling up.
     pub backlog: usize,
+    /// Ack the deliveries at hand with one `multiple=true` ack, as the services' consumers do
+    /// (`messaging::consumer`); otherwise one ack per message.
+    pub coalesce_acks: bool,
 }
 
 /// What one ceiling run measured.
@@ -125,13 +128,24 @@ pub async fn run(settings: &Settings) -> Result<Outcome, CeilingError> {
         let c = counters.clone();
         let backlog = Arc::new(Semaphore::new(settings.backlog.max(1)));
         let consumed = backlog.clone();
+        let coalesce = settings.coalesce_acks;
         tasks.spawn(async move {
-            let _channel = consumer;
             while let Some(Ok(delivery)) = stream.next().await {
-                if delivery.ack(BasicAckOptions::default()).await.is_ok() {
-                    c.consumed.fetch_add(1, Ordering::Relaxed);
+                // The deliveries already received are "finished" together, like handlers
+                // whose writes shared one commit in the services.
+                let (mut last, mut count) = (delivery.delivery_tag, 1u64);
+                while coalesce && let Some(Some(Ok(next))) = stream.next().now_or_never() {
+                    (last, count) = (next.delivery_tag, count + 1);
                 }
-                consumed.add_permits(1);
+                let multiple = count > 1;
+                if consumer
+                    .basic_ack(last, BasicAckOptions { multiple })
+                    .await
+                    .is_ok()
+                {
+                    c.consumed.fetch_add(count, Ordering::Relaxed);
+                }
+                consumed.add_permits(usize::try_from(count).unwrap_or(usize::MAX));
             }
         });
 

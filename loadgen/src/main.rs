@@ -105,6 +105,9 @@ struct CeilingArgs {
     /// Published but unconsumed messages per queue before the publisher waits.
     #[arg(long, default_value_t = 1000)]
     backlog: usize,
+    /// Ack every message on its own, as the services did before they coalesced acks.
+    #[arg(long)]
+    single_acks: bool,
     /// Measured time, in seconds.
     #[arg(long, default_value_t = 20.0)]
     duration: f64,
@@ -252,17 +255,23 @@ async fn run_ceiling(args: CeilingArgs) -> Result<()> {
         duration: secs(args.duration),
         warmup: secs(args.warmup),
         backlog: args.backlog,
+        coalesce_acks: !args.single_acks,
     };
     let outcome = ceiling::run(&settings).await.context("ceiling run")?;
     let per_order = MESSAGES_PER_ORDER.len() as f64;
     println!("### broker ceiling\n");
     println!(
-        "{} quorum queue(s), {} B persistent bodies, confirm window {} per queue, at most {} unconsumed per queue, prefetch {}, manual acks, measured {:.1} s after {:.0} s warm-up\n",
+        "{} quorum queue(s), {} B persistent bodies, confirm window {} per queue, at most {} unconsumed per queue, prefetch {}, manual acks ({}), measured {:.1} s after {:.0} s warm-up\n",
         settings.queues,
         settings.body_size,
         settings.window,
         settings.backlog,
         settings.prefetch,
+        if settings.coalesce_acks {
+            "coalesced: one multiple=true ack for the deliveries at hand, as the services do"
+        } else {
+            "one per message"
+        },
         outcome.measured_for.as_secs_f64(),
         settings.warmup.as_secs_f64()
     );

@@ -1,7 +1,10 @@
 //! The consumer loop: manual acks, bounded prefetch, and one place that decides what happens to
 //! a message after its handler ran.
 //!
-//! - `Ok` → ack (the handler only returns once its effect is durable).
+//! - `Ok` → ack (the handler only returns once its effect is durable). Acks are coalesced: the
+//!   loop acks the longest finished prefix of the channel's deliveries with one `multiple=true`
+//!   ack, and a finished delivery stuck behind a slow one is acked on its own after
+//!   [`ACK_PATIENCE`] (see `acks.rs`).
 //! - [`HandleError::Poison`] or an undecodable envelope → reject without requeue, so the queue
 //!   dead-letters it to `<queue>.dlq`; the reason is logged with the message id.
 //! - [`HandleError::Retry`] (Redis down, lock held, database busy) → the handler is run again in
@@ -15,15 +18,16 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
 };
 use lapin::types::FieldTable;
-use tokio::sync::Semaphore;
+use lapin::{Channel, Connection};
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::acks::Acks;
 use crate::broker::Attachment;
 use crate::envelope::{DecodeError, Incoming};
 
@@ -42,6 +46,20 @@ impl From<DecodeError> for HandleError {
     fn from(e: DecodeError) -> Self {
         Self::Poison(e.to_string())
     }
+}
+
+/// How long a finished delivery waits for the deliveries before it to finish, so that one
+/// `multiple=true` ack covers them all, before it is acked on its own. Short: a slow message
+/// must not hold the prefetch window shut.
+pub const ACK_PATIENCE: Duration = Duration::from_millis(10);
+
+/// What became of a delivery, as its handler task tells the consume loop.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    /// Its effect is durable: ack it.
+    Done,
+    /// Rejected or nacked on its own: nothing more to send for it.
+    Settled,
 }
 
 /// A message handler: returns once the message's effect is durable.
@@ -131,39 +149,92 @@ impl Attachment for Consumer {
                 .await?;
             info!(queue = %self.queue, prefetch = self.prefetch, "consuming");
             Ok(tokio::spawn(async move {
-                self.consume(stream).await;
-                drop(channel);
+                self.consume(&channel, stream).await;
             }))
         })
     }
 }
 
 impl Consumer {
-    async fn consume(self: Arc<Self>, mut stream: lapin::Consumer) {
+    /// Hands every delivery to a handler task and acks what they report, coalesced.
+    async fn consume(self: Arc<Self>, channel: &Channel, mut stream: lapin::Consumer) {
         let slots = Arc::new(Semaphore::new(self.concurrency));
-        while let Some(delivery) = stream.next().await {
-            let delivery = match delivery {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!(queue = %self.queue, error = %e, "consumer stream failed");
-                    break;
+        let (report, mut reports) = mpsc::unbounded_channel::<(u64, Outcome)>();
+        let mut acks = Acks::default();
+        loop {
+            let straggler_at = acks.next_straggler_at(ACK_PATIENCE);
+            tokio::select! {
+                Some(first) = reports.recv() => {
+                    note(&mut acks, first);
+                    while let Ok(next) = reports.try_recv() {
+                        note(&mut acks, next);
+                    }
+                    if let Some(prefix) = acks.take_prefix() {
+                        self.ack(channel, prefix.up_to, true, prefix.count).await;
+                    }
                 }
-            };
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                break;
-            };
-            let this = self.clone();
-            // Detached on purpose: when the link drops, a handler in the middle of its step
-            // finishes it (commit, marker, lock release) instead of being cut off between two
-            // awaits and leaving a lock to expire. Its ack then fails and the broker redelivers.
-            tokio::spawn(async move {
-                this.process(delivery).await;
-                drop(slot);
-            });
+                next = stream.next() => {
+                    let delivery = match next {
+                        Some(Ok(delivery)) => delivery,
+                        Some(Err(e)) => {
+                            warn!(queue = %self.queue, error = %e, "consumer stream failed");
+                            break;
+                        }
+                        None => break,
+                    };
+                    acks.received(delivery.delivery_tag);
+                    self.spawn_handler(delivery, slots.clone(), report.clone());
+                }
+                () = sleep_until(straggler_at) => {
+                    for tag in acks.take_stragglers(Instant::now(), ACK_PATIENCE) {
+                        self.ack(channel, tag, false, 1).await;
+                    }
+                }
+            }
         }
     }
 
-    async fn process(&self, delivery: Delivery) {
+    fn spawn_handler(
+        self: &Arc<Self>,
+        delivery: Delivery,
+        slots: Arc<Semaphore>,
+        report: mpsc::UnboundedSender<(u64, Outcome)>,
+    ) {
+        let this = self.clone();
+        // Detached on purpose: when the link drops, a handler in the middle of its step
+        // finishes it (commit, marker, lock release) instead of being cut off between two
+        // awaits and leaving a lock to expire. Its ack then fails and the broker redelivers.
+        tokio::spawn(async move {
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
+            let tag = delivery.delivery_tag;
+            if let Some(outcome) = this.process(delivery).await {
+                // The loop is gone when the channel is: the message will be redelivered.
+                let _ = report.send((tag, outcome));
+            }
+        });
+    }
+
+    /// Sends one ack (`multiple` covers every outstanding delivery up to `tag`).
+    async fn ack(&self, channel: &Channel, tag: u64, multiple: bool, count: usize) {
+        let queue = self.queue.as_str();
+        match channel.basic_ack(tag, BasicAckOptions { multiple }).await {
+            Ok(()) => {
+                metrics::counter!("messages_acked_total", "queue" => queue.to_owned())
+                    .increment(count as u64);
+                metrics::histogram!("consumer_ack_batch_size", "queue" => queue.to_owned())
+                    .record(count as f64);
+            }
+            Err(e) => {
+                warn!(queue, delivery_tag = tag, count, error = %e, "ack failed; the broker will redeliver these messages and they will be deduplicated");
+            }
+        }
+    }
+
+    /// Decodes and handles one delivery; `None` when it could not be settled (the channel is
+    /// gone, so the broker will redeliver it).
+    async fn process(&self, delivery: Delivery) -> Option<Outcome> {
         let queue = self.queue.as_str();
         metrics::counter!("messages_consumed_total", "queue" => queue.to_owned()).increment(1);
         if delivery.redelivered {
@@ -174,8 +245,7 @@ impl Consumer {
             Ok(incoming) => incoming,
             Err(e) => {
                 error!(queue, delivery_tag = delivery.delivery_tag, reason = %e, "dead-lettering a message whose envelope cannot be read");
-                dead_letter(&delivery, queue).await;
-                return;
+                return dead_letter(&delivery, queue).await;
             }
         };
         let correlation = incoming.meta.correlation_id.as_deref().unwrap_or("");
@@ -193,10 +263,11 @@ impl Consumer {
             request_id,
             traceparent = incoming.meta.traceparent.as_deref().unwrap_or(""),
         );
-        self.handle(&delivery, incoming).instrument(span).await;
+        self.handle(&delivery, incoming).instrument(span).await
     }
 
-    async fn handle(&self, delivery: &Delivery, incoming: Incoming) {
+    /// Runs the handler (retrying in place) and settles what cannot be acked.
+    async fn handle(&self, delivery: &Delivery, incoming: Incoming) -> Option<Outcome> {
         let queue = self.queue.as_str();
         let started = Instant::now();
         let mut delays = ExponentialBuilder::default()
@@ -210,18 +281,11 @@ impl Consumer {
                 Ok(()) => {
                     metrics::histogram!("message_handle_seconds", "queue" => queue.to_owned())
                         .record(started.elapsed().as_secs_f64());
-                    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                        warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
-                    } else {
-                        metrics::counter!("messages_acked_total", "queue" => queue.to_owned())
-                            .increment(1);
-                    }
-                    return;
+                    return Some(Outcome::Done);
                 }
                 Err(HandleError::Poison(reason)) => {
                     error!(%reason, "dead-lettering a message that cannot be processed");
-                    dead_letter(delivery, queue).await;
-                    return;
+                    return dead_letter(delivery, queue).await;
                 }
                 Err(HandleError::Retry(reason)) if started.elapsed() >= self.retry_budget => {
                     warn!(%reason, budget = ?self.retry_budget, "still failing after the retry budget; giving the message back to the queue");
@@ -229,15 +293,16 @@ impl Consumer {
                         requeue: true,
                         ..Default::default()
                     };
-                    if delivery.nack(requeue).await.is_ok() {
+                    if let Ok(true) = delivery.nack(requeue).await {
                         metrics::counter!("messages_nacked_total", "queue" => queue.to_owned())
                             .increment(1);
+                        return Some(Outcome::Settled);
                     }
-                    return;
+                    return None;
                 }
                 Err(HandleError::Retry(reason)) if delivery.acker.poisoned() => {
                     warn!(%reason, "channel closed while retrying; the broker will redeliver the message");
-                    return;
+                    return None;
                 }
                 Err(HandleError::Retry(reason)) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(3));
@@ -251,10 +316,39 @@ impl Consumer {
     }
 }
 
-async fn dead_letter(delivery: &Delivery, queue: &str) {
+/// Rejects without requeue, so the queue dead-letters the message.
+async fn dead_letter(delivery: &Delivery, queue: &str) -> Option<Outcome> {
     match delivery.reject(BasicRejectOptions { requeue: false }).await {
-        Ok(_) => metrics::counter!("messages_dead_lettered_total", "queue" => queue.to_owned())
-            .increment(1),
-        Err(e) => warn!(queue, error = %e, "reject failed; the message will be redelivered"),
+        Ok(true) => {
+            metrics::counter!("messages_dead_lettered_total", "queue" => queue.to_owned())
+                .increment(1);
+            Some(Outcome::Settled)
+        }
+        Ok(false) => {
+            warn!(
+                queue,
+                "reject not sent (channel closed); the message will be redelivered"
+            );
+            None
+        }
+        Err(e) => {
+            warn!(queue, error = %e, "reject failed; the message will be redelivered");
+            None
+        }
+    }
+}
+
+fn note(acks: &mut Acks, (tag, outcome): (u64, Outcome)) {
+    match outcome {
+        Outcome::Done => acks.done(tag, Instant::now()),
+        Outcome::Settled => acks.settled(tag),
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -3,6 +3,7 @@
 //! request/response, the Redis idempotency guard, SQLite inbox/outbox and the outbox relay, and
 //! the operational HTTP endpoints.
 
+mod acks;
 pub mod auth;
 pub mod broker;
 pub mod config;
