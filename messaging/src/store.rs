@@ -143,10 +143,9 @@ impl Db {
 /// Records `message_id` in the inbox. Returns `false` when it was there already, i.e. the
 /// message was applied before and must not be applied again.
 pub fn inbox_first_time(tx: &Transaction, message_id: &str) -> rusqlite::Result<bool> {
-    let inserted = tx.execute(
-        "INSERT OR IGNORE INTO inbox (message_id) VALUES (?1)",
-        params![message_id],
-    )?;
+    let inserted = tx
+        .prepare_cached("INSERT OR IGNORE INTO inbox (message_id) VALUES (?1)")?
+        .execute(params![message_id])?;
     Ok(inserted == 1)
 }
 
