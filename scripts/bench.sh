@@ -11,7 +11,11 @@
 # every load report), DURATION (30 s per
 # run), REPEAT (2 runs of each measurement), CONCURRENCY (64 clients at saturation), RATES
 # ("100 500 1000"), SOAK_SECS (600) and SOAK_RATE (500), BENCH_RUST_LOG (warn), PORT_BASE (23000),
-# BENCH_OUT (where the tables are also written).
+# BENCH_OUT (where the tables are also written), SERVICE_ENV (extra VAR=value words for the five
+# services only, not the load generator, e.g. SERVICE_ENV="ORDERS_PREFETCH=64" for an A/B run),
+# TOKIO_WORKER_THREADS (1: the services' tokio workers each, as scripts/run.sh starts them),
+# BENCH_SKIP_BUILD=1 (run the binaries already in $CARGO_TARGET_DIR/release, e.g. to compare a
+# copy of an older build against the current one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,8 +99,8 @@ start_system() {
     REDIS_URL="$REDIS_URL" REDIS_KEY_PREFIX="$prefix" \
     DATA_DIR="$data/$s" \
     NOTIFIER_URL="http://127.0.0.1:$(port notifier)/webhooks" \
-    RATE_LIMIT_PER_SEC=0 \
-      "$BIN/$s" >"$data/logs/$s.log" 2>&1 &
+    RATE_LIMIT_PER_SEC=0 TOKIO_WORKER_THREADS="${TOKIO_WORKER_THREADS:-1}" \
+      env ${SERVICE_ENV:-} "$BIN/$s" >"$data/logs/$s.log" 2>&1 &
     pids+=($!)
   done
   for s in "${SERVICES[@]}"; do
@@ -122,7 +126,7 @@ dump_metrics() {
   [ "${DUMP_METRICS:-0}" = 1 ] || return 0
   for s in "${SERVICES[@]}"; do
     curl -fsS "http://127.0.0.1:$(port "$s")/metrics" 2>/dev/null \
-      | grep -E '^(sqlite_group_commit|sqlite_memory_bytes|sqlite_wal_frames|message_handle_seconds)' | grep -vE 'quantile="0"|quantile="1"' \
+      | grep -E "^(sqlite_group_commit|sqlite_memory_bytes|sqlite_wal_frames|message_handle_seconds|consumer_ack_batch_size)" | grep -vE 'quantile="0"|quantile="1"' \
       | sed "s/^/$s /" | tee -a "$BENCH_OUT" || true
   done
 }
@@ -134,7 +138,11 @@ loadgen() {
 }
 
 log "building release binaries into $BIN"
-cargo build --release -q -p gateway -p orders -p products -p webhook-publisher -p notifier -p loadgen
+if [ "${BENCH_SKIP_BUILD:-0}" = 1 ]; then
+  log "BENCH_SKIP_BUILD=1: using the binaries already in $BIN"
+else
+  cargo build --release -q -p gateway -p orders -p products -p webhook-publisher -p notifier -p loadgen
+fi
 
 out "# bench run $STAMP"
 out ""
