@@ -137,10 +137,11 @@ loadgen() {
     | tee -a "$BENCH_OUT"
 }
 
-log "building release binaries into $BIN"
+
 if [ "${BENCH_SKIP_BUILD:-0}" = 1 ]; then
   log "BENCH_SKIP_BUILD=1: using the binaries already in $BIN"
 else
+  log "building release binaries into $BIN"
   cargo build --release -q -p gateway -p orders -p products -p webhook-publisher -p notifier -p loadgen
 fi
 
