@@ -17,6 +17,11 @@
 //! not batch-at-a-time), and confirmed rows are deleted in batches by a write that runs while
 //! the next messages are already being published. A row is "in flight" from its publish until
 //! its delete (or failure) is committed; neither path publishes an in-flight row again.
+//!
+//! Deletes are at least [`SETTLE_GAP`] apart unless [`SETTLE_BATCH`] rows wait: at a steady rate
+//! a delete per confirm was a commit (an fsync) of its own about once per message. A row confirmed
+//! but not yet deleted is still in flight, so nothing publishes it again; a crash in between
+//! sends it again with its message id, as for a crash before any delete.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -25,6 +30,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -41,6 +47,10 @@ const POLL_BATCH: usize = 500;
 const POLL: Duration = Duration::from_millis(500);
 /// How long a stopping relay waits for its outstanding confirms and deletes.
 const DRAIN: Duration = Duration::from_secs(2);
+/// The shortest time between two deletes of confirmed rows...
+const SETTLE_GAP: Duration = Duration::from_millis(50);
+/// ... unless this many rows wait to be deleted.
+const SETTLE_BATCH: usize = 256;
 
 type Confirm = BoxFuture<'static, (OutboxRow, Result<(), PublishError>)>;
 type Settled = BoxFuture<'static, (Vec<i64>, Result<(), DbError>)>;
@@ -65,8 +75,10 @@ impl Relay {
         let mut state = State::default();
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_settle = Instant::now();
         loop {
             let room = state.confirms.len() < WINDOW;
+            let waiting = state.settling.is_empty() && state.has_settlements();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(row) = self.rows.recv(), if room => {
@@ -79,10 +91,13 @@ impl Relay {
                 Some((row, result)) = state.confirms.next() => state.confirmed(row, result),
                 Some((ids, result)) = state.settling.next() => state.settled(ids, result),
                 _ = poll.tick(), if room => self.poll(&mut state).await,
+                _ = tokio::time::sleep_until(last_settle + SETTLE_GAP), if waiting => {}
             }
-            if state.settling.is_empty() && !(state.done.is_empty() && state.failed.is_empty()) {
+            let due = last_settle.elapsed() >= SETTLE_GAP || state.done.len() >= SETTLE_BATCH;
+            if state.settling.is_empty() && state.has_settlements() && due {
                 let settle = self.settle(&mut state);
                 state.settling.push(settle);
+                last_settle = Instant::now();
             }
         }
         self.drain(state).await;
@@ -153,7 +168,7 @@ impl Relay {
                 state.confirmed(row, result);
             }
             while state.settling.next().await.is_some() {}
-            if !state.done.is_empty() || !state.failed.is_empty() {
+            if state.has_settlements() {
                 let _ = self.settle(&mut state).await;
             }
         })
@@ -185,6 +200,11 @@ struct State {
 }
 
 impl State {
+    /// Whether confirmed or refused rows wait to be written.
+    fn has_settlements(&self) -> bool {
+        !(self.done.is_empty() && self.failed.is_empty())
+    }
+
     fn confirmed(&mut self, row: OutboxRow, result: Result<(), PublishError>) {
         match result {
             Ok(()) => {
