@@ -15,7 +15,8 @@
 # services only, not the load generator, e.g. SERVICE_ENV="ORDERS_PREFETCH=64" for an A/B run),
 # TOKIO_WORKER_THREADS (1: the services' tokio workers each, as scripts/run.sh starts them),
 # BENCH_SKIP_BUILD=1 (run the binaries already in $CARGO_TARGET_DIR/release, e.g. to compare a
-# copy of an older build against the current one).
+# copy of an older build against the current one), CEILING_ARGS (extra words for `loadgen
+# ceiling`, e.g. "--single-acks" for the ceiling with one ack per message).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -167,7 +168,7 @@ for scenario in $SCENARIOS; do
       best=$(echo "$saturation" | tr ' ' '\n' | sort -g | tail -1)
       for r in $(seq 1 "$REPEAT"); do
         new_vhost ceiling
-        "$BIN/loadgen" ceiling --amqp-url "$AMQP_BASE/$vhost" --duration "$DURATION" \
+        "$BIN/loadgen" ceiling --amqp-url "$AMQP_BASE/$vhost" --duration "$DURATION" ${CEILING_ARGS:-} \
           ${best:+--orders-per-sec "$best"} | tee -a "$BENCH_OUT"
         drop_vhost
       done
