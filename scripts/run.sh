@@ -17,9 +17,6 @@ cargo build --release $(printf -- '-p %s ' "${services[@]}")
 
 mkdir -p .run/logs data
 export DATA_DIR=${DATA_DIR:-$PWD/data}
-# All five services share this machine's cores with RabbitMQ and Redis: one tokio worker each
-# hands fewer wake-ups between threads than one per core (docs/benchmarks.md, change 7).
-export TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1}
 pids=()
 stop() {
   echo; echo "[run] stopping services"
