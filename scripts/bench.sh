@@ -13,7 +13,7 @@
 # ("100 500 1000"), SOAK_SECS (600) and SOAK_RATE (500), BENCH_RUST_LOG (warn), PORT_BASE (23000),
 # BENCH_OUT (where the tables are also written), SERVICE_ENV (extra VAR=value words for the five
 # services only, not the load generator, e.g. SERVICE_ENV="ORDERS_PREFETCH=64" for an A/B run),
-# TOKIO_WORKER_THREADS (1: the services' tokio workers each, as scripts/run.sh starts them),
+# SERVICE_ENV="TOKIO_WORKER_THREADS=1" tries one runtime worker per service (docs/benchmarks.md, 7),
 # BENCH_SKIP_BUILD=1 (run the binaries already in $CARGO_TARGET_DIR/release, e.g. to compare a
 # copy of an older build against the current one), CEILING_ARGS (extra words for `loadgen
 # ceiling`, e.g. "--single-acks" for the ceiling with one ack per message).
@@ -100,7 +100,7 @@ start_system() {
     REDIS_URL="$REDIS_URL" REDIS_KEY_PREFIX="$prefix" \
     DATA_DIR="$data/$s" \
     NOTIFIER_URL="http://127.0.0.1:$(port notifier)/webhooks" \
-    RATE_LIMIT_PER_SEC=0 TOKIO_WORKER_THREADS="${TOKIO_WORKER_THREADS:-1}" \
+    RATE_LIMIT_PER_SEC=0 \
       env ${SERVICE_ENV:-} "$BIN/$s" >"$data/logs/$s.log" 2>&1 &
     pids+=($!)
   done
