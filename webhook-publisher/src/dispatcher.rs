@@ -10,7 +10,7 @@
 //! Passes are at least [`PASS_GAP`] apart unless the last one left due deliveries behind (an
 //! endpoint had fewer free permits than deliveries due): at a steady rate every finished attempt
 //! and every recorded event wakes the loop, and without the gap each delivery paid for a pass of
-//! its own (measured: 13 % of the publisher's CPU per delivery at 1,200/s, docs/benchmarks.md).
+//! its own (measured: 17 % of the publisher's CPU per delivery at 1,200/s, docs/benchmarks.md).
 //! A backlog is still drained pass after pass, as fast as permits free up.
 //!
 //! A pass is **one** write transaction: it records every attempt that finished since the last
