@@ -12,9 +12,8 @@
 # run), REPEAT (2 runs of each measurement), CONCURRENCY (64 clients at saturation), RATES
 # ("100 500 1000"), SOAK_SECS (600) and SOAK_RATE (500), BENCH_RUST_LOG (warn), PORT_BASE (23000),
 # BENCH_OUT (where the tables are also written), SERVICE_ENV (extra VAR=value words for the five
-# services only, not the load generator, e.g. SERVICE_ENV="ORDERS_PREFETCH=64" for an A/B run),
-# SERVICE_ENV="TOKIO_WORKER_THREADS=1" tries one runtime worker per service (docs/benchmarks.md, 7),
-# BENCH_SKIP_BUILD=1 (run the binaries already in $CARGO_TARGET_DIR/release, e.g. to compare a
+# services only, not the load generator, e.g. "ORDERS_PREFETCH=64" or "TOKIO_WORKER_THREADS=1"
+# (docs/benchmarks.md, change 7) for an A/B run), BENCH_SKIP_BUILD=1 (run the binaries already in $CARGO_TARGET_DIR/release, e.g. to compare a
 # copy of an older build against the current one), CEILING_ARGS (extra words for `loadgen
 # ceiling`, e.g. "--single-acks" for the ceiling with one ack per message).
 set -euo pipefail
@@ -137,7 +136,6 @@ loadgen() {
     --pids "$PIDS_SPEC" --webhook-metrics "http://127.0.0.1:$(port webhook-publisher)/metrics" "$@" \
     | tee -a "$BENCH_OUT"
 }
-
 
 if [ "${BENCH_SKIP_BUILD:-0}" = 1 ]; then
   log "BENCH_SKIP_BUILD=1: using the binaries already in $BIN"

@@ -133,7 +133,7 @@ pub async fn run(settings: &Settings) -> Result<Outcome, CeilingError> {
             while let Some(Ok(delivery)) = stream.next().await {
                 // The deliveries already received are "finished" together, like handlers
                 // whose writes shared one commit in the services.
-                let (mut last, mut count) = (delivery.delivery_tag, 1u64);
+                let (mut last, mut count) = (delivery.delivery_tag, 1usize);
                 while coalesce && let Some(Some(Ok(next))) = stream.next().now_or_never() {
                     (last, count) = (next.delivery_tag, count + 1);
                 }
@@ -143,9 +143,9 @@ pub async fn run(settings: &Settings) -> Result<Outcome, CeilingError> {
                     .await
                     .is_ok()
                 {
-                    c.consumed.fetch_add(count, Ordering::Relaxed);
+                    c.consumed.fetch_add(count as u64, Ordering::Relaxed);
                 }
-                consumed.add_permits(usize::try_from(count).unwrap_or(usize::MAX));
+                consumed.add_permits(count);
             }
         });
 
