@@ -15,7 +15,10 @@
 # services only, not the load generator, e.g. "ORDERS_PREFETCH=64" or "TOKIO_WORKER_THREADS=1"
 # (docs/benchmarks.md, change 7) for an A/B run), BENCH_SKIP_BUILD=1 (run the binaries already in $CARGO_TARGET_DIR/release, e.g. to compare a
 # copy of an older build against the current one), CEILING_ARGS (extra words for `loadgen
-# ceiling`, e.g. "--single-acks" for the ceiling with one ack per message).
+# ceiling`, e.g. "--single-acks" for the ceiling with one ack per message), PRIVATE_BROKER=1
+# (run every scenario against a RabbitMQ node of the benchmark's own, on ports PORT_BASE+200..203
+# and a temp data dir, instead of the shared broker) with BROKER_CONF (extra rabbitmq.conf lines
+# for it, separated by ';', e.g. "raft.wal_max_size_bytes = 67108864").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,9 +78,80 @@ stop_system() {
   drop_vhost
 }
 
+broker_pids=()
+
+# Starts a RabbitMQ node of our own (its own epmd, ports and data dir under $WORK, as the chaos
+# suite does; see shared/broker-node.md) and points AMQP_BASE and MGMT at it.
+start_private_broker() {
+  local dir="$WORK/broker" amqp=$((PORT_BASE + 200)) web=$((PORT_BASE + 201))
+  local dist=$((PORT_BASE + 202)) epmd=$((PORT_BASE + 203))
+  # A node of an earlier run that is still going down would answer our readiness check.
+  if ! wait_ports_closed $amqp $web $dist $epmd; then
+    log "ports $amqp..$epmd are still in use (an earlier private broker?)"; return 1
+  fi
+  mkdir -p "$dir/log" "$dir/mnesia"
+  {
+    echo "listeners.tcp.default = 127.0.0.1:$amqp"
+    echo "management.tcp.port = $web"
+    echo "management.tcp.ip = 127.0.0.1"
+    echo "disk_free_limit.absolute = 50MB"
+    echo "${BROKER_CONF:-}" | tr ';' '\n' | sed 's/^ *//'
+  } > "$dir/rabbitmq.conf"
+  echo "[rabbitmq_management]." > "$dir/enabled_plugins"
+  : > "$dir/rabbitmq-env.conf"
+  ERL_EPMD_PORT=$epmd epmd -port "$epmd" -address 127.0.0.1 >/dev/null 2>&1 &
+  broker_pids+=($!)
+  RABBITMQ_NODENAME="bench$amqp@localhost" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+  RABBITMQ_NODE_PORT=$amqp RABBITMQ_DIST_PORT=$dist ERL_EPMD_PORT=$epmd ERL_EPMD_ADDRESS=127.0.0.1 \
+  RABBITMQ_BASE="$dir" RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
+  RABBITMQ_PID_FILE="$dir/node.pid" RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
+  RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf" \
+  RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config" \
+  RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+    /usr/lib/rabbitmq/bin/rabbitmq-server >"$dir/server.log" 2>&1 &
+  local server=$!
+  broker_pids+=($server)
+  AMQP_BASE="amqp://guest:guest@127.0.0.1:$amqp"
+  MGMT="http://127.0.0.1:$web"
+  for _ in $(seq 1 240); do
+    kill -0 "$server" 2>/dev/null || break
+    if mgmt "$MGMT/api/overview" >/dev/null 2>&1; then
+      # The script runs the node as its child (erl execs into beam.smp).
+      BROKER_PID=$(pgrep -P "$server" -x beam.smp | head -1 || true)
+      log "private broker bench$amqp@localhost up on $amqp (management $web), beam pid ${BROKER_PID:-?}"
+      return 0
+    fi
+    sleep 0.5
+  done
+  log "the private broker did not start"; tail -20 "$dir/server.log" >&2; return 1
+}
+
+stop_private_broker() {
+  [ ${#broker_pids[@]} -gt 0 ] || return 0
+  if [ -n "${BROKER_PID:-}" ]; then kill -KILL "$BROKER_PID" 2>/dev/null || true; fi
+  for pid in "${broker_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  broker_pids=()
+  # After a SIGKILL the node holds its ports for a few seconds (shared/broker-node.md).
+  wait_ports_closed $((PORT_BASE + 200)) $((PORT_BASE + 201)) $((PORT_BASE + 202)) $((PORT_BASE + 203)) || true
+}
+
+# True once none of the given local TCP ports is listening (waits up to 20 s).
+wait_ports_closed() {
+  for _ in $(seq 1 80); do
+    local busy=""
+    for p in "$@"; do
+      if ss -Hltn "sport = :$p" | grep -q .; then busy=1; fi
+    done
+    [ -z "$busy" ] && return 0
+    sleep 0.25
+  done
+  return 1
+}
+
 cleanup() {
   local rc=$?
   stop_system
+  stop_private_broker
   rm -rf "$WORK"
   if [ $rc -ne 0 ]; then log "failed (exit $rc); logs were in $WORK (removed)"; fi
   exit $rc
@@ -115,8 +189,9 @@ start_system() {
   local i=0
   for s in "${SERVICES[@]}"; do PIDS_SPEC+="$s=${pids[$i]},"; i=$((i+1)); done
   local beam redis
-  beam=$(pgrep -o -x beam.smp || true); redis=$(pgrep -o -x redis-server || true)
-  [ -n "$beam" ] && PIDS_SPEC+="rabbitmq(shared)=$beam,"
+  beam=${BROKER_PID:-$(pgrep -o -x beam.smp || true)}; redis=$(pgrep -o -x redis-server || true)
+  local which=shared; [ -n "${BROKER_PID:-}" ] && which=own
+  [ -n "$beam" ] && PIDS_SPEC+="rabbitmq($which)=$beam,"
   [ -n "$redis" ] && PIDS_SPEC+="redis(shared)=$redis,"
 }
 
@@ -128,6 +203,22 @@ dump_metrics() {
     curl -fsS "http://127.0.0.1:$(port "$s")/metrics" 2>/dev/null \
       | grep -E "^(sqlite_group_commit|sqlite_memory_bytes|sqlite_wal_frames|message_handle_seconds|consumer_ack_batch_size)" | grep -vE 'quantile="0"|quantile="1"' \
       | sed "s/^/$s /" | tee -a "$BENCH_OUT" || true
+  done
+}
+
+# Every $1 seconds, prints the SQLite memory (`sqlite_memory_bytes`, page caches and statements)
+# of each service with a database, next to loadgen's RSS lines: RSS that grows while SQLite's
+# own memory holds still is a leak of ours, RSS that grows with it is the page caches filling.
+sample_sqlite_memory() {
+  local every=$1 start=$SECONDS
+  while sleep "$every"; do
+    local row="sqlite t=$((SECONDS - start))s"
+    for s in orders products webhook-publisher; do
+      local bytes
+      bytes=$(curl -fsS "http://127.0.0.1:$(port "$s")/metrics" 2>/dev/null | sed -n 's/^sqlite_memory_bytes \([0-9.e+]*\)$/\1/p')
+      row+=" $s=$(awk -v b="${bytes:-0}" 'BEGIN{printf "%.1fMiB", b/1048576}')"
+    done
+    out "$row"
   done
 }
 
@@ -143,6 +234,8 @@ else
   log "building release binaries into $BIN"
   cargo build --release -q -p gateway -p orders -p products -p webhook-publisher -p notifier -p loadgen
 fi
+
+if [ "${PRIVATE_BROKER:-0}" = 1 ]; then start_private_broker; fi
 
 out "# bench run $STAMP"
 out ""
@@ -183,7 +276,10 @@ for scenario in $SCENARIOS; do
       ;;
     soak)
       start_system soak
+      sample_sqlite_memory 60 &
+      sampler=$!
       loadgen --rate "$SOAK_RATE" --duration "$SOAK_SECS" --mem-every 60 --title "soak: $SOAK_RATE orders/s for $SOAK_SECS s"
+      kill "$sampler" 2>/dev/null || true
       dump_metrics
       stop_system
       ;;
