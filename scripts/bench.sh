@@ -15,10 +15,13 @@
 # services only, not the load generator, e.g. "ORDERS_PREFETCH=64" or "TOKIO_WORKER_THREADS=1"
 # (docs/benchmarks.md, change 7) for an A/B run), BENCH_SKIP_BUILD=1 (run the binaries already in $CARGO_TARGET_DIR/release, e.g. to compare a
 # copy of an older build against the current one), CEILING_ARGS (extra words for `loadgen
-# ceiling`, e.g. "--single-acks" for the ceiling with one ack per message), PRIVATE_BROKER=1
-# (run every scenario against a RabbitMQ node of the benchmark's own, on ports PORT_BASE+200..203
-# and a temp data dir, instead of the shared broker) with BROKER_CONF (extra rabbitmq.conf lines
-# for it, separated by ';', e.g. "raft.wal_max_size_bytes = 67108864").
+# ceiling`, e.g. "--single-acks" for the ceiling with one ack per message), PRIVATE_BROKER (1 by
+# default: every scenario runs against a RabbitMQ node of the benchmark's own, on ports
+# PORT_BASE+200..203 and a temp data dir; 0: against the broker at AMQP_BASE/RABBITMQ_MANAGEMENT_URL,
+# the machine's shared one by default) and BROKER_CONF (extra rabbitmq.conf lines for the own
+# node, separated by ';'). The node gets the broker settings that compose ships
+# (deploy/rabbitmq/rabbitmq.conf, without its definitions); BROKER_CONF comes after them and wins,
+# e.g. "raft.wal_max_size_bytes = 536870912" for RabbitMQ's default WAL size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,6 +98,7 @@ start_private_broker() {
     echo "management.tcp.port = $web"
     echo "management.tcp.ip = 127.0.0.1"
     echo "disk_free_limit.absolute = 50MB"
+    grep -v '^load_definitions' deploy/rabbitmq/rabbitmq.conf
     echo "${BROKER_CONF:-}" | tr ';' '\n' | sed 's/^ *//'
   } > "$dir/rabbitmq.conf"
   echo "[rabbitmq_management]." > "$dir/enabled_plugins"
@@ -235,7 +239,7 @@ else
   cargo build --release -q -p gateway -p orders -p products -p webhook-publisher -p notifier -p loadgen
 fi
 
-if [ "${PRIVATE_BROKER:-0}" = 1 ]; then start_private_broker; fi
+if [ "${PRIVATE_BROKER:-1}" = 1 ]; then start_private_broker; fi
 
 out "# bench run $STAMP"
 out ""
