@@ -16,6 +16,10 @@ use tracing::info;
 use crate::processes::{self, Proc, ProcessError, Spec};
 
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+/// The broker settings compose ships, so that the chaos runs against the broker as configured in
+/// production (its WAL size above all); the definitions line is left out, the services declare
+/// their topology themselves.
+const SHIPPED_CONF: &str = include_str!("../../deploy/rabbitmq/rabbitmq.conf");
 /// First boot (with the management plugin) takes 5–9 s, a restart after SIGKILL 7–8 s on 2 cores.
 const BOOT_WAIT: Duration = Duration::from_secs(120);
 
@@ -79,7 +83,7 @@ impl BrokerNode {
             "disk_free_limit.absolute = 50MB".into(),
             // Counts in the management API settle faster (the default is 5 s).
             "collect_statistics_interval = 1000".into(),
-            String::new(),
+            shipped_settings(),
         ]
         .join("\n");
         let write = |name: &str, text: &str| {
@@ -185,10 +189,31 @@ impl BrokerNode {
     }
 }
 
+/// The lines of compose's `rabbitmq.conf` other than `load_definitions`.
+fn shipped_settings() -> String {
+    SHIPPED_CONF
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("load_definitions"))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 impl Drop for BrokerNode {
     fn drop(&mut self) {
         // The node first, then its epmd (the node would re-register with a new one).
         self.server.kill();
         self.epmd.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_gets_the_shipped_settings_but_not_the_definitions() {
+        let settings = shipped_settings();
+        assert!(settings.contains("raft.wal_max_size_bytes"), "{settings}");
+        assert!(!settings.contains("load_definitions"), "{settings}");
     }
 }
