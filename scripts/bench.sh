@@ -21,7 +21,8 @@
 # the machine's shared one by default) and BROKER_CONF (extra rabbitmq.conf lines for the own
 # node, separated by ';'). The node gets the broker settings that compose ships
 # (deploy/rabbitmq/rabbitmq.conf, without its definitions); BROKER_CONF comes after them and wins,
-# e.g. "raft.wal_max_size_bytes = 536870912" for RabbitMQ's default WAL size.
+# e.g. "raft.wal_max_size_bytes = 536870912" for RabbitMQ's default WAL size; SERIES_EVERY
+# (seconds: loadgen prints p50/p99/max of POST → terminal for every such interval).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -228,7 +229,8 @@ sample_sqlite_memory() {
 
 loadgen() {
   "$BIN/loadgen" --gateway "http://127.0.0.1:$(port gateway)" --amqp-url "$AMQP_BASE/$vhost" \
-    --pids "$PIDS_SPEC" --webhook-metrics "http://127.0.0.1:$(port webhook-publisher)/metrics" "$@" \
+    --pids "$PIDS_SPEC" --webhook-metrics "http://127.0.0.1:$(port webhook-publisher)/metrics" \
+    ${SERIES_EVERY:+--series-every "$SERIES_EVERY"} "$@" \
     | tee -a "$BENCH_OUT"
 }
 

@@ -9,6 +9,7 @@ pub mod open_loop;
 pub mod procstat;
 pub mod recorder;
 pub mod report;
+pub mod series;
 pub mod target;
 pub mod webhooks;
 

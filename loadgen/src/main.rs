@@ -11,6 +11,7 @@ use loadgen::events::{self, Tracker};
 use loadgen::procstat::{self, Watched};
 use loadgen::recorder::Recorder;
 use loadgen::report::{ProcessUse, RunReport};
+use loadgen::series;
 use loadgen::target::Target;
 use loadgen::{MESSAGES_PER_ORDER, ceiling, closed_loop, open_loop, webhooks};
 
@@ -76,6 +77,10 @@ struct LoadArgs {
     /// Print the RSS of every watched process every this many seconds during the load phase.
     #[arg(long)]
     mem_every: Option<f64>,
+    /// Print count, p50, p99 and max of the POST → terminal latencies of every interval of this
+    /// many seconds during the load phase (`series t=… n=… p50=… p99=… max=…`).
+    #[arg(long)]
+    series_every: Option<f64>,
     /// Title of the report.
     #[arg(long)]
     title: Option<String>,
@@ -188,6 +193,10 @@ async fn run_load(args: LoadArgs) -> Result<()> {
         })
     });
 
+    let series_task = args
+        .series_every
+        .map(|every| series::spawn(recorder.clone(), secs(every)));
+
     let before = sample_all(&processes);
     let started = Instant::now();
     let attempted = match (args.rate, args.concurrency) {
@@ -198,7 +207,7 @@ async fn run_load(args: LoadArgs) -> Result<()> {
     let load_time = started.elapsed();
     let after = sample_all(&processes);
     let at_load_end = recorder.snapshot();
-    if let Some(task) = mem_task {
+    for task in [mem_task, series_task].into_iter().flatten() {
         task.abort();
     }
 

@@ -1,5 +1,6 @@
 //! What a run records: HDR histograms of `POST /orders` latency and of POST → terminal-event
-//! latency, and counters of outcomes and errors by kind.
+//! latency (for the whole run and for the current interval of a time series), and counters of
+//! outcomes and errors by kind.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -19,6 +20,8 @@ pub struct Recorder {
 struct Inner {
     post: Histogram<u64>,
     terminal: Histogram<u64>,
+    /// Terminal latencies since the last `take_interval`.
+    interval: Histogram<u64>,
     accepted: u64,
     errors: BTreeMap<String, u64>,
     outcomes: BTreeMap<String, u64>,
@@ -59,6 +62,7 @@ impl Recorder {
             inner: Mutex::new(Inner {
                 post: histogram(),
                 terminal: histogram(),
+                interval: histogram(),
                 accepted: 0,
                 errors: BTreeMap::new(),
                 outcomes: BTreeMap::new(),
@@ -94,7 +98,13 @@ impl Recorder {
             *i.outcomes.entry(status.to_owned()).or_default() += 1;
             i.last_terminal = Some(Instant::now());
             let _ = i.terminal.record(micros(latency));
+            let _ = i.interval.record(micros(latency));
         });
+    }
+
+    /// The terminal latencies recorded since the previous call, and a fresh interval.
+    pub fn take_interval(&self) -> Histogram<u64> {
+        self.with(|i| std::mem::replace(&mut i.interval, histogram()))
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -31,6 +31,29 @@ fn own_process_can_be_sampled_and_pids_parsed() {
 }
 
 #[test]
+fn an_interval_holds_only_the_latencies_since_the_last_one() {
+    let recorder = Recorder::new();
+    recorder.terminal("CONFIRMED", Duration::from_millis(10));
+    recorder.terminal("CONFIRMED", Duration::from_millis(900));
+    let first = recorder.take_interval();
+    assert_eq!(first.len(), 2);
+    assert!(first.max() >= 899_000, "max {} µs", first.max());
+    recorder.terminal("CONFIRMED", Duration::from_millis(20));
+    let second = recorder.take_interval();
+    assert_eq!(second.len(), 1);
+    assert!(
+        second.max() < 21_000,
+        "the stall of the first interval leaked into the second"
+    );
+    assert!(recorder.take_interval().is_empty());
+    assert_eq!(
+        recorder.snapshot().terminal.len(),
+        3,
+        "the whole run keeps every latency"
+    );
+}
+
+#[test]
 fn delivered_webhooks_are_read_from_the_counter() {
     let text = "# TYPE webhook_attempts_total counter\nwebhook_attempts_total{outcome=\"delivered\"} 41\nwebhook_attempts_total{outcome=\"retry\"} 3\nother 9\n";
     assert_eq!(webhooks::parse_attempts(text, "delivered"), 41.0);
