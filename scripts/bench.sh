@@ -113,6 +113,7 @@ start_private_broker() {
   RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf" \
   RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config" \
   RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+  ERL_CRASH_DUMP="$dir/erl_crash.dump" \
     /usr/lib/rabbitmq/bin/rabbitmq-server >"$dir/server.log" 2>&1 &
   local server=$!
   broker_pids+=($server)
