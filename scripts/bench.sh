@@ -83,14 +83,16 @@ stop_system() {
 }
 
 broker_pids=()
+# The own node's AMQP, management, distribution and epmd ports.
+BROKER_PORTS=($((PORT_BASE + 200)) $((PORT_BASE + 201)) $((PORT_BASE + 202)) $((PORT_BASE + 203)))
 
 # Starts a RabbitMQ node of our own (its own epmd, ports and data dir under $WORK, as the chaos
 # suite does; see shared/broker-node.md) and points AMQP_BASE and MGMT at it.
 start_private_broker() {
-  local dir="$WORK/broker" amqp=$((PORT_BASE + 200)) web=$((PORT_BASE + 201))
-  local dist=$((PORT_BASE + 202)) epmd=$((PORT_BASE + 203))
+  local dir="$WORK/broker" amqp=${BROKER_PORTS[0]} web=${BROKER_PORTS[1]}
+  local dist=${BROKER_PORTS[2]} epmd=${BROKER_PORTS[3]}
   # A node of an earlier run that is still going down would answer our readiness check.
-  if ! wait_ports_closed $amqp $web $dist $epmd; then
+  if ! wait_ports_closed "${BROKER_PORTS[@]}"; then
     log "ports $amqp..$epmd are still in use (an earlier private broker?)"; return 1
   fi
   mkdir -p "$dir/log" "$dir/mnesia"
@@ -138,7 +140,7 @@ stop_private_broker() {
   for pid in "${broker_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   broker_pids=()
   # After a SIGKILL the node holds its ports for a few seconds (shared/broker-node.md).
-  wait_ports_closed $((PORT_BASE + 200)) $((PORT_BASE + 201)) $((PORT_BASE + 202)) $((PORT_BASE + 203)) || true
+  wait_ports_closed "${BROKER_PORTS[@]}" || true
 }
 
 # True once none of the given local TCP ports is listening (waits up to 20 s).
