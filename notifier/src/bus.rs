@@ -1,8 +1,10 @@
 //! The Redis side of the notifier: deduplication, stats, order owners, and the `events` stream.
 //!
 //! Accepting a webhook is one Lua script, so it is atomic: `SET seen:<webhook-id> NX EX ttl`;
-//! only if that succeeds, count the event in the stats hashes, remember the order's owners (for
-//! room joins) and `XADD` the event with the fresh stats to the `<prefix>events` stream. There is
+//! only if that succeeds, count an order event in the stats hashes (and a decision in its
+//! minute, for the dashboard's chart), remember the order's owners (for room joins) and `XADD`
+//! the event with the fresh stats to the `<prefix>events` stream; a stock change is only added
+//! to the stream. There is
 //! no moment at which a webhook is marked seen but not in the stream, and a duplicate is never
 //! added twice. Every notifier instance reads the stream from where it left off and fans the
 //! events out to its own WebSocket clients.
@@ -17,22 +19,16 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use messaging::contracts::OrderEvent;
 use redis::Script;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use crate::event::WebhookEvent;
+use crate::event::{EventData, EventKind};
 use crate::hub::Hub;
-
-/// The body of a Standard Webhooks request from the publisher.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct WebhookEvent {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub timestamp: String,
-    pub data: OrderEvent,
-}
 
 /// Counts of order events since the stats keys were created.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -59,34 +55,47 @@ pub struct SellerStats {
     pub stats: Stats,
 }
 
-/// What travels on the `events` channel: one accepted webhook and the stats after it.
+/// What travels on the `events` stream: one accepted webhook and, for an order event, the stats
+/// after it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Broadcast {
     pub webhook_id: String,
     pub event: WebhookEvent,
-    pub admin_stats: Stats,
+    #[serde(default)]
+    pub admin_stats: Option<Stats>,
     #[serde(default)]
     pub seller_stats: Option<SellerStats>,
 }
 
-/// The stats field an event type counts in.
-pub fn stats_field(kind: &str) -> Option<&'static str> {
+/// The stats field an order event type counts in.
+pub fn stats_field(kind: EventKind) -> Option<&'static str> {
     match kind {
-        "order.created" => Some("created"),
-        "order.confirmed" => Some("confirmed"),
-        "order.rejected" => Some("rejected"),
-        "order.cancelled" => Some("cancelled"),
-        _ => None,
+        EventKind::OrderCreated => Some("created"),
+        EventKind::OrderConfirmed => Some("confirmed"),
+        EventKind::OrderRejected => Some("rejected"),
+        EventKind::OrderCancelled => Some("cancelled"),
+        EventKind::StockChanged => None,
     }
 }
 
-/// KEYS: seen, admin stats, seller stats, owner, stream.
+/// KEYS: seen, admin stats, seller stats, owner, stream, admin minute, seller minute.
 /// ARGV: seen ttl, stats field, quantity, webhook body, webhook id, seller id, customer id, owner
-/// ttl, stream cap.
+/// ttl, stream cap, minute ttl.
 /// Returns 1 (added to the stream) or 0 (duplicate).
+///
+/// A decision (confirmed, rejected, cancelled) is also counted in the minute it happened, for the
+/// dashboard's chart (see [`Bus::decisions`]).
 const ACCEPT: &str = r#"
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+if ARGV[2] == 'confirmed' or ARGV[2] == 'rejected' or ARGV[2] == 'cancelled' then
+  redis.call('HINCRBY', KEYS[6], ARGV[2], 1)
+  redis.call('EXPIRE', KEYS[6], ARGV[10])
+  if ARGV[6] ~= '' then
+    redis.call('HINCRBY', KEYS[7], ARGV[2], 1)
+    redis.call('EXPIRE', KEYS[7], ARGV[10])
+  end
+end
 local function count(key)
   redis.call('HINCRBY', key, ARGV[2], 1)
   if ARGV[2] == 'confirmed' then redis.call('HINCRBY', key, 'unitsConfirmed', tonumber(ARGV[3])) end
@@ -107,8 +116,37 @@ redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'b', cjson.encode(msg))
 return 1
 "#;
 
-/// Hashed once; Redis runs it by its SHA (EVALSHA) and loads it again after a restart.
+/// KEYS: seen, stream. ARGV: seen ttl, broadcast, stream cap. Returns 1 (added) or 0 (duplicate).
+/// For events that count in no stats (stock changes).
+const ACCEPT_PLAIN: &str = r#"
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'b', ARGV[2])
+return 1
+"#;
+
+/// Hashed once; Redis runs them by their SHA (EVALSHA) and loads them again after a restart.
 static ACCEPT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACCEPT));
+static ACCEPT_PLAIN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACCEPT_PLAIN));
+
+/// How long the per-minute decision counts are kept: the chart shows the last hour.
+pub const MINUTES_TTL: Duration = Duration::from_secs(2 * 3600);
+
+/// The decisions of one minute.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MinuteCounts {
+    /// Start of the minute, Unix milliseconds.
+    pub at: i64,
+    pub confirmed: i64,
+    pub rejected: i64,
+    pub cancelled: i64,
+}
+
+/// The Unix minute an RFC 3339 time falls in (`now` when it is not one).
+pub fn minute_of(rfc3339: &str, now: OffsetDateTime) -> i64 {
+    let at = OffsetDateTime::parse(rfc3339, &Rfc3339).unwrap_or(now);
+    at.unix_timestamp().div_euclid(60)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -158,24 +196,35 @@ impl Bus {
         format!("{}order-owners:{order_id}", self.prefix)
     }
 
-    /// Adds the event to the stream unless its webhook id was seen before. Returns whether it
-    /// was new.
-    pub async fn accept(
-        &self,
-        webhook_id: &str,
-        field: &str,
-        event: &WebhookEvent,
-    ) -> Result<bool, BusError> {
+    fn seen_key(&self, webhook_id: &str) -> String {
+        format!("{}webhook-seen:{webhook_id}", self.prefix)
+    }
+
+    fn minute_key(&self, seller: Option<&str>, minute: i64) -> String {
+        match seller {
+            Some(seller) => format!("{}decisions:seller:{seller}:{minute}", self.prefix),
+            None => format!("{}decisions:admin:{minute}", self.prefix),
+        }
+    }
+
+    /// Adds the event to the stream unless its webhook id was seen before; an order event is
+    /// also counted in the stats. Returns whether it was new.
+    pub async fn accept(&self, webhook_id: &str, event: &WebhookEvent) -> Result<bool, BusError> {
+        let (EventData::Order(data), Some(field)) = (&event.data, stats_field(event.kind)) else {
+            return self.accept_plain(webhook_id, event).await;
+        };
         let body = serde_json::to_string(event)?;
-        let data = &event.data;
         let seller = data.seller_id.clone().unwrap_or_default();
+        let minute = minute_of(&data.occurred_at, OffsetDateTime::now_utc());
         let mut conn = self.pool.get().await?;
         let published: i64 = ACCEPT_SCRIPT
-            .key(format!("{}webhook-seen:{webhook_id}", self.prefix))
+            .key(self.seen_key(webhook_id))
             .key(format!("{}stats:admin", self.prefix))
             .key(format!("{}stats:seller:{seller}", self.prefix))
             .key(self.owner_key(&data.order_id))
             .key(self.channel())
+            .key(self.minute_key(None, minute))
+            .key(self.minute_key(Some(&seller), minute))
             .arg(self.seen_ttl.as_secs().max(1))
             .arg(field)
             .arg(data.quantity)
@@ -185,9 +234,63 @@ impl Bus {
             .arg(data.customer_id.clone().unwrap_or_default())
             .arg(self.owner_ttl.as_secs().max(1))
             .arg(STREAM_MAXLEN)
+            .arg(MINUTES_TTL.as_secs())
             .invoke_async(&mut conn)
             .await?;
         Ok(published == 1)
+    }
+
+    /// Adds an event that counts in no stats (a stock change) to the stream, unless its webhook
+    /// id was seen before.
+    async fn accept_plain(&self, webhook_id: &str, event: &WebhookEvent) -> Result<bool, BusError> {
+        let broadcast = Broadcast {
+            webhook_id: webhook_id.to_owned(),
+            event: event.clone(),
+            admin_stats: None,
+            seller_stats: None,
+        };
+        let mut conn = self.pool.get().await?;
+        let published: i64 = ACCEPT_PLAIN_SCRIPT
+            .key(self.seen_key(webhook_id))
+            .key(self.channel())
+            .arg(self.seen_ttl.as_secs().max(1))
+            .arg(serde_json::to_string(&broadcast)?)
+            .arg(STREAM_MAXLEN)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(published == 1)
+    }
+
+    /// The decisions per minute of the `minutes` minutes up to and including the one `now` is
+    /// in, oldest first: all of them, or those of one seller's products.
+    pub async fn decisions(
+        &self,
+        seller: Option<&str>,
+        now: OffsetDateTime,
+        minutes: i64,
+    ) -> Result<Vec<MinuteCounts>, BusError> {
+        let last = now.unix_timestamp().div_euclid(60);
+        let range: Vec<i64> = (last - minutes + 1..=last).collect();
+        let mut pipe = redis::pipe();
+        for minute in &range {
+            pipe.cmd("HGETALL").arg(self.minute_key(seller, *minute));
+        }
+        let mut conn = self.pool.get().await?;
+        let hashes: Vec<std::collections::HashMap<String, i64>> =
+            pipe.query_async(&mut conn).await?;
+        Ok(range
+            .into_iter()
+            .zip(hashes)
+            .map(|(minute, counts)| {
+                let get = |name: &str| counts.get(name).copied().unwrap_or(0);
+                MinuteCounts {
+                    at: minute * 60_000,
+                    confirmed: get("confirmed"),
+                    rejected: get("rejected"),
+                    cancelled: get("cancelled"),
+                }
+            })
+            .collect())
     }
 
     /// The owners of an order, if any of its events came through here.

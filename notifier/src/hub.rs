@@ -8,6 +8,9 @@
 //! Rooms: a client that joined one or more `order-<id>` rooms receives only the events of those
 //! orders (stats events are not affected); with no room joined it receives every event its role
 //! allows. A join is allowed only for an order the client may see.
+//!
+//! Stock changes go out as `stock.updated` to ADMINs and to the SELLER of the product, never to
+//! CLIENTs, and are not narrowed by rooms.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -21,6 +24,11 @@ use tracing::{info, warn};
 
 use crate::auth::{Identity, Role};
 use crate::bus::Broadcast;
+use crate::event::{EventData, StockChange};
+use messaging::contracts::OrderEvent;
+
+/// The WebSocket message type of a stock change.
+pub const STOCK_UPDATED: &str = "stock.updated";
 
 /// The order id a room name refers to (`order-<id>`).
 pub fn room_order_id(room: &str) -> Option<&str> {
@@ -128,7 +136,13 @@ impl Hub {
 
     /// Queues the broadcast's event and stats for every client allowed to see them.
     pub fn dispatch(&self, broadcast: &Broadcast) {
-        let data = &broadcast.event.data;
+        match &broadcast.event.data {
+            EventData::Order(order) => self.dispatch_order(broadcast, order),
+            EventData::Stock(stock) => self.dispatch_stock(broadcast, stock),
+        }
+    }
+
+    fn dispatch_order(&self, broadcast: &Broadcast, data: &OrderEvent) {
         let event = Utf8Bytes::from(
             json!({
                 "type": broadcast.event.kind,
@@ -138,9 +152,9 @@ impl Hub {
             })
             .to_string(),
         );
-        let admin_stats = Utf8Bytes::from(
-            json!({"type": "ADMIN_STATS_UPDATED", "data": broadcast.admin_stats}).to_string(),
-        );
+        let admin_stats = broadcast.admin_stats.as_ref().map(|stats| {
+            Utf8Bytes::from(json!({"type": "ADMIN_STATS_UPDATED", "data": stats}).to_string())
+        });
         let seller_stats = broadcast.seller_stats.as_ref().map(|s| {
             (
                 s.seller_id.clone(),
@@ -158,7 +172,7 @@ impl Hub {
                 outbox.push((*id, event.clone()));
             }
             match who.role {
-                Role::Admin => outbox.push((*id, admin_stats.clone())),
+                Role::Admin => outbox.extend(admin_stats.clone().map(|m| (*id, m))),
                 Role::Seller => {
                     if let Some((seller, message)) = &seller_stats
                         && who.seller_id.as_ref() == Some(seller)
@@ -171,6 +185,32 @@ impl Hub {
         }
         for (id, message) in outbox {
             offer(&mut clients, id, message);
+        }
+    }
+
+    /// A stock change goes out as `stock.updated` to admins and to the product's seller, whatever
+    /// rooms they joined (rooms narrow order events only).
+    fn dispatch_stock(&self, broadcast: &Broadcast, data: &StockChange) {
+        let message = Utf8Bytes::from(
+            json!({
+                "type": STOCK_UPDATED,
+                "webhookId": broadcast.webhook_id,
+                "timestamp": broadcast.event.timestamp,
+                "data": data,
+            })
+            .to_string(),
+        );
+        let mut clients = self.lock();
+        let receivers: Vec<u64> = clients
+            .iter()
+            .filter(|(_, client)| {
+                let who = &client.identity;
+                who.role != Role::Client && who.sees(None, data.seller_id.as_deref())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in receivers {
+            offer(&mut clients, id, message.clone());
         }
     }
 }
@@ -204,7 +244,7 @@ fn offer(clients: &mut HashMap<u64, Client>, id: u64, message: Utf8Bytes) {
 mod tests {
     use super::*;
     use crate::bus::{SellerStats, Stats, WebhookEvent};
-    use messaging::contracts::OrderEvent;
+    use crate::event::{EventKind, StockReason};
 
     fn identity(role: Role, sub: &str, seller: Option<&str>) -> Identity {
         Identity {
@@ -218,9 +258,9 @@ mod tests {
         Broadcast {
             webhook_id: format!("msg_{order}"),
             event: WebhookEvent {
-                kind: "order.created".into(),
+                kind: EventKind::OrderCreated,
                 timestamp: "2026-01-01T00:00:00Z".into(),
-                data: OrderEvent {
+                data: EventData::Order(OrderEvent {
                     order_id: order.into(),
                     product_id: "p".into(),
                     quantity: 1,
@@ -229,9 +269,9 @@ mod tests {
                     status: "PENDING".into(),
                     reason: None,
                     occurred_at: "2026-01-01T00:00:00Z".into(),
-                },
+                }),
             },
-            admin_stats: Stats::default(),
+            admin_stats: Some(Stats::default()),
             seller_stats: Some(SellerStats {
                 seller_id: seller.into(),
                 stats: Stats::default(),
@@ -306,5 +346,56 @@ mod tests {
         assert_eq!(room_order_id("order-o1"), Some("o1"));
         assert_eq!(room_order_id("order-"), None);
         assert_eq!(room_order_id("seller-1"), None);
+    }
+
+    fn stock(product: &str, seller: Option<&str>) -> Broadcast {
+        Broadcast {
+            webhook_id: format!("msg_stock_{product}"),
+            event: WebhookEvent {
+                kind: EventKind::StockChanged,
+                timestamp: "2026-01-01T00:00:00Z".into(),
+                data: EventData::Stock(StockChange {
+                    product_id: product.into(),
+                    seller_id: seller.map(str::to_owned),
+                    stock: 3,
+                    delta: -1,
+                    reason: StockReason::Reserved,
+                }),
+            },
+            admin_stats: None,
+            seller_stats: None,
+        }
+    }
+
+    fn stock_updates(rx: &mut mpsc::Receiver<Utf8Bytes>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            let v: serde_json::Value = serde_json::from_str(m.as_str()).unwrap();
+            out.push(format!(
+                "{}:{}",
+                v["type"].as_str().unwrap(),
+                v["data"]["productId"].as_str().unwrap_or("")
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn stock_changes_go_to_admins_and_the_products_seller_whatever_their_rooms() {
+        let hub = Hub::new(16);
+        let mut admin = hub.register(identity(Role::Admin, "a", None));
+        hub.join(admin.id, "order-o2");
+        let mut s1 = hub.register(identity(Role::Seller, "u", Some("s1")));
+        let mut s2 = hub.register(identity(Role::Seller, "v", Some("s2")));
+        let mut client = hub.register(identity(Role::Client, "s1", None));
+        hub.dispatch(&stock("p1", Some("s1")));
+        hub.dispatch(&stock("p0", None));
+        assert_eq!(
+            stock_updates(&mut admin.queue),
+            ["stock.updated:p1", "stock.updated:p0"]
+        );
+        assert_eq!(stock_updates(&mut s1.queue), ["stock.updated:p1"]);
+        assert!(stock_updates(&mut s2.queue).is_empty());
+        assert!(stock_updates(&mut client.queue).is_empty());
     }
 }

@@ -3,9 +3,10 @@
 //! Order of checks: the three `webhook-*` headers, the timestamp within the tolerance (±5 min,
 //! which bounds how long a captured request could be replayed), the signature over the exact
 //! body bytes (constant-time), and only then the body. Any authentication failure is a 401
-//! problem; a body we cannot read after a valid signature is a 400/422. An accepted webhook is
-//! deduplicated by its `webhook-id` and published on Redis (see `bus.rs`); a duplicate gets 200
-//! too, so the sender stops retrying it.
+//! problem; a body we cannot read after a valid signature is a 400 (422 for an event type we do
+//! not know). An accepted webhook is deduplicated by its `webhook-id` and published on Redis (see
+//! `bus.rs`); a duplicate gets 200 too, so the sender stops retrying it. A new decision is also
+//! handed to the Telegram sink, when there is one (see `telegram.rs`).
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use serde_json::json;
 use tracing::{error, info, warn};
 
 use crate::AppState;
-use crate::bus::{WebhookEvent, stats_field};
+use crate::event::{BodyError, EventData, WebhookEvent};
 
 /// Whether `timestamp` (Unix seconds) is within `tolerance` of `now`.
 pub fn timestamp_fresh(timestamp: i64, now: i64, tolerance: Duration) -> bool {
@@ -90,33 +91,34 @@ pub async fn receive(
         warn!(reason = %p.detail, webhook_id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or(""), "refused a webhook");
         metrics::counter!("webhooks_received_total", "outcome" => "unauthorized").increment(1);
     })?;
-    let event: WebhookEvent = serde_json::from_slice(&body).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-body",
-            "Invalid webhook body",
-            format!("the body is not an order event: {e}"),
-        )
-    })?;
-    let Some(field) = stats_field(&event.kind) else {
-        return Err(Problem::new(
+    let event = WebhookEvent::parse(&body).map_err(|e| match e {
+        BodyError::UnknownType(_) => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown-event",
             "Unknown event type",
-            format!("{:?} is not an order event this notifier knows", event.kind),
-        ));
+            e.to_string(),
+        ),
+        BodyError::NotAWebhook(_) | BodyError::BadData { .. } => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+            "Invalid webhook body",
+            e.to_string(),
+        ),
+    })?;
+    let (order_id, product_id) = match &event.data {
+        EventData::Order(order) => (order.order_id.clone(), order.product_id.clone()),
+        EventData::Stock(stock) => (String::new(), stock.product_id.clone()),
     };
-    let order_id = event.data.order_id.clone();
     let traceparent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let fresh = state
         .bus
-        .accept(&signed.id, field, &event)
+        .accept(&signed.id, &event)
         .await
         .map_err(|e| {
-            error!(error = %e, webhook_id = %signed.id, %order_id, "could not publish a webhook on Redis; the sender will retry");
+            error!(error = %e, webhook_id = %signed.id, %order_id, %product_id, "could not publish a webhook on Redis; the sender will retry");
             Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -128,9 +130,13 @@ pub async fn receive(
     let outcome = if fresh { "published" } else { "duplicate" };
     metrics::counter!("webhooks_received_total", "outcome" => outcome).increment(1);
     if fresh {
-        info!(webhook_id = %signed.id, %order_id, %traceparent, event = %event.kind, "webhook accepted and published");
+        info!(webhook_id = %signed.id, %order_id, %product_id, %traceparent, event = %event.kind, "webhook accepted and published");
+        // Only the instance whose SET NX won sees `fresh`: Telegram hears of a webhook once.
+        if let Some(telegram) = &state.telegram {
+            telegram.offer(&signed.id, &event);
+        }
     } else {
-        info!(webhook_id = %signed.id, %order_id, "duplicate webhook ignored");
+        info!(webhook_id = %signed.id, %order_id, %product_id, event = %event.kind, "duplicate webhook ignored");
     }
     Ok((
         StatusCode::OK,

@@ -1,0 +1,255 @@
+//! The events the notifier receives as webhooks: `{type, timestamp, data}`, where `type` says
+//! what `data` is: an order event (`order.created|confirmed|rejected|cancelled`, the saga's
+//! [`OrderEvent`]) or a stock change (`product.stockChanged`, [`StockChange`]).
+//!
+//! A body is read in two steps, so a caller can tell the three ways it can be wrong apart: not a
+//! webhook body at all, a type this notifier does not know, or data that does not fit its type.
+
+use messaging::contracts::OrderEvent;
+use serde::{Deserialize, Serialize};
+
+/// The `type` of a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    #[serde(rename = "order.created")]
+    OrderCreated,
+    #[serde(rename = "order.confirmed")]
+    OrderConfirmed,
+    #[serde(rename = "order.rejected")]
+    OrderRejected,
+    #[serde(rename = "order.cancelled")]
+    OrderCancelled,
+    #[serde(rename = "product.stockChanged")]
+    StockChanged,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 5] = [
+        Self::OrderCreated,
+        Self::OrderConfirmed,
+        Self::OrderRejected,
+        Self::OrderCancelled,
+        Self::StockChanged,
+    ];
+
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OrderCreated => "order.created",
+            Self::OrderConfirmed => "order.confirmed",
+            Self::OrderRejected => "order.rejected",
+            Self::OrderCancelled => "order.cancelled",
+            Self::StockChanged => "product.stockChanged",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Whether this is the end of an order's saga (what Telegram reports).
+    pub fn decision(self) -> Option<Decision> {
+        match self {
+            Self::OrderConfirmed => Some(Decision::Confirmed),
+            Self::OrderRejected => Some(Decision::Rejected),
+            Self::OrderCancelled => Some(Decision::Cancelled),
+            Self::OrderCreated | Self::StockChanged => None,
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an order's saga ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    Confirmed,
+    Rejected,
+    Cancelled,
+}
+
+impl Decision {
+    /// The word for it, as the stats hashes and the dashboard's minute buckets name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confirmed => "confirmed",
+            Self::Rejected => "rejected",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Why a product's stock changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StockReason {
+    /// The product was created with its initial stock.
+    Created,
+    /// Units were reserved for an order.
+    Reserved,
+    /// Units reserved for an order were given back.
+    Released,
+}
+
+/// `product.stockChanged`: a product's stock after a change, and the change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StockChange {
+    pub product_id: String,
+    pub seller_id: Option<String>,
+    /// The stock after the change.
+    pub stock: i64,
+    /// Signed change (negative for a reservation).
+    pub delta: i64,
+    pub reason: StockReason,
+}
+
+/// The data of a webhook, as its type says.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum EventData {
+    Order(OrderEvent),
+    Stock(StockChange),
+}
+
+/// The body of a Standard Webhooks request from the publisher.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(try_from = "RawWebhook")]
+pub struct WebhookEvent {
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub timestamp: String,
+    pub data: EventData,
+}
+
+/// A body before its `data` is read according to its `type`.
+#[derive(Debug, Deserialize)]
+pub struct RawWebhook {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub timestamp: String,
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is not a webhook ({{type, timestamp, data}}): {0}")]
+    NotAWebhook(#[source] serde_json::Error),
+    #[error("{0:?} is not an event type this notifier knows")]
+    UnknownType(String),
+    #[error("the data of a {kind} event does not fit it: {source}")]
+    BadData {
+        kind: EventKind,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl TryFrom<RawWebhook> for WebhookEvent {
+    type Error = BodyError;
+
+    fn try_from(raw: RawWebhook) -> Result<Self, BodyError> {
+        let kind = EventKind::parse(&raw.kind).ok_or(BodyError::UnknownType(raw.kind))?;
+        let bad = |source| BodyError::BadData { kind, source };
+        let data = match kind {
+            EventKind::StockChanged => {
+                EventData::Stock(serde_json::from_value(raw.data).map_err(bad)?)
+            }
+            _ => EventData::Order(serde_json::from_value(raw.data).map_err(bad)?),
+        };
+        Ok(Self {
+            kind,
+            timestamp: raw.timestamp,
+            data,
+        })
+    }
+}
+
+impl WebhookEvent {
+    /// Reads a webhook body.
+    pub fn parse(body: &[u8]) -> Result<Self, BodyError> {
+        let raw: RawWebhook = serde_json::from_slice(body).map_err(BodyError::NotAWebhook)?;
+        Self::try_from(raw)
+    }
+
+    /// The order this event is about, if it is an order event.
+    pub fn order(&self) -> Option<&OrderEvent> {
+        match &self.data {
+            EventData::Order(order) => Some(order),
+            EventData::Stock(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn bodies_are_read_by_their_type_and_written_back_the_same() {
+        let order = json!({"type": "order.rejected", "timestamp": "t", "data": {
+            "orderId": "o1", "productId": "p1", "quantity": 2, "customerId": "c1",
+            "sellerId": "s1", "status": "REJECTED", "reason": "out of stock", "occurredAt": "t"}});
+        let stock = json!({"type": "product.stockChanged", "timestamp": "t", "data": {
+            "productId": "p1", "sellerId": null, "stock": 7, "delta": -1, "reason": "reserved"}});
+        for body in [order, stock] {
+            let event = WebhookEvent::parse(body.to_string().as_bytes()).unwrap();
+            assert_eq!(serde_json::to_value(&event).unwrap(), body);
+            let again: WebhookEvent = serde_json::from_value(body).unwrap();
+            assert_eq!(again, event);
+        }
+    }
+
+    #[test]
+    fn each_way_a_body_can_be_wrong_is_told_apart() {
+        let parse = |v: serde_json::Value| WebhookEvent::parse(v.to_string().as_bytes());
+        assert!(matches!(
+            WebhookEvent::parse(b"not json"),
+            Err(BodyError::NotAWebhook(_))
+        ));
+        assert!(matches!(
+            parse(json!({"type": "order.shipped", "timestamp": "t", "data": {}})),
+            Err(BodyError::UnknownType(t)) if t == "order.shipped"
+        ));
+        // A stock change's data under an order type, and a reason products never sends.
+        assert!(matches!(
+            parse(
+                json!({"type": "order.confirmed", "timestamp": "t", "data": {"productId": "p", "stock": 1, "delta": 1, "reason": "created"}})
+            ),
+            Err(BodyError::BadData {
+                kind: EventKind::OrderConfirmed,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(
+                json!({"type": "product.stockChanged", "timestamp": "t", "data": {"productId": "p", "sellerId": "s", "stock": 1, "delta": 1, "reason": "stolen"}})
+            ),
+            Err(BodyError::BadData {
+                kind: EventKind::StockChanged,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn only_the_three_outcomes_are_decisions() {
+        let decisions: Vec<_> = EventKind::ALL
+            .into_iter()
+            .filter_map(EventKind::decision)
+            .collect();
+        assert_eq!(
+            decisions,
+            [Decision::Confirmed, Decision::Rejected, Decision::Cancelled]
+        );
+        assert_eq!(
+            EventKind::parse("product.stockChanged"),
+            Some(EventKind::StockChanged)
+        );
+    }
+}
