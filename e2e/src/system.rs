@@ -156,6 +156,9 @@ impl System {
             dedupe_ttl: Duration::from_secs(600),
             client_buffer: 256,
             ping_interval: Duration::from_secs(20),
+            telegram: None,
+            // The dashboard reads the reports from this system's gateway (start it first).
+            gateway_public_url: self.gateway_url.clone(),
         };
         let notifier = notifier::spawn(notifier_config).await?;
         let notifier_url = notifier.url();

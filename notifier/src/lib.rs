@@ -4,14 +4,19 @@
 //! `POST /webhooks` verifies and deduplicates a webhook and adds it to the Redis stream
 //! `<prefix>events`; every instance reads that stream and fans the events out to its own
 //! clients (`GET /ws?token=<JWT>`), so any number of instances behind a load balancer all
-//! deliver. `GET /` is a small live page. See `docs/webhooks.md`.
+//! deliver. `GET /` is the live dashboard (`docs/dashboard.md`), which reads the gateway's
+//! reports and `GET /decisions` (decisions per minute); new decisions also go to Telegram when
+//! it is configured (`telegram.rs`). See `docs/webhooks.md`.
 
 /// Tokens and roles are shared with the gateway.
 pub use messaging::auth;
 pub mod bus;
+pub mod decisions;
+pub mod event;
 pub mod hub;
 pub mod page;
 pub mod receive;
+pub mod telegram;
 pub mod ws;
 
 use std::sync::Arc;
@@ -23,7 +28,7 @@ use axum::routing::{get, post};
 use messaging::config::{CommonConfig, env_or};
 use messaging::service::Running;
 use messaging::signature::{DEV_SECRET, Secret};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::bus::Bus;
 use crate::hub::Hub;
@@ -46,6 +51,10 @@ pub struct Config {
     pub client_buffer: usize,
     /// `WS_PING_INTERVAL_MS`.
     pub ping_interval: Duration,
+    /// `TELEGRAM_*`: the Telegram sink, off (`None`) when `TELEGRAM_BOT_TOKEN` is unset.
+    pub telegram: Option<telegram::Settings>,
+    /// `GATEWAY_PUBLIC_URL`: where the dashboard's browser reaches the gateway's reports.
+    pub gateway_public_url: String,
 }
 
 impl Config {
@@ -68,6 +77,8 @@ impl Config {
             dedupe_ttl: Duration::from_secs(env_or("WEBHOOK_DEDUPE_TTL_SECS", 86_400)?),
             client_buffer: env_or("WS_CLIENT_BUFFER", 256)?,
             ping_interval: Duration::from_millis(env_or("WS_PING_INTERVAL_MS", 20_000)?),
+            telegram: telegram::Settings::from_env()?,
+            gateway_public_url: page::gateway_url_from_env()?,
         })
     }
 }
@@ -81,6 +92,10 @@ pub struct AppState {
     pub webhook_secret: Secret,
     pub tolerance: Duration,
     pub ping_interval: Duration,
+    /// Where new decisions go for Telegram, when it is on.
+    pub telegram: Option<telegram::Outbox>,
+    /// The dashboard page, with its configuration in it.
+    pub page: Arc<str>,
 }
 
 /// Connects to Redis, starts listening on the events channel and serves HTTP.
@@ -89,6 +104,16 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     let bus = Bus::new(pool.clone(), &config.common.redis_prefix, config.dedupe_ttl);
     let hub = Arc::new(Hub::new(config.client_buffer));
     let subscribed = Arc::new(AtomicBool::new(false));
+    let (telegram, telegram_task) = match config.telegram.clone() {
+        Some(settings) => {
+            let (outbox, task) = telegram::start(settings)?;
+            (Some(outbox), Some(task))
+        }
+        None => {
+            info!("Telegram notifications are off: TELEGRAM_BOT_TOKEN is not set");
+            (None, None)
+        }
+    };
     let state = AppState {
         bus: bus.clone(),
         hub: hub.clone(),
@@ -96,6 +121,8 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         webhook_secret: config.webhook_secret.clone(),
         tolerance: config.tolerance,
         ping_interval: config.ping_interval,
+        telegram,
+        page: page::render(&config.gateway_public_url).into(),
     };
     let ready_subscribed = subscribed.clone();
     let ready: messaging::ops::ReadyCheck = Arc::new(move || {
@@ -110,6 +137,9 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     });
     let app = Router::new()
         .route("/", get(page::page))
+        .route("/dashboard.js", get(page::script))
+        .route("/dashboard.css", get(page::style))
+        .route("/decisions", get(decisions::decisions))
         .route("/webhooks", post(receive::receive))
         .route("/ws", get(ws::upgrade))
         .with_state(state)
@@ -121,6 +151,9 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     let (redis_url, channel, listener_hub) =
         (config.common.redis_url.clone(), bus.channel(), hub.clone());
     running.spawn(move |stop| bus::listen(redis_url, channel, listener_hub, subscribed, stop));
+    if let Some(task) = telegram_task {
+        running.spawn(task);
+    }
     // Upgraded connections outlive the HTTP server's graceful shutdown: close them ourselves.
     running.spawn(move |stop| async move {
         stop.cancelled().await;

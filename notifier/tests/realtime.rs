@@ -654,3 +654,210 @@ async fn a_redis_outage_is_a_503_the_sender_retries_and_the_notifier_recovers() 
     notifier.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn stock_changes_reach_admins_and_the_products_seller_as_stock_updated() {
+    let env = TestEnv::new("nt-stock").await.unwrap();
+    let notifier = start(config(&env)).await;
+    let base = notifier.url();
+    let admin = WsClient::connect(&base, "admin", &token(Role::Admin, "root", None)).await;
+    let s1 = WsClient::connect(&base, "seller s1", &token(Role::Seller, "u-s1", Some("s1"))).await;
+    let s2 = WsClient::connect(&base, "seller s2", &token(Role::Seller, "u-s2", Some("s2"))).await;
+    let c1 = WsClient::connect(&base, "client c1", &token(Role::Client, "c1", None)).await;
+    // A seller in a room still gets its stock changes: rooms narrow order events only.
+    admin
+        .send(json!({"type": "join", "room": "order-elsewhere"}))
+        .await;
+    admin.wait_for(|m| m["type"] == "joined").await;
+
+    let first = post_signed_body(
+        &base,
+        "st-1",
+        stock_body("p1", Some("s1"), 10, 10, "created"),
+    )
+    .await;
+    assert_eq!(first["duplicate"], false);
+    post_signed_body(
+        &base,
+        "st-2",
+        stock_body("p2", Some("s2"), 4, -1, "reserved"),
+    )
+    .await;
+    post_signed_body(
+        &base,
+        "st-3",
+        stock_body("p1", Some("s1"), 9, -1, "reserved"),
+    )
+    .await;
+    // Delivered twice: fanned out once.
+    let again = post_signed_body(
+        &base,
+        "st-3",
+        stock_body("p1", Some("s1"), 9, -1, "reserved"),
+    )
+    .await;
+    assert_eq!(again["duplicate"], true);
+    post_signed_body(&base, "st-4", stock_body("p0", None, 1, 1, "released")).await;
+    // A marker every client may see, so that whatever was meant for them has arrived too.
+    post_signed(
+        &base,
+        "marker",
+        keys::ORDER_CREATED,
+        &event("marker", Some("c1"), Some("s1")),
+    )
+    .await;
+    c1.wait_for(has_order("marker")).await;
+    s1.wait_for(has_order("marker")).await;
+    admin
+        .wait_for(|m| m["type"] == "stock.updated" && m["data"]["productId"] == "p0")
+        .await;
+
+    let seen = |client: &WsClient| -> Vec<(String, i64)> {
+        client
+            .of_type("stock.updated")
+            .iter()
+            .map(|m| {
+                (
+                    m["data"]["productId"].as_str().unwrap().to_owned(),
+                    m["data"]["stock"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let pairs = |items: &[(&str, i64)]| -> Vec<(String, i64)> {
+        items.iter().map(|(p, s)| (p.to_string(), *s)).collect()
+    };
+    assert_eq!(
+        seen(&admin),
+        pairs(&[("p1", 10), ("p2", 4), ("p1", 9), ("p0", 1)])
+    );
+    assert_eq!(seen(&s1), pairs(&[("p1", 10), ("p1", 9)]));
+    s2.wait_for(|m| m["type"] == "stock.updated").await;
+    assert_eq!(seen(&s2), pairs(&[("p2", 4)]));
+    assert!(seen(&c1).is_empty(), "a client got stock changes");
+    let message = &admin.of_type("stock.updated")[1];
+    assert_eq!(message["webhookId"], "st-2");
+    assert_eq!(
+        message["data"],
+        json!({"productId": "p2", "sellerId": "s2", "stock": 4, "delta": -1, "reason": "reserved"})
+    );
+    // Stock changes count in no order stats: the marker's are the only ones.
+    admin.wait_for(|m| m["type"] == "ADMIN_STATS_UPDATED").await;
+    assert_eq!(admin.of_type("ADMIN_STATS_UPDATED").len(), 1);
+
+    // A stock change products never sends is refused, and reaches nobody.
+    let bad = stock_body("p9", Some("s1"), 1, 1, "stolen");
+    let ts = now();
+    let signature = Secret::parse(SECRET).unwrap().sign("st-bad", ts, &bad);
+    let response = post_raw(&base, "st-bad", ts, &signature, bad).await;
+    assert_eq!(response.status(), 400);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("product.stockChanged"),
+        "{problem}"
+    );
+
+    notifier.stop().await;
+    cleanup(env).await;
+}
+
+#[tokio::test]
+async fn decisions_per_minute_are_counted_once_and_shown_by_role() {
+    let env = TestEnv::new("nt-minutes").await.unwrap();
+    let notifier = start(config(&env)).await;
+    let base = notifier.url();
+    let decided = |order: &str, seller: &str, status: &str| {
+        let mut e = event(order, Some("c1"), Some(seller));
+        e.status = status.to_owned();
+        e.occurred_at = now_rfc3339();
+        e
+    };
+    post_signed(
+        &base,
+        "d1",
+        keys::ORDER_CREATED,
+        &decided("o1", "s1", "PENDING"),
+    )
+    .await;
+    post_signed(
+        &base,
+        "d2",
+        keys::ORDER_CONFIRMED,
+        &decided("o1", "s1", "CONFIRMED"),
+    )
+    .await;
+    post_signed(
+        &base,
+        "d2",
+        keys::ORDER_CONFIRMED,
+        &decided("o1", "s1", "CONFIRMED"),
+    )
+    .await;
+    post_signed(
+        &base,
+        "d3",
+        keys::ORDER_REJECTED,
+        &decided("o2", "s2", "REJECTED"),
+    )
+    .await;
+    post_signed(
+        &base,
+        "d4",
+        keys::ORDER_CANCELLED,
+        &decided("o3", "s1", "CANCELLED"),
+    )
+    .await;
+    post_signed(
+        &base,
+        "d5",
+        keys::ORDER_CONFIRMED,
+        &decided("o4", "s2", "CONFIRMED"),
+    )
+    .await;
+
+    let http = reqwest::Client::new();
+    let get = |token: Option<String>| {
+        let mut request = http.get(format!("{base}/decisions"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let totals = |answer: &serde_json::Value| {
+        let minutes = answer["minutes"].as_array().unwrap();
+        assert_eq!(minutes.len(), 60);
+        let last = minutes.last().unwrap()["at"].as_i64().unwrap();
+        assert!((now() * 1000 - last) < 61_000, "the last minute is not now");
+        let sum = |field: &str| {
+            minutes
+                .iter()
+                .map(|m| m[field].as_i64().unwrap())
+                .sum::<i64>()
+        };
+        (sum("confirmed"), sum("rejected"), sum("cancelled"))
+    };
+    let admin: serde_json::Value = get(Some(token(Role::Admin, "root", None)))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(totals(&admin), (2, 1, 1));
+    let s1: serde_json::Value = get(Some(token(Role::Seller, "u", Some("s1"))))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(totals(&s1), (1, 0, 1));
+    let client = get(Some(token(Role::Client, "c1", None))).await.unwrap();
+    assert_eq!(client.status(), 403);
+    let nobody = get(None).await.unwrap();
+    assert_eq!(nobody.status(), 401);
+
+    notifier.stop().await;
+    cleanup(env).await;
+}

@@ -33,6 +33,8 @@ pub fn config(env: &TestEnv) -> Config {
         dedupe_ttl: Duration::from_secs(600),
         client_buffer: 256,
         ping_interval: Duration::from_secs(20),
+        telegram: None,
+        gateway_public_url: "http://127.0.0.1:9".to_owned(),
     }
 }
 
@@ -58,6 +60,26 @@ pub fn token(role: Role, sub: &str, seller_id: Option<&str>) -> String {
 
 pub fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Now in RFC 3339, for an event's `occurredAt`.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// The value of one sample in a Prometheus text exposition (0 when absent).
+pub async fn metric(base: &str, sample: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 pub fn event(order_id: &str, customer: Option<&str>, seller: Option<&str>) -> OrderEvent {
@@ -101,7 +123,27 @@ pub async fn post_raw(
 
 /// POSTs a correctly signed webhook and expects 200.
 pub async fn post_signed(base: &str, id: &str, kind: &str, event: &OrderEvent) -> Value {
-    let body = body(kind, event);
+    post_signed_body(base, id, body(kind, event)).await
+}
+
+/// A `product.stockChanged` webhook body as the publisher sends it.
+pub fn stock_body(
+    product: &str,
+    seller: Option<&str>,
+    stock: i64,
+    delta: i64,
+    reason: &str,
+) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "type": "product.stockChanged",
+        "timestamp": "2026-11-23T00:00:00Z",
+        "data": {"productId": product, "sellerId": seller, "stock": stock, "delta": delta, "reason": reason},
+    }))
+    .unwrap()
+}
+
+/// POSTs `body` correctly signed and expects 200.
+pub async fn post_signed_body(base: &str, id: &str, body: Vec<u8>) -> Value {
     let ts = now();
     let signature = Secret::parse(SECRET).unwrap().sign(id, ts, &body);
     let response = post_raw(base, id, ts, &signature, body).await;
