@@ -3,6 +3,7 @@
 //! Redis without seeing each other.
 
 pub mod amqp;
+pub mod browser;
 pub mod env;
 pub mod management;
 pub mod redis_server;
