@@ -192,6 +192,15 @@ impl System {
         crate::wait_ready(base, Duration::from_secs(20)).await
     }
 
+    /// Stops orders and starts it again with another order deadline (orders.db is kept).
+    pub async fn restart_orders(&mut self, deadline: Duration) -> Result<()> {
+        if let Some(running) = self.orders.take() {
+            running.stop().await;
+        }
+        self.options.deadline = deadline;
+        self.start_orders().await
+    }
+
     pub async fn stop_products(&mut self) {
         if let Some(running) = self.products.take() {
             running.stop().await;

@@ -27,6 +27,7 @@ async fn a_dead_letter_is_listed_with_its_reason_and_replayed_with_its_id() {
         quantity: 2,
         customer_id: None,
         idempotency_key: None,
+        seller_id: None,
     };
     let msg =
         OutgoingMessage::json(COMMANDS, keys::ORDERS_CREATE, Some("order-dlq"), &create).unwrap();

@@ -43,6 +43,8 @@ async fn the_same_stock_reserved_five_times_confirms_once() {
         quantity: 2,
         seller_id: Some("s".into()),
         reason: None,
+        unit_price_cents: Some(999),
+        product_name: Some("widget".into()),
     };
     let reply =
         OutgoingMessage::json(EVENTS, keys::STOCK_RESERVED, Some(&order_id), &answer).unwrap();

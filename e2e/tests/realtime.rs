@@ -54,13 +54,12 @@ async fn an_order_reaches_the_websocket_clients_it_belongs_to_once() {
 
     // Give late or duplicate deliveries time to show up, then count.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // ADMIN and the owner see the whole life of the order, once each. The seller hears of it from
-    // the decision on: only products knows a product's seller, so `order.created` has no sellerId
-    // (see docs/decisions.md).
+    // ADMIN, the owner and the seller see the whole life of the order, once each: the gateway
+    // names the seller in `orders.create`, so `order.created` carries it (docs/decisions.md).
     let expected = [
         (&admin, vec!["order.created", "order.confirmed"]),
         (&owner, vec!["order.created", "order.confirmed"]),
-        (&seller, vec!["order.confirmed"]),
+        (&seller, vec!["order.created", "order.confirmed"]),
     ];
     for (client, want) in expected {
         let events: Vec<_> = client

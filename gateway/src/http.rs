@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -12,8 +13,10 @@ use axum::{Json, Router};
 use messaging::OutgoingMessage;
 use messaging::auth::{Role, TokenVerifier};
 use messaging::broker::{Broker, PublishError};
-use messaging::contracts::{CreateOrder, CreateProduct, Found, GetById, OrderView, ProductView};
-use messaging::problem::Problem;
+use messaging::contracts::{
+    CreateOrder, CreateProduct, Found, GetById, OrderView, ProductView, SalesSummary, SellersReport,
+};
+use messaging::problem::{FieldError, Problem};
 use messaging::rpc::{RpcClient, RpcError};
 use messaging::topology::{COMMANDS, keys};
 use serde::de::DeserializeOwned;
@@ -26,10 +29,17 @@ use crate::auth::{Caller, forbidden};
 use crate::extract::ValidJson;
 use crate::idempotency::{IdempotencyStore, KeyUse, order_id_for, valid_key};
 use crate::ratelimit::RateLimiter;
-use crate::requests::{OrderAccepted, OrderRequest, ProductRequest, ProductResponse, price_cents};
+use crate::requests::{
+    OrderAccepted, OrderRequest, Period, PeriodParams, ProductRequest, ProductResponse,
+    SellersResponse, SummaryResponse, price_cents,
+};
+use crate::sellers::SellerCache;
 
 /// Seconds a client should wait before retrying after a 503.
 const RETRY_AFTER: u64 = 1;
+/// The longest `POST /orders` waits for products to name a product's seller it does not know
+/// yet; past it the order goes on without (orders learns the seller from the stock answer).
+const SELLER_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -39,6 +49,8 @@ pub struct AppState {
     pub rpc_timeout: Duration,
     pub verifier: TokenVerifier,
     pub limiter: RateLimiter,
+    /// The seller of each product seen, for `orders.create`.
+    pub sellers: SellerCache,
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
@@ -47,6 +59,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/orders/{id}", get(get_order))
         .route("/products", post(create_product))
         .route("/products/{id}", get(get_product))
+        .route("/reports/summary", get(sales_summary))
+        .route("/reports/sellers", get(sellers_report))
         .route(
             "/openapi.json",
             get(|| async { Json(crate::openapi::spec()) }),
@@ -138,12 +152,15 @@ pub(crate) async fn place_order(
         }
         None => Uuid::now_v7().to_string(),
     };
+    let product_id = req.product_id.trim().to_owned();
+    let seller_id = seller_of(&state, &product_id).await;
     let command = CreateOrder {
         order_id: order_id.clone(),
-        product_id: req.product_id.trim().to_owned(),
+        product_id,
         quantity: req.quantity as u32,
         customer_id: req.customer_id.clone(),
         idempotency_key: key,
+        seller_id,
     };
     let msg = OutgoingMessage::json(COMMANDS, keys::ORDERS_CREATE, Some(&order_id), &command)
         .map_err(|e| internal(e.to_string()))?
@@ -166,6 +183,34 @@ pub(crate) async fn place_order(
         Json(body),
     )
         .into_response())
+}
+
+/// The seller of `product_id`, remembered or asked of products (at most
+/// [`SELLER_LOOKUP_TIMEOUT`]). `None` for an unknown product, one without a seller, or when
+/// products could not say in time: the order is accepted all the same.
+async fn seller_of(state: &AppState, product_id: &str) -> Option<String> {
+    if let Some(known) = state.sellers.get(product_id) {
+        return known;
+    }
+    let timeout = state.rpc_timeout.min(SELLER_LOOKUP_TIMEOUT);
+    let request = GetById {
+        id: product_id.to_owned(),
+    };
+    match call_within::<_, Found<ProductView>>(state, keys::PRODUCTS_GET, &request, timeout).await {
+        Ok(Found {
+            found: Some(product),
+        }) => {
+            state
+                .sellers
+                .remember(&product.id, product.seller_id.clone());
+            product.seller_id
+        }
+        Ok(Found { found: None }) => None,
+        Err(problem) => {
+            warn!(%product_id, detail = %problem.detail, "seller of the product not known; the order goes on without it");
+            None
+        }
+    }
 }
 
 /// The order's customer is the caller; only an ADMIN may place an order for someone else.
@@ -294,6 +339,9 @@ pub(crate) async fn create_product(
     };
     let product: ProductView = call(&state, keys::PRODUCTS_CREATE, &new).await?;
     info!(product_id = %product.id, stock = product.stock, "product created");
+    state
+        .sellers
+        .remember(&product.id, product.seller_id.clone());
     let location = format!("/products/{}", product.id);
     Ok((
         StatusCode::CREATED,
@@ -303,15 +351,105 @@ pub(crate) async fn create_product(
         .into_response())
 }
 
+/// Sales over a period from orders.db: ADMIN over every order, a SELLER over its own products.
+#[utoipa::path(get, path = "/reports/summary",
+    params(PeriodParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "orders by status, confirmed units and revenue, top products; orders filtered by creation time, from <= createdAt < to", body = SummaryResponse),
+        (status = 400, description = "from or to is not an RFC 3339 date-time, or from is later than to", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "a CLIENT, or a SELLER token without seller_id", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "this subject's request budget is spent (Retry-After)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the broker did not take the request", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "orders did not answer in time", body = Problem, content_type = "application/problem+json")
+    ))]
+pub(crate) async fn sales_summary(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: Result<Query<PeriodParams>, QueryRejection>,
+) -> Result<Json<SummaryResponse>, Problem> {
+    caller.require(&[Role::Admin, Role::Seller])?;
+    let seller_id = if caller.is(Role::Seller) {
+        let own = caller.0.seller_id.clone();
+        Some(own.ok_or_else(|| forbidden("this SELLER token carries no seller_id"))?)
+    } else {
+        None
+    };
+    let period = period(params)?;
+    let summary: SalesSummary = call(
+        &state,
+        keys::ORDERS_REPORT_SUMMARY,
+        &period.query(seller_id),
+    )
+    .await?;
+    Ok(Json(SummaryResponse::new(period, summary)))
+}
+
+/// Every seller's orders and confirmed sales over a period, best first. ADMIN only.
+#[utoipa::path(get, path = "/reports/sellers",
+    params(PeriodParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "sellers ranked by confirmed revenue, then units, then orders; orders filtered by creation time, from <= createdAt < to", body = SellersResponse),
+        (status = 400, description = "from or to is not an RFC 3339 date-time, or from is later than to", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an ADMIN", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "this subject's request budget is spent (Retry-After)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the broker did not take the request", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "orders did not answer in time", body = Problem, content_type = "application/problem+json")
+    ))]
+pub(crate) async fn sellers_report(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: Result<Query<PeriodParams>, QueryRejection>,
+) -> Result<Json<SellersResponse>, Problem> {
+    caller.require(&[Role::Admin])?;
+    let period = period(params)?;
+    let report: SellersReport =
+        call(&state, keys::ORDERS_REPORT_SELLERS, &period.query(None)).await?;
+    Ok(Json(SellersResponse::new(period, report)))
+}
+
+/// The report period of the query string, or a 400 naming the parameter at fault.
+fn period(params: Result<Query<PeriodParams>, QueryRejection>) -> Result<Period, Problem> {
+    let bad_period = |error: FieldError| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-period",
+            "Invalid report period",
+            format!("{}: {}", error.field, error.message),
+        )
+        .with_errors(vec![error])
+    };
+    let Query(params) = params.map_err(|e| {
+        bad_period(FieldError {
+            field: "query".into(),
+            message: e.body_text(),
+        })
+    })?;
+    params.period().map_err(bad_period)
+}
+
 /// Asks the owning service and maps the ways that can fail onto HTTP.
 async fn call<Req: serde::Serialize, Resp: DeserializeOwned>(
     state: &AppState,
     key: &str,
     body: &Req,
 ) -> Result<Resp, Problem> {
+    call_within(state, key, body, state.rpc_timeout).await
+}
+
+/// [`call`] with its own time limit.
+async fn call_within<Req: serde::Serialize, Resp: DeserializeOwned>(
+    state: &AppState,
+    key: &str,
+    body: &Req,
+    timeout: Duration,
+) -> Result<Resp, Problem> {
     let reply = state
         .rpc
-        .call(key, body, state.rpc_timeout)
+        .call(key, body, timeout)
         .await
         .map_err(|e| match e {
             RpcError::Timeout(after) => {

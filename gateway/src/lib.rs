@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod openapi;
 pub mod ratelimit;
 pub mod requests;
+pub mod sellers;
 
 use std::time::Duration;
 
@@ -66,6 +67,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
             config.rate_limit_per_sec,
             config.rate_limit_burst,
         ),
+        sellers: sellers::SellerCache::default(),
     };
     let ready = messaging::ops::broker_and_redis(broker.clone(), redis);
     let router = http::router(state, config.max_body_bytes).merge(messaging::ops::routes(ready));

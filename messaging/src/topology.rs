@@ -41,6 +41,9 @@ pub mod keys {
     pub const ORDER_CONFIRMED: &str = "order.confirmed";
     pub const ORDER_REJECTED: &str = "order.rejected";
     pub const ORDER_CANCELLED: &str = "order.cancelled";
+    pub const STOCK_CHANGED: &str = "product.stockChanged";
+    pub const ORDERS_REPORT_SUMMARY: &str = "orders.report.summary";
+    pub const ORDERS_REPORT_SELLERS: &str = "orders.report.sellers";
 }
 
 /// How often a quorum queue hands out one message before dead-lettering it. Our consumers retry
@@ -53,14 +56,17 @@ pub const RPC_MESSAGE_TTL_MS: i64 = 10_000;
 
 /// `(exchange, routing key, queue)`.
 /// Dead-letter bindings are per work queue, see [`bindings`].
-pub const BINDINGS: [(&str, &str, &str); 9] = [
+pub const BINDINGS: [(&str, &str, &str); 12] = [
     (COMMANDS, keys::ORDERS_CREATE, ORDERS_QUEUE),
     (EVENTS, keys::STOCK_RESERVED, ORDERS_QUEUE),
     (EVENTS, keys::STOCK_REJECTED, ORDERS_QUEUE),
     (COMMANDS, keys::RESERVE_STOCK, PRODUCTS_QUEUE),
     (COMMANDS, keys::RELEASE_STOCK, PRODUCTS_QUEUE),
     (EVENTS, "order.*", WEBHOOKS_QUEUE),
+    (EVENTS, keys::STOCK_CHANGED, WEBHOOKS_QUEUE),
     (COMMANDS, keys::ORDERS_GET, ORDERS_RPC_QUEUE),
+    (COMMANDS, keys::ORDERS_REPORT_SUMMARY, ORDERS_RPC_QUEUE),
+    (COMMANDS, keys::ORDERS_REPORT_SELLERS, ORDERS_RPC_QUEUE),
     (COMMANDS, keys::PRODUCTS_GET, PRODUCTS_RPC_QUEUE),
     (COMMANDS, keys::PRODUCTS_CREATE, PRODUCTS_RPC_QUEUE),
 ];

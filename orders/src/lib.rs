@@ -2,8 +2,8 @@
 //!
 //! It consumes `orders_queue` (`orders.create`, `product.stockReserved`,
 //! `product.stockRejected`), keeps each order's saga state in `orders.db`, decides behind Redis
-//! markers and locks, cancels orders whose deadline passed, and answers `orders.get` on
-//! `orders_rpc`. Everything it sends goes through the outbox.
+//! markers and locks, cancels orders whose deadline passed, and answers `orders.get` and the
+//! sales reports (`orders.report.*`) on `orders_rpc`. Everything it sends goes through the outbox.
 
 pub mod consumer;
 pub mod deadline;
@@ -14,6 +14,7 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+use messaging::Consumer;
 use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
 use messaging::config::{CommonConfig, env_or};
@@ -21,7 +22,6 @@ use messaging::idempotency::{Guard, redis_pool};
 use messaging::outbox::Relay;
 use messaging::service::Running;
 use messaging::topology::{ORDERS_QUEUE, ORDERS_RPC_QUEUE};
-use messaging::{Consumer, Db};
 
 pub const SERVICE: &str = "orders";
 pub const DEFAULT_PORT: u16 = 3002;
@@ -47,7 +47,7 @@ impl Config {
 
 /// Opens `orders.db`, connects to the broker and Redis, and starts the saga.
 pub async fn spawn(config: Config) -> anyhow::Result<Running> {
-    let db = Db::open(&config.common.data_dir.join("orders.db"), store::SCHEMA).await?;
+    let db = store::open(&config.common.data_dir.join("orders.db")).await?;
     let redis = redis_pool(&config.common.redis_url)?;
     let guard = Guard::new(redis.clone(), &config.common.redis_prefix);
     let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));

@@ -1,16 +1,25 @@
 //! `orders.db`: the saga state of every order, and the transitions between states.
 //!
 //! Every transition is a guarded `UPDATE … WHERE status = 'PENDING'` committed together with the
-//! outbox rows that announce it, so a transition happens once even if Redis forgot everything,
-//! and its messages go out even if the process dies right after the commit.
+//! outbox rows that announce it and its `order_history` row, so a transition happens once even if
+//! Redis forgot everything, its messages go out even if the process dies right after the commit,
+//! and the history never disagrees with the state.
+//!
+//! The sales reports (`orders.report.*`) are read from the same rows: the unit price and product
+//! name are fixed on the order when products reserved the stock.
+
+use std::path::Path;
 
 use deadpool_sqlite::rusqlite::{self, OptionalExtension, Transaction, params};
-use messaging::OutgoingMessage;
 use messaging::contracts::{
-    CreateOrder, OrderEvent, OrderView, ReleaseStock, ReserveStock, StockAnswer,
+    CreateOrder, HistoryEntry, OrderEvent, OrderView, ProductSales, ReleaseStock, ReportQuery,
+    ReserveStock, SalesSummary, SellerSales, SellersReport, StatusCounts, StockAnswer,
+    TOP_PRODUCTS,
 };
+use messaging::store::DbError;
 use messaging::store::outbox_enqueue;
 use messaging::topology::{COMMANDS, EVENTS, keys};
+use messaging::{Db, OutgoingMessage};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS orders (
@@ -25,10 +34,67 @@ CREATE TABLE IF NOT EXISTS orders (
     compensated INTEGER NOT NULL DEFAULT 0,
     deadline_ms INTEGER NOT NULL,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
-    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+    unit_price_cents INTEGER,
+    product_name TEXT
 );
 CREATE INDEX IF NOT EXISTS orders_pending_by_deadline ON orders (deadline_ms) WHERE status = 'PENDING';
+CREATE INDEX IF NOT EXISTS orders_by_created ON orders (created_at);
+CREATE TABLE IF NOT EXISTS order_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('PENDING', 'CONFIRMED', 'REJECTED', 'CANCELLED')),
+    reason TEXT,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS order_history_by_order ON order_history (order_id, id);
 ";
+
+/// Columns added to `orders` after its first release: `(name, type)`. `CREATE TABLE IF NOT
+/// EXISTS` leaves an existing table as it is, so [`migrate`] adds them to an older orders.db.
+const ADDED_COLUMNS: [(&str, &str); 2] =
+    [("unit_price_cents", "INTEGER"), ("product_name", "TEXT")];
+
+/// The schema version [`migrate`] brings orders.db to (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// Opens orders.db with its schema and brings an older file up to date.
+pub async fn open(path: &Path) -> Result<Db, DbError> {
+    let db = Db::open(path, SCHEMA).await?;
+    db.write(migrate).await?;
+    Ok(db)
+}
+
+/// Version 1: the reservation's unit price and product name on each order, and a history row
+/// for every order that predates `order_history` (PENDING at its creation, then its current
+/// state at its last update), so every order has a history. Runs in one transaction; a no-op
+/// on an up-to-date file.
+pub fn migrate(tx: &Transaction) -> rusqlite::Result<()> {
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    let existing: Vec<String> = tx
+        .prepare("SELECT name FROM pragma_table_info('orders')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (column, kind) in ADDED_COLUMNS {
+        if !existing.iter().any(|c| c == column) {
+            tx.execute_batch(&format!("ALTER TABLE orders ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    tx.execute_batch(
+        "INSERT INTO order_history (order_id, status, reason, at)
+             SELECT id, 'PENDING', NULL, created_at FROM orders
+             WHERE id NOT IN (SELECT order_id FROM order_history) ORDER BY created_at;
+         INSERT INTO order_history (order_id, status, reason, at)
+             SELECT id, status, reason, updated_at FROM orders
+             WHERE status <> 'PENDING'
+               AND id NOT IN (SELECT order_id FROM order_history WHERE status <> 'PENDING')
+             ORDER BY updated_at;",
+    )?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+}
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
 
@@ -70,8 +136,24 @@ fn load(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<OrderR
         .optional()
 }
 
+/// The order with its history, oldest transition first.
 pub fn get_order(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<OrderView>> {
-    Ok(load(conn, id)?.map(|o| OrderView {
+    let Some(o) = load(conn, id)? else {
+        return Ok(None);
+    };
+    let history = conn
+        .prepare_cached(
+            "SELECT status, at, reason FROM order_history WHERE order_id = ?1 ORDER BY id",
+        )?
+        .query_map(params![id], |r| {
+            Ok(HistoryEntry {
+                status: r.get(0)?,
+                at: r.get(1)?,
+                reason: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(OrderView {
         order_id: o.id,
         product_id: o.product_id,
         quantity: o.quantity,
@@ -81,6 +163,7 @@ pub fn get_order(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Opti
         reason: o.reason,
         created_at: o.created_at,
         updated_at: o.updated_at,
+        history,
     }))
 }
 
@@ -93,14 +176,15 @@ pub fn create_order(
     traceparent: Option<&str>,
 ) -> rusqlite::Result<bool> {
     let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO orders (id, product_id, quantity, customer_id, idempotency_key, status, deadline_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'PENDING', ?6)",
+        "INSERT OR IGNORE INTO orders (id, product_id, quantity, customer_id, seller_id, idempotency_key, status, deadline_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'PENDING', ?7)",
     )?;
     let inserted = insert.execute(params![
         cmd.order_id,
         cmd.product_id,
         cmd.quantity,
         cmd.customer_id,
+        cmd.seller_id,
         cmd.idempotency_key,
         deadline_ms
     ])?;
@@ -120,7 +204,7 @@ pub fn create_order(
         &reserve,
         traceparent,
     )?;
-    announce(tx, &cmd.order_id, traceparent)?;
+    transitioned(tx, &cmd.order_id, traceparent)?;
     Ok(true)
 }
 
@@ -154,21 +238,32 @@ pub fn apply_stock_answer(
             } else {
                 ("REJECTED", answer.reason.clone())
             };
+            // Products' answer is the truth about the seller; the gateway's lookup only came first.
             let changed = tx.prepare_cached(
-                &format!("UPDATE orders SET status = ?2, reason = ?3, seller_id = ?4, updated_at = {NOW} WHERE id = ?1 AND status = 'PENDING'"),
+                &format!("UPDATE orders SET status = ?2, reason = ?3, seller_id = COALESCE(?4, seller_id),
+                          unit_price_cents = ?5, product_name = ?6, updated_at = {NOW}
+                          WHERE id = ?1 AND status = 'PENDING'"),
             )?
-            .execute(params![order.id, status, reason, answer.seller_id])?;
+            .execute(params![
+                order.id,
+                status,
+                reason,
+                answer.seller_id,
+                answer.unit_price_cents,
+                answer.product_name
+            ])?;
             if changed == 0 {
                 return Ok(Applied::AlreadyDone(order.status));
             }
-            announce(tx, &order.id, traceparent)?;
+            transitioned(tx, &order.id, traceparent)?;
             Ok(Applied::Transitioned(status))
         }
         "CANCELLED" if reserved && !order.compensated => {
+            // The late answer still tells whose product it was, for the seller's reports.
             tx.prepare_cached(
-                "UPDATE orders SET compensated = 1 WHERE id = ?1 AND compensated = 0",
+                "UPDATE orders SET compensated = 1, seller_id = COALESCE(seller_id, ?2) WHERE id = ?1 AND compensated = 0",
             )?
-            .execute(params![order.id])?;
+            .execute(params![order.id, answer.seller_id])?;
             let release = ReleaseStock {
                 order_id: order.id.clone(),
                 product_id: order.product_id.clone(),
@@ -205,16 +300,30 @@ pub fn cancel(tx: &Transaction, order_id: &str, reason: &str) -> rusqlite::Resul
     )?
     .execute(params![order_id, reason])?;
     if changed == 1 {
-        announce(tx, order_id, None)?;
+        transitioned(tx, order_id, None)?;
     }
     Ok(changed == 1)
 }
 
-/// Queues the `order.<status>` event describing the order as it is now.
-fn announce(tx: &Transaction, order_id: &str, traceparent: Option<&str>) -> rusqlite::Result<()> {
+/// Records the state the order just entered: its `order_history` row and the `order.<status>`
+/// event describing the order as it is now, both in the transaction of the change.
+fn transitioned(
+    tx: &Transaction,
+    order_id: &str,
+    traceparent: Option<&str>,
+) -> rusqlite::Result<()> {
     let Some(order) = load(tx, order_id)? else {
         return Ok(());
     };
+    tx.prepare_cached(
+        "INSERT INTO order_history (order_id, status, reason, at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        order.id,
+        order.status,
+        order.reason,
+        order.updated_at
+    ])?;
     let key = match order.status.as_str() {
         "PENDING" => keys::ORDER_CREATED,
         "CONFIRMED" => keys::ORDER_CONFIRMED,
@@ -246,4 +355,89 @@ fn enqueue<T: serde::Serialize>(
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?
         .with_traceparent(traceparent);
     outbox_enqueue(tx, &msg)
+}
+
+/// `from <= created_at < to` (each side optional) and, when given, one seller's orders:
+/// parameters ?1 from, ?2 to, ?3 seller.
+const REPORT_FILTER: &str = "(?1 IS NULL OR created_at >= ?1) AND (?2 IS NULL OR created_at < ?2)
+     AND (?3 IS NULL OR seller_id = ?3)";
+
+/// Orders per status, confirmed units and revenue, and the best-selling products of a period.
+/// Revenue is `quantity × unit_price_cents` summed in integer cents; an order confirmed before
+/// unit prices were recorded counts in units but adds no revenue.
+pub fn sales_summary(
+    conn: &rusqlite::Connection,
+    query: &ReportQuery,
+) -> rusqlite::Result<SalesSummary> {
+    let filter = params![query.from, query.to, query.seller_id];
+    let mut orders = StatusCounts::default();
+    let mut by_status = conn.prepare_cached(&format!(
+        "SELECT status, COUNT(*) FROM orders WHERE {REPORT_FILTER} GROUP BY status"
+    ))?;
+    let mut rows = by_status.query(filter)?;
+    while let Some(row) = rows.next()? {
+        let count: i64 = row.get(1)?;
+        match row.get_ref(0)?.as_str()? {
+            "PENDING" => orders.pending = count,
+            "CONFIRMED" => orders.confirmed = count,
+            "REJECTED" => orders.rejected = count,
+            _ => orders.cancelled = count,
+        }
+    }
+    let (units_confirmed, revenue_confirmed_cents) = conn
+        .prepare_cached(&format!(
+            "SELECT COALESCE(SUM(quantity), 0), COALESCE(SUM(quantity * unit_price_cents), 0)
+             FROM orders WHERE status = 'CONFIRMED' AND {REPORT_FILTER}"
+        ))?
+        .query_row(filter, |r| Ok((r.get(0)?, r.get(1)?)))?;
+    // SQLite takes the bare `product_name` from the row that holds MAX(updated_at): the name
+    // of the product at its latest confirmed reservation.
+    let top_products = conn
+        .prepare_cached(&format!(
+            "SELECT product_id, product_name, MAX(updated_at), SUM(quantity) AS units,
+                    COALESCE(SUM(quantity * unit_price_cents), 0) AS revenue
+             FROM orders WHERE status = 'CONFIRMED' AND {REPORT_FILTER}
+             GROUP BY product_id ORDER BY revenue DESC, units DESC, product_id LIMIT {TOP_PRODUCTS}"
+        ))?
+        .query_map(filter, |r| {
+            Ok(ProductSales {
+                product_id: r.get(0)?,
+                name: r.get(1)?,
+                units_confirmed: r.get(3)?,
+                revenue_confirmed_cents: r.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(SalesSummary {
+        orders,
+        units_confirmed,
+        revenue_confirmed_cents,
+        top_products,
+    })
+}
+
+/// Every seller with orders in the period, ranked by confirmed revenue, then units, then orders.
+/// `query.seller_id` is ignored: this report is about all sellers.
+pub fn sellers_report(
+    conn: &rusqlite::Connection,
+    query: &ReportQuery,
+) -> rusqlite::Result<SellersReport> {
+    let sellers = conn
+        .prepare_cached(&format!(
+            "SELECT seller_id, COUNT(*) AS orders,
+                    COALESCE(SUM(CASE WHEN status = 'CONFIRMED' THEN quantity END), 0) AS units,
+                    COALESCE(SUM(CASE WHEN status = 'CONFIRMED' THEN quantity * unit_price_cents END), 0) AS revenue
+             FROM orders WHERE {REPORT_FILTER}
+             GROUP BY seller_id ORDER BY revenue DESC, units DESC, orders DESC, seller_id"
+        ))?
+        .query_map(params![query.from, query.to, None::<String>], |r| {
+            Ok(SellerSales {
+                seller_id: r.get(0)?,
+                orders: r.get(1)?,
+                units_confirmed: r.get(2)?,
+                revenue_confirmed_cents: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(SellersReport { sellers })
 }

@@ -31,9 +31,12 @@ impl MessageHandler for RpcHandler {
             keys::PRODUCTS_CREATE => {
                 let new: CreateProduct = msg.json()?;
                 let request_id = msg.meta.message_id.clone();
+                let traceparent = msg.meta.traceparent.clone();
                 let product = self
                     .db
-                    .write(move |tx| store::create_product(tx, &request_id, &new))
+                    .write(move |tx| {
+                        store::create_product(tx, &request_id, &new, traceparent.as_deref())
+                    })
                     .await
                     .map_err(retry)?;
                 info!(product_id = %product.id, stock = product.stock, "product created");

@@ -2,9 +2,14 @@
 //!
 //! The reservation row makes stock changes idempotent per order (not only per message id): an
 //! order is reserved at most once and released at most once, whatever arrives twice.
+//!
+//! Every stock change (creation, reservation, release) also queues `product.stockChanged` in the
+//! same transaction, so the event goes out exactly when the change committed.
 
 use deadpool_sqlite::rusqlite::{self, OptionalExtension, Transaction, params};
-use messaging::contracts::{ProductView, ReleaseStock, ReserveStock, StockAnswer};
+use messaging::contracts::{
+    ProductView, ReleaseStock, ReserveStock, StockAnswer, StockChangeReason, StockChanged,
+};
 use messaging::store::{inbox_first_time, outbox_enqueue};
 use messaging::topology::{EVENTS, keys};
 use messaging::{Incoming, OutgoingMessage};
@@ -49,11 +54,13 @@ pub fn get_product(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Op
     .optional()
 }
 
-/// Inserts a product; a request delivered twice returns the product the first delivery made.
+/// Inserts a product and queues its `product.stockChanged` (`created`); a request delivered
+/// twice returns the product the first delivery made, and announces nothing again.
 pub fn create_product(
     tx: &Transaction,
     request_id: &str,
     new: &messaging::contracts::CreateProduct,
+    traceparent: Option<&str>,
 ) -> rusqlite::Result<ProductView> {
     let existing = tx
         .prepare_cached(&format!(
@@ -69,13 +76,16 @@ pub fn create_product(
         "INSERT INTO products (id, name, price_cents, stock, seller_id, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![id, new.name, new.price_cents, new.stock, new.seller_id, request_id])?;
-    Ok(ProductView {
+    let product = ProductView {
         id,
         name: new.name.clone(),
         price_cents: new.price_cents,
         stock: new.stock,
         seller_id: new.seller_id.clone(),
-    })
+    };
+    let reason = StockChangeReason::Created;
+    stock_changed(tx, &product, new.stock, reason, traceparent, &product.id)?;
+    Ok(product)
 }
 
 /// What a reserve did, for logs and metrics.
@@ -101,13 +111,27 @@ pub fn reserve(tx: &Transaction, msg: &Incoming, req: &ReserveStock) -> rusqlite
         )),
         Some(_) => None,
     };
-    let (status, key) = match &refusal {
-        None => {
+    let (status, key) = match (&refusal, &product) {
+        (None, Some(p)) => {
             tx.prepare_cached("UPDATE products SET stock = stock - ?2 WHERE id = ?1")?
                 .execute(params![req.product_id, req.quantity])?;
+            let delta = -i64::from(req.quantity);
+            let after = ProductView {
+                stock: p.stock + delta,
+                ..p.clone()
+            };
+            let cause = msg.meta.traceparent.as_deref();
+            stock_changed(
+                tx,
+                &after,
+                delta,
+                StockChangeReason::Reserved,
+                cause,
+                &req.order_id,
+            )?;
             ("RESERVED", keys::STOCK_RESERVED)
         }
-        Some(_) => ("REJECTED", keys::STOCK_REJECTED),
+        _ => ("REJECTED", keys::STOCK_REJECTED),
     };
     tx.prepare_cached(
         "INSERT INTO reservations (order_id, product_id, quantity, status, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -117,10 +141,18 @@ pub fn reserve(tx: &Transaction, msg: &Incoming, req: &ReserveStock) -> rusqlite
         order_id: req.order_id.clone(),
         product_id: req.product_id.clone(),
         quantity: req.quantity,
+        unit_price_cents: product.as_ref().map(|p| p.price_cents),
+        product_name: product.as_ref().map(|p| p.name.clone()),
         seller_id: product.and_then(|p| p.seller_id),
         reason: refusal.clone(),
     };
-    enqueue(tx, msg, key, &req.order_id, &answer)?;
+    enqueue(
+        tx,
+        msg.meta.traceparent.as_deref(),
+        key,
+        &req.order_id,
+        &answer,
+    )?;
     Ok(refusal.map_or(Reserved::Reserved, Reserved::Rejected))
 }
 
@@ -156,18 +188,50 @@ pub fn release(tx: &Transaction, msg: &Incoming, req: &ReleaseStock) -> rusqlite
     .execute(params![req.order_id])?;
     tx.prepare_cached("UPDATE products SET stock = stock + ?2 WHERE id = ?1")?
         .execute(params![product_id, quantity])?;
+    if let Some(product) = get_product(tx, &product_id)? {
+        let cause = msg.meta.traceparent.as_deref();
+        stock_changed(
+            tx,
+            &product,
+            quantity,
+            StockChangeReason::Released,
+            cause,
+            &req.order_id,
+        )?;
+    }
     Ok(quantity)
 }
 
+/// Queues `product.stockChanged` for `product` as it is after the change of `delta`.
+fn stock_changed(
+    tx: &Transaction,
+    product: &ProductView,
+    delta: i64,
+    reason: StockChangeReason,
+    traceparent: Option<&str>,
+    correlation_id: &str,
+) -> rusqlite::Result<()> {
+    let event = StockChanged {
+        product_id: product.id.clone(),
+        seller_id: product.seller_id.clone(),
+        stock: product.stock,
+        delta,
+        reason,
+    };
+    enqueue(tx, traceparent, keys::STOCK_CHANGED, correlation_id, &event)
+}
+
+/// Queues an event on `saga.events`, correlated with `correlation_id` (the order id, or the
+/// product id for a creation), carrying the trace of the message that caused it.
 fn enqueue<T: serde::Serialize>(
     tx: &Transaction,
-    cause: &Incoming,
+    traceparent: Option<&str>,
     key: &str,
-    order_id: &str,
+    correlation_id: &str,
     body: &T,
 ) -> rusqlite::Result<()> {
-    let msg = OutgoingMessage::json(EVENTS, key, Some(order_id), body)
+    let msg = OutgoingMessage::json(EVENTS, key, Some(correlation_id), body)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?
-        .with_traceparent(cause.meta.traceparent.as_deref());
+        .with_traceparent(traceparent);
     outbox_enqueue(tx, &msg)
 }

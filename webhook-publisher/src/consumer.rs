@@ -1,10 +1,12 @@
-//! The `webhooks_queue` consumer: turns each `order.*` event into one delivery per subscription.
+//! The `webhooks_queue` consumer: turns each event (`order.*`, `product.stockChanged`) into one
+//! delivery per subscription that wants it.
 //!
 //! The deliveries and the inbox row of the message commit in one transaction, and the message is
 //! acked only after that commit; a redelivered message finds its inbox row and creates nothing.
 //! Sending happens later, in the dispatcher, so a slow endpoint never holds a broker delivery.
 
-use messaging::contracts::OrderEvent;
+use messaging::contracts::{OrderEvent, StockChanged};
+use messaging::topology::keys;
 use messaging::{Db, HandleError, Incoming, MessageHandler};
 use tracing::info;
 
@@ -17,34 +19,59 @@ pub struct EventHandler {
     pub dispatcher: Dispatcher,
 }
 
-impl EventHandler {}
+impl EventHandler {
+    /// The order the event is about (order events only) and the body of its webhooks.
+    fn decode(msg: &Incoming) -> Result<(Option<String>, Vec<u8>), HandleError> {
+        let event_type = msg.meta.kind.as_str();
+        let (order_id, body) = if event_type.starts_with("order.") {
+            let event: OrderEvent = msg.json()?;
+            let body = store::webhook_body(event_type, Some(&event.occurred_at), &event);
+            (Some(event.order_id), body)
+        } else if event_type == keys::STOCK_CHANGED {
+            let event: StockChanged = msg.json()?;
+            (None, store::webhook_body(event_type, None, &event))
+        } else {
+            return Err(HandleError::Poison(format!(
+                "webhooks_queue only takes order.* and {} events, not {event_type:?}",
+                keys::STOCK_CHANGED
+            )));
+        };
+        let body = body.map_err(|e| HandleError::Poison(format!("unencodable event: {e}")))?;
+        Ok((order_id, body))
+    }
+}
 
 impl MessageHandler for EventHandler {
     async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
+        let (order_id, body) = Self::decode(&msg)?;
         let event_type = msg.meta.kind.clone();
-        if !event_type.starts_with("order.") {
-            return Err(HandleError::Poison(format!(
-                "webhooks_queue only takes order.* events, not {event_type:?}"
-            )));
-        }
-        let event: OrderEvent = msg.json()?;
         let message_id = msg.meta.message_id.clone();
-        let order_id = event.order_id.clone();
         let traceparent = msg.meta.traceparent.clone();
+        let for_order = order_id.clone();
         let recorded = self
             .db
             .write(move |tx| {
-                store::record_event(tx, &message_id, &event_type, &event, traceparent.as_deref())
+                store::record_event(
+                    tx,
+                    &message_id,
+                    &event_type,
+                    for_order.as_deref(),
+                    &body,
+                    traceparent.as_deref(),
+                )
             })
             .await
             .map_err(|e| HandleError::Retry(format!("webhooks.db: {e}")))?;
+        let order_id = order_id.unwrap_or_default();
         match recorded {
             Some(count) => {
-                info!(%order_id, event = %msg.meta.kind, deliveries = count, "event recorded for delivery");
+                info!(%order_id, message_id = %msg.meta.message_id, event = %msg.meta.kind, deliveries = count, "event recorded for delivery");
                 metrics::counter!("webhook_deliveries_created_total").increment(count as u64);
                 self.dispatcher.wake();
             }
-            None => info!(%order_id, "event already recorded; duplicate message ignored"),
+            None => {
+                info!(%order_id, message_id = %msg.meta.message_id, "event already recorded; duplicate message ignored")
+            }
         }
         Ok(())
     }

@@ -8,7 +8,6 @@
 //! is why pending retries survive a restart.
 
 use deadpool_sqlite::rusqlite::{self, Connection, OptionalExtension, Row, Transaction, params};
-use messaging::contracts::OrderEvent;
 use messaging::signature::Secret;
 use serde::Serialize;
 use serde_json::Value;
@@ -62,12 +61,16 @@ CREATE INDEX IF NOT EXISTS attempts_by_delivery ON attempts (delivery_id);
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
 
 /// The event types a subscription can ask for, besides the wildcards `*` and `order.*`.
-pub const EVENT_TYPES: [&str; 4] = [
+pub const EVENT_TYPES: [&str; 5] = [
     "order.created",
     "order.confirmed",
     "order.rejected",
     "order.cancelled",
+    "product.stockChanged",
 ];
+
+/// What the default subscription (the notifier) receives.
+pub const DEFAULT_EVENTS: [&str; 2] = ["order.*", "product.stockChanged"];
 
 /// Whether an event filter (`*`, `order.*` or an exact type) takes `event_type`.
 pub fn filter_matches(filter: &str, event_type: &str) -> bool {
@@ -138,7 +141,8 @@ pub fn ensure_default_subscription(
     if count > 0 {
         return Ok(None);
     }
-    insert_subscription(tx, url, &["order.*".to_owned()], secret).map(Some)
+    let events = DEFAULT_EVENTS.map(str::to_owned);
+    insert_subscription(tx, url, &events, secret).map(Some)
 }
 
 pub fn list_subscriptions(conn: &Connection) -> rusqlite::Result<Vec<Subscription>> {
@@ -179,17 +183,21 @@ fn fail_pending_of(tx: &Transaction, subscription_id: &str, reason: &str) -> rus
     Ok(())
 }
 
-/// The JSON body of every request for one event: `{type, timestamp, data}`.
-pub fn webhook_body(event_type: &str, event: &OrderEvent) -> serde_json::Result<Vec<u8>> {
-    let timestamp = if event.occurred_at.is_empty() {
-        messaging_now_rfc3339()
-    } else {
-        event.occurred_at.clone()
+/// The JSON body of every request for one event: `{type, timestamp, data}`; the timestamp is
+/// when it happened (`occurred_at`) or, for events that do not say, now.
+pub fn webhook_body<T: Serialize>(
+    event_type: &str,
+    occurred_at: Option<&str>,
+    data: &T,
+) -> serde_json::Result<Vec<u8>> {
+    let timestamp = match occurred_at {
+        Some(at) if !at.is_empty() => at.to_owned(),
+        _ => messaging_now_rfc3339(),
     };
     serde_json::to_vec(&serde_json::json!({
         "type": event_type,
         "timestamp": timestamp,
-        "data": event,
+        "data": data,
     }))
 }
 
@@ -205,20 +213,20 @@ pub fn webhook_id(message_id: &str) -> String {
     format!("msg_{message_id}")
 }
 
-/// Records one delivery per active subscription that wants `event_type`, unless this message was
-/// recorded before. Returns how many deliveries were created (`None` for a duplicate message).
+/// Records one delivery of `body` (see [`webhook_body`]) per active subscription that wants
+/// `event_type`, unless this message was recorded before. Returns how many deliveries were
+/// created (`None` for a duplicate message).
 pub fn record_event(
     tx: &Transaction,
     message_id: &str,
     event_type: &str,
-    event: &OrderEvent,
+    order_id: Option<&str>,
+    body: &[u8],
     traceparent: Option<&str>,
 ) -> rusqlite::Result<Option<usize>> {
     if !messaging::store::inbox_first_time(tx, message_id)? {
         return Ok(None);
     }
-    let body = webhook_body(event_type, event)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     let subscriptions: Vec<Subscription> = list_subscriptions(tx)?
         .into_iter()
         .filter(|s| s.status == "active")
@@ -237,7 +245,7 @@ pub fn record_event(
             subscription.id,
             message_id,
             event_type,
-            event.order_id,
+            order_id,
             body,
             now,
             traceparent
