@@ -146,7 +146,7 @@ async fn the_dashboard_loads_from_the_reports_and_follows_orders_live() -> Resul
     assert_eq!(page.eval(&card("PENDING")).await?, "0");
     page.wait_until(CHART_TOTAL, "the new decisions in the chart", WAIT, is("6"))
         .await?;
-    let short = |id: &str| format!("order {}…", &id[..8]);
+    let short = |id: &str| format!("order {}…{}", &id[..4], &id[id.len() - 6..]);
     page.wait_until(
         FEED,
         "the confirmation in words",
@@ -209,6 +209,35 @@ async fn the_dashboard_loads_from_the_reports_and_follows_orders_live() -> Resul
         .wait_until(TOP, "seller-2's top product", WAIT, has("gizmo".into()))
         .await?;
     assert!(!top.as_str().unwrap_or("").contains("widget"), "{top}");
+    // Live, too: its own order moves its cards, seller-1's does not reach it.
+    let theirs = system.accepted_order(&other, 2).await?;
+    let not_theirs = system.accepted_order(&widget, 1).await?;
+    system
+        .wait_terminal(&[theirs.clone(), not_theirs.clone()], WAIT)
+        .await?;
+    page.wait_until(&card("CONFIRMED"), "seller-2's new order", WAIT, is("2"))
+        .await?;
+    page.wait_until(
+        FEED,
+        "seller-2's order in words",
+        WAIT,
+        has(format!(
+            "{} by {CUSTOMER}: 2 × gizmo confirmed",
+            short(&theirs)
+        )),
+    )
+    .await?;
+    page.wait_until(&card("revenue"), "seller-2's revenue", WAIT, is("6"))
+        .await?;
+    assert_eq!(page.eval(&card("units")).await?, "3");
+    page.wait_until(TOP, "the reports read again", WAIT, has("gizmo / 3 / 6.00".into()))
+        .await?;
+    let feed = page.eval(FEED).await?;
+    assert!(
+        !feed.as_str().unwrap_or("").contains(&short(&not_theirs)),
+        "{feed}"
+    );
+    assert!(!feed.as_str().unwrap_or("").contains("widget"), "{feed}");
     let seller_shot = shots.join("dashboard-seller.png");
     page.screenshot(&seller_shot).await?;
 

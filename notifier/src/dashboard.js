@@ -63,8 +63,15 @@ function notice(text) {
   box.hidden = !text;
 }
 
+/** "01a2…5d9c11": ids are UUID v7, whose first characters are a timestamp shared by orders of
+ *  the same moment, so the end (random) is kept too. The full id is in the line's tooltip. */
 function shortId(id) {
-  return id && id.length > 10 ? id.slice(0, 8) + "…" : id || "?";
+  return id && id.length > 12 ? id.slice(0, 4) + "…" + id.slice(-6) : id || "?";
+}
+
+/** "1 order", "3 orders". */
+function count(n, noun) {
+  return integer.format(n) + " " + noun + (n === 1 ? "" : "s");
 }
 
 function clock(date) {
@@ -167,9 +174,9 @@ async function loadAll() {
     state.loadedOnce = true;
     const c = state.counts;
     const total = STATUSES.reduce((sum, s) => sum + c[s], 0);
-    addFeedLine("info", "info", "Before now: " + integer.format(total) + " orders — " + c.CONFIRMED + " confirmed, " +
+    addFeedLine("info", "info", "Before now: " + count(total, "order") + " — " + c.CONFIRMED + " confirmed, " +
       c.REJECTED + " rejected, " + c.CANCELLED + " cancelled, " + c.PENDING + " pending; " +
-      integer.format(state.units) + " units sold for " + money.format(state.revenue) + " (from the reports).");
+      count(state.units, "unit") + " sold for " + money.format(state.revenue) + " (from the reports).");
   }
 }
 
@@ -229,8 +236,8 @@ function renderLow() {
   }
   el("low-empty").hidden = low.length > 0;
   const watched = [...state.products.values()].filter((p) => typeof p.stock === "number").length;
-  el("low-hint").textContent = "At most " + LOW_STOCK + " left, among the " + watched +
-    " products this page has seen (top products and stock changes since it opened).";
+  el("low-hint").textContent = "At most " + LOW_STOCK + " left, among the " + count(watched, "product") +
+    " this page has seen (top products, products in events since it opened).";
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -251,7 +258,9 @@ function renderChart() {
     const m = state.minutes.get(minute) || { CONFIRMED: 0, REJECTED: 0, CANCELLED: 0 };
     columns.push({ minute, m, total: m.CONFIRMED + m.REJECTED + m.CANCELLED });
   }
-  const max = Math.max(1, ...columns.map((c) => c.total));
+  // The scale's top is even, so its middle line is a whole number too.
+  const highest = Math.max(2, ...columns.map((c) => c.total));
+  const max = highest + (highest % 2);
   const scale = height / max;
   const slot = width / MINUTES;
   const nodes = [];
@@ -259,7 +268,7 @@ function renderChart() {
     const y = top + height - fraction * height;
     nodes.push(svg("line", { class: "grid", x1: left, x2: left + width, y1: y, y2: y }));
     nodes.push(svg("text", { class: "axis", x: left - 6, y: y + 4, "text-anchor": "end" },
-      String(Math.round(fraction * max * 10) / 10)));
+      integer.format(fraction * max)));
   }
   let total = 0;
   columns.forEach((c, i) => {
@@ -285,7 +294,7 @@ function renderChart() {
   }
   chart.replaceChildren(...nodes);
   chart.dataset.total = String(total);
-  el("chart-summary").textContent = " — " + integer.format(total) + " decisions in the last hour";
+  el("chart-summary").textContent = " — " + count(total, "decision") + " in the last hour";
 }
 
 /** A line of the live feed, newest first. */

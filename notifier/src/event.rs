@@ -1,11 +1,12 @@
 //! The events the notifier receives as webhooks: `{type, timestamp, data}`, where `type` says
 //! what `data` is: an order event (`order.created|confirmed|rejected|cancelled`, the saga's
-//! [`OrderEvent`]) or a stock change (`product.stockChanged`, [`StockChange`]).
+//! [`OrderEvent`]) or a stock change (`product.stockChanged`, [`StockChanged`]).
 //!
 //! A body is read in two steps, so a caller can tell the three ways it can be wrong apart: not a
 //! webhook body at all, a type this notifier does not know, or data that does not fit its type.
 
-use messaging::contracts::OrderEvent;
+use messaging::contracts::{OrderEvent, StockChanged};
+use messaging::topology::keys;
 use serde::{Deserialize, Serialize};
 
 /// The `type` of a webhook.
@@ -35,11 +36,11 @@ impl EventKind {
     /// The name on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::OrderCreated => "order.created",
-            Self::OrderConfirmed => "order.confirmed",
-            Self::OrderRejected => "order.rejected",
-            Self::OrderCancelled => "order.cancelled",
-            Self::StockChanged => "product.stockChanged",
+            Self::OrderCreated => keys::ORDER_CREATED,
+            Self::OrderConfirmed => keys::ORDER_CONFIRMED,
+            Self::OrderRejected => keys::ORDER_REJECTED,
+            Self::OrderCancelled => keys::ORDER_CANCELLED,
+            Self::StockChanged => keys::STOCK_CHANGED,
         }
     }
 
@@ -83,37 +84,12 @@ impl Decision {
     }
 }
 
-/// Why a product's stock changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StockReason {
-    /// The product was created with its initial stock.
-    Created,
-    /// Units were reserved for an order.
-    Reserved,
-    /// Units reserved for an order were given back.
-    Released,
-}
-
-/// `product.stockChanged`: a product's stock after a change, and the change.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct StockChange {
-    pub product_id: String,
-    pub seller_id: Option<String>,
-    /// The stock after the change.
-    pub stock: i64,
-    /// Signed change (negative for a reservation).
-    pub delta: i64,
-    pub reason: StockReason,
-}
-
 /// The data of a webhook, as its type says.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum EventData {
     Order(OrderEvent),
-    Stock(StockChange),
+    Stock(StockChanged),
 }
 
 /// The body of a Standard Webhooks request from the publisher.
@@ -235,6 +211,13 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn the_wire_names_are_the_routing_keys() {
+        for kind in EventKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
     }
 
     #[test]

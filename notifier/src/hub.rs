@@ -24,8 +24,8 @@ use tracing::{info, warn};
 
 use crate::auth::{Identity, Role};
 use crate::bus::Broadcast;
-use crate::event::{EventData, StockChange};
-use messaging::contracts::OrderEvent;
+use crate::event::EventData;
+use messaging::contracts::{OrderEvent, StockChanged};
 
 /// The WebSocket message type of a stock change.
 pub const STOCK_UPDATED: &str = "stock.updated";
@@ -190,7 +190,7 @@ impl Hub {
 
     /// A stock change goes out as `stock.updated` to admins and to the product's seller, whatever
     /// rooms they joined (rooms narrow order events only).
-    fn dispatch_stock(&self, broadcast: &Broadcast, data: &StockChange) {
+    fn dispatch_stock(&self, broadcast: &Broadcast, data: &StockChanged) {
         let message = Utf8Bytes::from(
             json!({
                 "type": STOCK_UPDATED,
@@ -244,7 +244,8 @@ fn offer(clients: &mut HashMap<u64, Client>, id: u64, message: Utf8Bytes) {
 mod tests {
     use super::*;
     use crate::bus::{SellerStats, Stats, WebhookEvent};
-    use crate::event::{EventKind, StockReason};
+    use crate::event::EventKind;
+    use messaging::contracts::StockChangeReason;
 
     fn identity(role: Role, sub: &str, seller: Option<&str>) -> Identity {
         Identity {
@@ -354,12 +355,12 @@ mod tests {
             event: WebhookEvent {
                 kind: EventKind::StockChanged,
                 timestamp: "2026-01-01T00:00:00Z".into(),
-                data: EventData::Stock(StockChange {
+                data: EventData::Stock(StockChanged {
                     product_id: product.into(),
                     seller_id: seller.map(str::to_owned),
                     stock: 3,
                     delta: -1,
-                    reason: StockReason::Reserved,
+                    reason: StockChangeReason::Reserved,
                 }),
             },
             admin_stats: None,
