@@ -2,7 +2,8 @@
 //! webhook publisher, notifier): what happened before the page opened comes from the reports,
 //! orders placed through the gateway then move the cards, the chart, the top products, the
 //! products running low and the feed without a reload; a SELLER sees only its own products.
-//! A screenshot of each view is kept in the test's temp dir (`target/tmp/`).
+//! A screenshot of each view is kept in the test's temp dir (`target/tmp/`). A second test
+//! follows the stock changes the page lists as "running low" over a plain WebSocket.
 //!
 //! Needs chromium (`scripts/ensure-test-tools.sh` installs it): without it the test fails.
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use e2e::browser::Browser;
 use e2e::system::{CUSTOMER, token};
+use e2e::ws::WsClient;
 use e2e::{Options, System, TestEnv};
 use messaging::auth::Role;
 use serde_json::{Value, json};
@@ -230,8 +232,13 @@ async fn the_dashboard_loads_from_the_reports_and_follows_orders_live() -> Resul
     page.wait_until(&card("revenue"), "seller-2's revenue", WAIT, is("6"))
         .await?;
     assert_eq!(page.eval(&card("units")).await?, "3");
-    page.wait_until(TOP, "the reports read again", WAIT, has("gizmo / 3 / 6.00".into()))
-        .await?;
+    page.wait_until(
+        TOP,
+        "the reports read again",
+        WAIT,
+        has("gizmo / 3 / 6.00".into()),
+    )
+    .await?;
     let feed = page.eval(FEED).await?;
     assert!(
         !feed.as_str().unwrap_or("").contains(&short(&not_theirs)),
@@ -242,6 +249,75 @@ async fn the_dashboard_loads_from_the_reports_and_follows_orders_live() -> Resul
     page.screenshot(&seller_shot).await?;
 
     drop(page);
+    system.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// What the dashboard's "running low" list is fed by, end to end: products emits
+/// `product.stockChanged`, the publisher delivers it, the notifier pushes `stock.updated` to
+/// ADMINs and the product's SELLER only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stock_changes_reach_admins_and_the_products_seller_over_the_websocket() -> Result<()> {
+    let env = TestEnv::new("dash-stock").await?;
+    let mut system = System::start(&env, Options::default()).await?;
+    system.start_realtime().await?;
+    let base = system.notifier_url();
+    let admin = WsClient::connect(&base, "admin", &token("ops", Role::Admin, None)).await;
+    let seller = WsClient::connect(
+        &base,
+        "seller-1",
+        &token("s1", Role::Seller, Some("seller-1")),
+    )
+    .await;
+    let other = WsClient::connect(
+        &base,
+        "seller-2",
+        &token("s2", Role::Seller, Some("seller-2")),
+    )
+    .await;
+    let client = WsClient::connect(&base, "customer", &token(CUSTOMER, Role::Client, None)).await;
+
+    let gadget = product(&system, "gadget", 4.50, 3, "seller-1").await?;
+    let order = system.accepted_order(&gadget, 2).await?;
+    system
+        .wait_terminal(std::slice::from_ref(&order), WAIT)
+        .await?;
+    let of_gadget = |client: &WsClient| -> Vec<(i64, i64, String)> {
+        client
+            .of_type("stock.updated")
+            .iter()
+            .filter(|m| m["data"]["productId"] == gadget.as_str())
+            .map(|m| {
+                let d = &m["data"];
+                (
+                    d["stock"].as_i64().unwrap_or(-1),
+                    d["delta"].as_i64().unwrap_or(0),
+                    d["reason"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let expected = vec![(3, 3, "created".to_owned()), (1, -2, "reserved".to_owned())];
+    for who in [&admin, &seller] {
+        let got = e2e::eventually(WAIT, || async {
+            let got = of_gadget(who);
+            (got.len() >= 2).then_some(got)
+        })
+        .await;
+        assert_eq!(got.as_ref(), Some(&expected), "{}", who.name);
+        assert_eq!(
+            who.of_type("stock.updated")[0]["data"]["sellerId"],
+            "seller-1"
+        );
+    }
+    // The customer saw its order decided; by then neither it nor seller-2 got a stock change.
+    client
+        .wait_for(|m| m["type"] == "order.confirmed" && e2e::ws::has_order(&order)(m))
+        .await;
+    assert!(other.of_type("stock.updated").is_empty());
+    assert!(client.of_type("stock.updated").is_empty());
+
     system.stop().await;
     env.cleanup().await;
     Ok(())
