@@ -280,17 +280,22 @@ mod tests {
         }
     }
 
-    fn types(rx: &mut mpsc::Receiver<Utf8Bytes>) -> Vec<String> {
+    /// `type:<data.field>` of every queued message.
+    fn drain(rx: &mut mpsc::Receiver<Utf8Bytes>, field: &str) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(m) = rx.try_recv() {
             let v: serde_json::Value = serde_json::from_str(m.as_str()).unwrap();
             out.push(format!(
                 "{}:{}",
                 v["type"].as_str().unwrap(),
-                v["data"]["orderId"].as_str().unwrap_or("")
+                v["data"][field].as_str().unwrap_or("")
             ));
         }
         out
+    }
+
+    fn types(rx: &mut mpsc::Receiver<Utf8Bytes>) -> Vec<String> {
+        drain(rx, "orderId")
     }
 
     #[test]
@@ -369,16 +374,7 @@ mod tests {
     }
 
     fn stock_updates(rx: &mut mpsc::Receiver<Utf8Bytes>) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Ok(m) = rx.try_recv() {
-            let v: serde_json::Value = serde_json::from_str(m.as_str()).unwrap();
-            out.push(format!(
-                "{}:{}",
-                v["type"].as_str().unwrap(),
-                v["data"]["productId"].as_str().unwrap_or("")
-            ));
-        }
-        out
+        drain(rx, "productId")
     }
 
     #[test]

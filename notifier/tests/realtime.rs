@@ -775,48 +775,18 @@ async fn decisions_per_minute_are_counted_once_and_shown_by_role() {
         e.occurred_at = now_rfc3339();
         e
     };
-    post_signed(
-        &base,
-        "d1",
-        keys::ORDER_CREATED,
-        &decided("o1", "s1", "PENDING"),
-    )
-    .await;
-    post_signed(
-        &base,
-        "d2",
-        keys::ORDER_CONFIRMED,
-        &decided("o1", "s1", "CONFIRMED"),
-    )
-    .await;
-    post_signed(
-        &base,
-        "d2",
-        keys::ORDER_CONFIRMED,
-        &decided("o1", "s1", "CONFIRMED"),
-    )
-    .await;
-    post_signed(
-        &base,
-        "d3",
-        keys::ORDER_REJECTED,
-        &decided("o2", "s2", "REJECTED"),
-    )
-    .await;
-    post_signed(
-        &base,
-        "d4",
-        keys::ORDER_CANCELLED,
-        &decided("o3", "s1", "CANCELLED"),
-    )
-    .await;
-    post_signed(
-        &base,
-        "d5",
-        keys::ORDER_CONFIRMED,
-        &decided("o4", "s2", "CONFIRMED"),
-    )
-    .await;
+    // d2 is delivered twice: counted once.
+    let decisions = [
+        ("d1", keys::ORDER_CREATED, "o1", "s1", "PENDING"),
+        ("d2", keys::ORDER_CONFIRMED, "o1", "s1", "CONFIRMED"),
+        ("d2", keys::ORDER_CONFIRMED, "o1", "s1", "CONFIRMED"),
+        ("d3", keys::ORDER_REJECTED, "o2", "s2", "REJECTED"),
+        ("d4", keys::ORDER_CANCELLED, "o3", "s1", "CANCELLED"),
+        ("d5", keys::ORDER_CONFIRMED, "o4", "s2", "CONFIRMED"),
+    ];
+    for (id, kind, order, seller, status) in decisions {
+        post_signed(&base, id, kind, &decided(order, seller, status)).await;
+    }
 
     let http = reqwest::Client::new();
     let get = |token: Option<String>| {
