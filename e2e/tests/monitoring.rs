@@ -174,6 +174,7 @@ fn dashboard() -> Value {
 struct Prometheus {
     child: std::process::Child,
     url: String,
+    http: reqwest::Client,
     log: PathBuf,
 }
 
@@ -201,6 +202,7 @@ impl Prometheus {
         Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
             log,
         }
     }
@@ -210,25 +212,15 @@ impl Prometheus {
     }
 
     /// The answer of the HTTP API at `path` (`status` and `data`), if it answered JSON.
-    async fn call(
-        &self,
-        http: &reqwest::Client,
-        path: &str,
-        query: &[(&str, &str)],
-    ) -> Option<Value> {
+    async fn call(&self, path: &str, query: &[(&str, &str)]) -> Option<Value> {
         let url = format!("{}{path}", self.url);
-        let response = http.get(url).query(query).send().await.ok()?;
+        let response = self.http.get(url).query(query).send().await.ok()?;
         response.json().await.ok()
     }
 
     /// The `data` of a successful API answer.
-    async fn api(
-        &self,
-        http: &reqwest::Client,
-        path: &str,
-        query: &[(&str, &str)],
-    ) -> Option<Value> {
-        let body = self.call(http, path, query).await?;
+    async fn api(&self, path: &str, query: &[(&str, &str)]) -> Option<Value> {
+        let body = self.call(path, query).await?;
         (body["status"] == "success").then(|| body["data"].clone())
     }
 }
@@ -282,11 +274,10 @@ async fn prometheus_scrapes_every_service_and_loads_the_rules() {
 
     let dir = tempfile::tempdir().unwrap();
     let prometheus = Prometheus::start(dir.path(), &scrape_config(&system));
-    let http = reqwest::Client::new();
 
     // Every target up.
     let targets = eventually(Duration::from_secs(60), || async {
-        let data = prometheus.api(&http, "/api/v1/targets", &[]).await?;
+        let data = prometheus.api("/api/v1/targets", &[]).await?;
         let active = data["activeTargets"].as_array()?.clone();
         (active.len() == 5 && active.iter().all(|t| t["health"] == "up")).then_some(active)
     })
@@ -316,7 +307,7 @@ async fn prometheus_scrapes_every_service_and_loads_the_rules() {
     // The rule files loaded and every rule evaluated without error.
     let expected = alert_names();
     let rules = eventually(Duration::from_secs(30), || async {
-        let data = prometheus.api(&http, "/api/v1/rules", &[]).await?;
+        let data = prometheus.api("/api/v1/rules", &[]).await?;
         let rules: Vec<Value> = data["groups"]
             .as_array()?
             .iter()
@@ -351,9 +342,7 @@ async fn prometheus_scrapes_every_service_and_loads_the_rules() {
         "webhooks_received_total",
     ] {
         let found = eventually(Duration::from_secs(30), || async {
-            let data = prometheus
-                .api(&http, "/api/v1/query", &[("query", query)])
-                .await?;
+            let data = prometheus.api("/api/v1/query", &[("query", query)]).await?;
             (!data["result"].as_array()?.is_empty()).then_some(())
         })
         .await;
@@ -365,7 +354,7 @@ async fn prometheus_scrapes_every_service_and_loads_the_rules() {
         for target in panel["targets"].as_array().expect("targets") {
             let expr = target["expr"].as_str().expect("expr");
             let answer = prometheus
-                .call(&http, "/api/v1/query", &[("query", expr)])
+                .call("/api/v1/query", &[("query", expr)])
                 .await
                 .expect("prometheus answers");
             assert_eq!(
