@@ -10,6 +10,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)             # the notifier's live-page test
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose) # `config` checks compose.yaml
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus) # e2e/tests/monitoring.rs
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "[tools] installing ${missing[*]}" >&2
   as_root apt-get update -qq >&2

@@ -22,10 +22,15 @@
 //! a delete per confirm was a commit (an fsync) of its own about once per message. A row confirmed
 //! but not yet deleted is still in flight, so nothing publishes it again; a crash in between
 //! sends it again with its message id, as for a crash before any delete.
+//!
+//! Every [`BACKLOG_EVERY`] the relay also measures the table for the alerts, whether or not the
+//! broker is reachable: gauges `outbox_pending_rows` (rows not yet deleted) and
+//! `outbox_oldest_age_seconds` (how long the oldest of them has waited; 0 when empty).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use deadpool_sqlite::rusqlite::{self, Connection};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -51,6 +56,8 @@ const DRAIN: Duration = Duration::from_secs(2);
 const SETTLE_GAP: Duration = Duration::from_millis(50);
 /// ... unless this many rows wait to be deleted.
 const SETTLE_BATCH: usize = 256;
+/// How often the backlog gauges are refreshed.
+const BACKLOG_EVERY: Duration = Duration::from_secs(2);
 
 type Confirm = BoxFuture<'static, (OutboxRow, Result<(), PublishError>)>;
 type Settled = BoxFuture<'static, (Vec<i64>, Result<(), DbError>)>;
@@ -75,6 +82,8 @@ impl Relay {
         let mut state = State::default();
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backlog = tokio::time::interval(BACKLOG_EVERY);
+        backlog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_settle = Instant::now();
         loop {
             let room = state.confirms.len() < WINDOW;
@@ -91,6 +100,7 @@ impl Relay {
                 Some((row, result)) = state.confirms.next() => state.confirmed(row, result),
                 Some((ids, result)) = state.settling.next() => state.settled(ids, result),
                 _ = poll.tick(), if room => self.poll(&mut state).await,
+                _ = backlog.tick() => self.measure_backlog().await,
                 _ = tokio::time::sleep_until(last_settle + SETTLE_GAP), if waiting => {}
             }
             let due = last_settle.elapsed() >= SETTLE_GAP || state.done.len() >= SETTLE_BATCH;
@@ -141,6 +151,18 @@ impl Relay {
         }
     }
 
+    /// Sets the backlog gauges from the table (rows in flight included: they are not delivered
+    /// until their delete commits).
+    async fn measure_backlog(&self) {
+        match self.db.call(|conn| backlog(conn)).await {
+            Ok((rows, oldest_age)) => {
+                metrics::gauge!("outbox_pending_rows").set(rows as f64);
+                metrics::gauge!("outbox_oldest_age_seconds").set(oldest_age.unwrap_or(0.0));
+            }
+            Err(e) => warn!(error = %e, "could not measure the outbox backlog; will try again"),
+        }
+    }
+
     /// Deletes the confirmed rows and records the failures, in one write.
     fn settle(&self, state: &mut State) -> Settled {
         let done = std::mem::take(&mut state.done);
@@ -177,6 +199,17 @@ impl Relay {
             debug!("relay stopped with confirms outstanding; those rows are sent again next start");
         }
     }
+}
+
+/// The outbox's row count and the age in seconds of its oldest row (by id, which follows
+/// commit order), `None` when it is empty.
+fn backlog(conn: &Connection) -> rusqlite::Result<(i64, Option<f64>)> {
+    conn.prepare_cached(
+        "SELECT COUNT(*), (SELECT (julianday('now') - julianday(created_at)) * 86400.0
+                           FROM outbox ORDER BY id LIMIT 1)
+         FROM outbox",
+    )?
+    .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
 }
 
 /// What the relay has in the air.
