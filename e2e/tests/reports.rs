@@ -154,9 +154,10 @@ async fn reports_sum_the_sagas_outcomes_per_role_and_period() {
     assert_eq!(status, 403);
     let (status, _, _) = get(&system, "/reports/sellers", &system.client_token).await;
     assert_eq!(status, 403);
+    // A SELLER token without seller_id is not a valid token at all.
     let nameless = token("s3", Role::Seller, None);
     let (status, _, _) = get(&system, "/reports/summary", &nameless).await;
-    assert_eq!(status, 403);
+    assert_eq!(status, 401);
     let response = system
         .http
         .get(system.url("/reports/summary"))

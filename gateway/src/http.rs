@@ -359,7 +359,7 @@ pub(crate) async fn create_product(
         (status = 200, description = "orders by status, confirmed units and revenue, top products; orders filtered by creation time, from <= createdAt < to", body = SummaryResponse),
         (status = 400, description = "from or to is not an RFC 3339 date-time, or from is later than to", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "a CLIENT, or a SELLER token without seller_id", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "a CLIENT", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "this subject's request budget is spent (Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "the broker did not take the request", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "orders did not answer in time", body = Problem, content_type = "application/problem+json")
@@ -372,6 +372,7 @@ pub(crate) async fn sales_summary(
     caller.require(&[Role::Admin, Role::Seller])?;
     let seller_id = if caller.is(Role::Seller) {
         let own = caller.0.seller_id.clone();
+        // The verifier refuses SELLER tokens without seller_id; this only guards the invariant.
         Some(own.ok_or_else(|| forbidden("this SELLER token carries no seller_id"))?)
     } else {
         None
