@@ -141,17 +141,24 @@ async fn retry_until_accepted(
     ids
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_burst_above_the_bound_is_refused_at_the_door_and_nothing_is_lost() {
-    let env = TestEnv::new("overload-burst").await.unwrap();
-    let limit = 10;
+/// Products and a gateway admitting at most `limit` (0 = off), the orders service not started
+/// yet, so the saga's backlog only grows until a test starts it.
+async fn without_orders(env: &TestEnv, limit: u64) -> System {
     let options = Options {
         admission_limit: limit,
         ..Options::default()
     };
-    let mut system = System::empty(&env, options);
+    let mut system = System::empty(env, options);
     system.start_products().await.unwrap();
     system.start_gateway().await.unwrap();
+    system
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_above_the_bound_is_refused_at_the_door_and_nothing_is_lost() {
+    let env = TestEnv::new("overload-burst").await.unwrap();
+    let limit = 10;
+    let mut system = without_orders(&env, limit).await;
     let product = system.create_product(10_000).await.unwrap();
     let gateway = system.url("");
 
@@ -220,13 +227,7 @@ async fn a_burst_above_the_bound_is_refused_at_the_door_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stock_answers_keep_flowing_while_new_orders_are_refused() {
     let env = TestEnv::new("overload-answers").await.unwrap();
-    let options = Options {
-        admission_limit: 50,
-        ..Options::default()
-    };
-    let mut system = System::empty(&env, options);
-    system.start_products().await.unwrap();
-    system.start_gateway().await.unwrap();
+    let mut system = without_orders(&env, 50).await;
     let product = system.create_product(100_000).await.unwrap();
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
 
@@ -320,13 +321,7 @@ async fn stock_answers_keep_flowing_while_new_orders_are_refused() {
 async fn the_bound_holds_across_two_gateway_instances() {
     let env = TestEnv::new("overload-two").await.unwrap();
     let limit = 20;
-    let options = Options {
-        admission_limit: limit,
-        ..Options::default()
-    };
-    let mut system = System::empty(&env, options);
-    system.start_products().await.unwrap();
-    system.start_gateway().await.unwrap();
+    let mut system = without_orders(&env, limit).await;
     let second = system.spawn_gateway().await.unwrap();
     let product = system.create_product(10_000).await.unwrap();
     let (one, two) = (system.url(""), second.url());
@@ -388,13 +383,7 @@ async fn the_bound_holds_across_two_gateway_instances() {
 async fn a_full_intake_queue_is_a_nack_and_a_503() {
     let env = TestEnv::new("overload-broker").await.unwrap();
     // Admission control off: only the broker's own limit stands.
-    let options = Options {
-        admission_limit: 0,
-        ..Options::default()
-    };
-    let mut system = System::empty(&env, options);
-    system.start_products().await.unwrap();
-    system.start_gateway().await.unwrap();
+    let mut system = without_orders(&env, 0).await;
     let product = system.create_product(100).await.unwrap();
     let gateway = system.url("");
 
