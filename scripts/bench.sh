@@ -23,6 +23,12 @@
 # (deploy/rabbitmq/rabbitmq.conf, without its definitions); BROKER_CONF comes after them and wins,
 # e.g. "raft.wal_max_size_bytes = 536870912" for RabbitMQ's default WAL size; SERIES_EVERY
 # (seconds: loadgen prints p50/p99/max of POST → terminal for every such interval).
+# The overload scenario (not in the default list: SCENARIOS="saturation overload") offers
+# OVERLOAD_RATE orders/s (default: twice the best saturation figure of this run, else 1700) for
+# OVERLOAD_SECS (60) in open loop and waits up to OVERLOAD_DRAIN (60) s for the accepted orders;
+# its report has accepted, refused (503), p99 POST → decision of the accepted orders and the
+# time from the end of the load to the last decision, then the gateway's refusal counters. Size
+# the bound with SERVICE_ENV="ORDERS_ADMISSION_LIMIT=…" (docs/operations.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -281,6 +287,19 @@ for scenario in $SCENARIOS; do
           dump_metrics
           stop_system
         done
+      done
+      ;;
+    overload)
+      best=$(echo "$saturation" | tr ' ' '\n' | sort -g | tail -1)
+      rate=${OVERLOAD_RATE:-$(awk -v b="${best:-850}" 'BEGIN{printf "%d", 2 * b}')}
+      for r in $(seq 1 "$REPEAT"); do
+        start_system overload
+        loadgen --rate "$rate" --duration "${OVERLOAD_SECS:-60}" --drain "${OVERLOAD_DRAIN:-60}" \
+          --title "overload run $r: $rate orders/s offered (twice the sustainable rate) for ${OVERLOAD_SECS:-60} s"
+        curl -fsS "http://127.0.0.1:$(port gateway)/metrics" 2>/dev/null \
+          | grep -E '^gateway_(orders_refused_total|admission_open)' | sed 's/^/gateway /' | tee -a "$BENCH_OUT" || true
+        dump_metrics
+        stop_system
       done
       ;;
     soak)

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use messaging::auth::Role;
-use messaging::topology::{ORDERS_QUEUE, PRODUCTS_QUEUE, WEBHOOKS_QUEUE};
+use messaging::topology::{ORDERS_INTAKE_QUEUE, ORDERS_QUEUE, PRODUCTS_QUEUE, WEBHOOKS_QUEUE};
 
 use crate::events::{EventTap, TAP_QUEUE};
 use crate::management::Management;
@@ -265,7 +265,7 @@ pub async fn run(options: Options) -> Result<Outcome> {
         .filter(|s| s.uses_broker())
         .map(|s| format!("{}@{host}", s.name()))
         .collect();
-    let mut work_queues = vec![ORDERS_QUEUE, PRODUCTS_QUEUE];
+    let mut work_queues = vec![ORDERS_INTAKE_QUEUE, ORDERS_QUEUE, PRODUCTS_QUEUE];
     if system.services.contains_key(&Service::WebhookPublisher) {
         work_queues.push(WEBHOOKS_QUEUE);
     }

@@ -27,6 +27,8 @@ pub struct Options {
     pub redis_url: Option<String>,
     /// Requests per second and burst per subject; `None` turns rate limiting off.
     pub rate_limit: Option<(f64, u32)>,
+    /// The gateway's `ORDERS_ADMISSION_LIMIT` (0 = off).
+    pub admission_limit: u64,
 }
 
 impl Default for Options {
@@ -35,6 +37,7 @@ impl Default for Options {
             deadline: Duration::from_secs(30),
             redis_url: None,
             rate_limit: None,
+            admission_limit: 1_000,
         }
     }
 }
@@ -120,12 +123,22 @@ impl System {
             common: self.common.clone(),
             deadline: self.options.deadline,
             prefetch: 32,
+            intake_prefetch: 32,
         };
         self.orders = Some(orders::spawn(config).await?);
         Ok(())
     }
 
     pub async fn start_gateway(&mut self) -> Result<()> {
+        let running = self.spawn_gateway().await?;
+        self.gateway_url = running.url();
+        self.gateway = Some(running);
+        Ok(())
+    }
+
+    /// Starts one more gateway instance on the same broker and Redis (the caller stops it);
+    /// `start_gateway` uses this for the system's own.
+    pub async fn spawn_gateway(&self) -> Result<Running> {
         let (rate_limit_per_sec, rate_limit_burst) = self.options.rate_limit.unwrap_or((0.0, 1));
         let config = gateway::Config {
             common: self.common.clone(),
@@ -134,11 +147,12 @@ impl System {
             jwt_secret: JWT_SECRET.to_owned(),
             rate_limit_per_sec,
             rate_limit_burst,
+            admission_limit: self.options.admission_limit,
+            admission_poll: Duration::from_millis(100),
         };
         let running = gateway::spawn(config).await?;
-        self.gateway_url = running.url();
-        self.gateway = Some(running);
-        self.wait_ready(&self.gateway_url.clone()).await
+        self.wait_ready(&running.url()).await?;
+        Ok(running)
     }
 
     /// Starts the notifier, then the webhook publisher with its default subscription pointing

@@ -8,7 +8,7 @@ use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use messaging::OutgoingMessage;
 use messaging::contracts::CreateOrder;
 use messaging::deadletter;
-use messaging::topology::{COMMANDS, ORDERS_QUEUE, dlq, keys};
+use messaging::topology::{COMMANDS, ORDERS_INTAKE_QUEUE, dlq, keys};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_letter_is_listed_with_its_reason_and_replayed_with_its_id() {
@@ -34,7 +34,10 @@ async fn a_dead_letter_is_listed_with_its_reason_and_replayed_with_its_id() {
     client.publish_message(&msg).await.unwrap();
     let got = client
         .channel
-        .basic_get(ORDERS_QUEUE.into(), BasicGetOptions { no_ack: false })
+        .basic_get(
+            ORDERS_INTAKE_QUEUE.into(),
+            BasicGetOptions { no_ack: false },
+        )
         .await
         .unwrap()
         .expect("the order is queued");
@@ -43,39 +46,41 @@ async fn a_dead_letter_is_listed_with_its_reason_and_replayed_with_its_id() {
         .await
         .unwrap();
     let landed = eventually(Duration::from_secs(10), || async {
-        (client.ready_count(&dlq(ORDERS_QUEUE)).await.ok()? == 1).then_some(())
+        (client.ready_count(&dlq(ORDERS_INTAKE_QUEUE)).await.ok()? == 1).then_some(())
     })
     .await;
     assert!(landed.is_some());
 
-    let letters = deadletter::list(&client.channel, ORDERS_QUEUE)
+    let letters = deadletter::list(&client.channel, ORDERS_INTAKE_QUEUE)
         .await
         .unwrap();
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
     assert_eq!(
         (letter.reason.as_str(), letter.queue.as_str(), letter.count),
-        ("rejected", ORDERS_QUEUE, 1)
+        ("rejected", ORDERS_INTAKE_QUEUE, 1)
     );
     assert_eq!(letter.message_id.as_deref(), Some(msg.message_id.as_str()));
     assert_eq!(letter.kind.as_deref(), Some(keys::ORDERS_CREATE));
     // Listing left it in place.
     let still = eventually(Duration::from_secs(10), || async {
-        (client.ready_count(&dlq(ORDERS_QUEUE)).await.ok()? == 1).then_some(())
+        (client.ready_count(&dlq(ORDERS_INTAKE_QUEUE)).await.ok()? == 1).then_some(())
     })
     .await;
     assert!(still.is_some(), "listing must not consume dead letters");
 
     // Choosing nothing replays nothing; choosing it by id moves it back with its id.
     assert_eq!(
-        deadletter::replay(&client.channel, ORDERS_QUEUE, |_| false)
+        deadletter::replay(&client.channel, ORDERS_INTAKE_QUEUE, |_| false)
             .await
             .unwrap(),
         0
     );
     let id = msg.message_id.clone();
     assert_eq!(
-        deadletter::replay(&client.channel, ORDERS_QUEUE, |l| l.message_id.as_deref()
+        deadletter::replay(&client.channel, ORDERS_INTAKE_QUEUE, |l| l
+            .message_id
+            .as_deref()
             == Some(id.as_str()))
         .await
         .unwrap(),
@@ -83,10 +88,13 @@ async fn a_dead_letter_is_listed_with_its_reason_and_replayed_with_its_id() {
     );
     let back = client
         .channel
-        .basic_get(ORDERS_QUEUE.into(), BasicGetOptions { no_ack: false })
+        .basic_get(
+            ORDERS_INTAKE_QUEUE.into(),
+            BasicGetOptions { no_ack: false },
+        )
         .await
         .unwrap()
-        .expect("replayed to orders_queue");
+        .expect("replayed to orders_intake_queue");
     assert_eq!(
         back.delivery
             .properties
@@ -102,7 +110,10 @@ async fn a_dead_letter_is_listed_with_its_reason_and_replayed_with_its_id() {
         })
         .await
         .unwrap();
-    assert_eq!(client.ready_count(&dlq(ORDERS_QUEUE)).await.unwrap(), 0);
+    assert_eq!(
+        client.ready_count(&dlq(ORDERS_INTAKE_QUEUE)).await.unwrap(),
+        0
+    );
 
     // Once orders runs, the replayed order goes through.
     system.start_orders().await.unwrap();

@@ -5,7 +5,9 @@ use std::time::Duration;
 use e2e::amqp::TestClient;
 use e2e::{Options, System, TestEnv, eventually};
 use lapin::BasicProperties;
-use messaging::topology::{COMMANDS, EVENTS, ORDERS_QUEUE, PRODUCTS_QUEUE, dlq, keys};
+use messaging::topology::{
+    COMMANDS, EVENTS, ORDERS_INTAKE_QUEUE, ORDERS_QUEUE, PRODUCTS_QUEUE, dlq, keys,
+};
 
 fn props(message_id: Option<&str>, kind: &str) -> BasicProperties {
     let props = BasicProperties::default()
@@ -24,7 +26,8 @@ async fn poison_messages_are_dead_lettered_and_service_goes_on() {
     let system = System::start(&env, Options::default()).await.unwrap();
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
 
-    // orders_queue: not JSON; no message id; wrong shape; stock answer for an order nobody placed.
+    // orders_intake_queue: not JSON; no message id; wrong shape. orders_queue: a stock answer
+    // for an order nobody placed.
     client
         .publish(
             COMMANDS,
@@ -83,7 +86,11 @@ async fn poison_messages_are_dead_lettered_and_service_goes_on() {
         .await
         .unwrap();
 
-    let expect = [(ORDERS_QUEUE, 4usize), (PRODUCTS_QUEUE, 2usize)];
+    let expect = [
+        (ORDERS_INTAKE_QUEUE, 3usize),
+        (ORDERS_QUEUE, 1usize),
+        (PRODUCTS_QUEUE, 2usize),
+    ];
     for (queue, n) in expect {
         let dlq = dlq(queue);
         let landed = eventually(Duration::from_secs(20), || async {
@@ -116,6 +123,10 @@ async fn poison_messages_are_dead_lettered_and_service_goes_on() {
         .unwrap();
     assert_eq!(statuses[&id], "CONFIRMED");
     assert_eq!(client.ready_count(&dlq(ORDERS_QUEUE)).await.unwrap(), 0);
+    assert_eq!(
+        client.ready_count(&dlq(ORDERS_INTAKE_QUEUE)).await.unwrap(),
+        0
+    );
 
     system.stop().await;
     env.cleanup().await;

@@ -25,6 +25,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::admission::{Admission, Refusal, Shedding};
 use crate::auth::{Caller, forbidden};
 use crate::extract::ValidJson;
 use crate::idempotency::{IdempotencyStore, KeyUse, order_id_for, valid_key};
@@ -44,6 +45,7 @@ const SELLER_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct AppState {
     pub broker: Broker,
+    pub admission: Admission,
     pub rpc: Arc<RpcClient>,
     pub keys: IdempotencyStore,
     pub rpc_timeout: Duration,
@@ -122,7 +124,7 @@ fn cors() -> CorsLayer {
         (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "not confirmed by the broker, or the idempotency store is down (Retry-After)", body = Problem, content_type = "application/problem+json")
+        (status = 503, description = "refused at the door because too many orders wait to be decided (type /problems/overloaded), not confirmed by the broker, or the idempotency store is down; nothing was kept, retry after Retry-After", body = Problem, content_type = "application/problem+json")
     ))]
 pub(crate) async fn place_order(
     State(state): State<AppState>,
@@ -132,6 +134,9 @@ pub(crate) async fn place_order(
 ) -> Result<Response, Problem> {
     req.customer_id = Some(customer_of(&caller, req.customer_id.take())?);
     let key = idempotency_key(&headers)?;
+    // Before anything is claimed or published, so a refusal leaves nothing behind.
+    let ticket = state.admission.try_admit().map_err(shedding)?;
+    let mut new_key = false;
     let order_id = match &key {
         Some(key) => {
             let claimed = state.keys.claim(key, &req).await.map_err(|e| {
@@ -148,6 +153,7 @@ pub(crate) async fn place_order(
                     "this Idempotency-Key was already used with a different body",
                 ));
             }
+            new_key = claimed == KeyUse::New;
             order_id_for(key, &req)
         }
         None => Uuid::now_v7().to_string(),
@@ -166,11 +172,29 @@ pub(crate) async fn place_order(
         .map_err(|e| internal(e.to_string()))?
         .with_traceparent(traceparent(&headers));
     if let Err(e) = state.broker.publish(&msg).await {
-        warn!(%order_id, message_id = %msg.message_id, error = %e, "orders.create not confirmed; answering 503");
-        return Err(unavailable(
-            "the order could not be handed to the broker; retry (with the same Idempotency-Key)",
-        ));
+        drop(ticket);
+        let refusal = Refusal::of_publish(&e);
+        refusal.count();
+        warn!(%order_id, message_id = %msg.message_id, error = %e, reason = refusal.label(), "orders.create not confirmed; answering 503");
+        // Only when the broker certainly does not have the order: after a lost confirm it may,
+        // and the key must keep naming this body.
+        let not_stored = matches!(e, PublishError::Nacked | PublishError::NotConnected);
+        if let (true, true, Some(key)) = (new_key, not_stored, command.idempotency_key.as_deref())
+            && let Err(e) = state.keys.release(key, &req).await
+        {
+            // The key stays claimed for this body: a retry with it still goes through.
+            warn!(%order_id, error = %e, "could not release the Idempotency-Key of a refused order");
+        }
+        return Err(match refusal {
+            Refusal::BrokerFull => overloaded(
+                "too many orders are waiting; retry later (with the same Idempotency-Key)",
+            ),
+            _ => unavailable(
+                "the order could not be handed to the broker; retry (with the same Idempotency-Key)",
+            ),
+        });
     }
+    ticket.published();
     info!(%order_id, message_id = %msg.message_id, "order accepted");
     let location = format!("/orders/{order_id}");
     let body = OrderAccepted {
@@ -469,6 +493,29 @@ async fn call_within<Req: serde::Serialize, Resp: DeserializeOwned>(
             RpcError::Encode(e) => internal(e.to_string()),
         })?;
     serde_json::from_slice(&reply).map_err(|e| internal(format!("unreadable reply to {key}: {e}")))
+}
+
+/// The saga has as many undecided orders as it may: 503, nothing claimed or published.
+fn shedding(s: Shedding) -> Problem {
+    Refusal::Backlog.count();
+    info!(
+        backlog = s.backlog,
+        limit = s.limit,
+        "order refused: the saga's backlog is at the admission limit"
+    );
+    overloaded(
+        "too many orders are waiting to be decided; retry later (with the same Idempotency-Key)",
+    )
+}
+
+fn overloaded(detail: &str) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "Too many orders waiting",
+        detail,
+    )
+    .with_retry_after(RETRY_AFTER)
 }
 
 fn unavailable(detail: &str) -> Problem {

@@ -6,7 +6,7 @@
 //! key (`idempotency:<sha256>`), so the same key with another body is refused with 422.
 
 use deadpool_redis::Pool;
-use messaging::idempotency::GuardError;
+use messaging::idempotency::{GuardError, delete_if_equal};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -58,14 +58,25 @@ impl IdempotencyStore {
         }
     }
 
-    /// Records the key with this body's fingerprint, or compares with the one recorded.
-    pub async fn claim(&self, key: &str, req: &OrderRequest) -> Result<KeyUse, GuardError> {
+    fn redis_key(&self, key: &str, req: &OrderRequest) -> String {
         let scope = format!("{}\n{key}", req.customer_id.as_deref().unwrap_or(""));
-        let redis_key = format!(
+        format!(
             "{}idempotency:{}",
             self.prefix,
             hex::encode(Sha256::digest(scope.as_bytes()))
-        );
+        )
+    }
+
+    /// Forgets a key this request claimed ([`KeyUse::New`]) when its order was refused, so
+    /// the refusal leaves nothing behind: the client may retry with the same key, or reuse it
+    /// for another body. Only deletes the fingerprint of this very body.
+    pub async fn release(&self, key: &str, req: &OrderRequest) -> Result<bool, GuardError> {
+        delete_if_equal(&self.pool, &self.redis_key(key, req), &fingerprint(req)).await
+    }
+
+    /// Records the key with this body's fingerprint, or compares with the one recorded.
+    pub async fn claim(&self, key: &str, req: &OrderRequest) -> Result<KeyUse, GuardError> {
+        let redis_key = self.redis_key(key, req);
         let print = fingerprint(req);
         let mut conn = self.pool.get().await?;
         let set: Option<String> = redis::cmd("SET")

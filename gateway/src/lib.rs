@@ -3,6 +3,7 @@
 //! `POST /orders` publishes `orders.create` and answers 202 only after the broker confirmed it;
 //! reads and product creation go to the owning service over AMQP request/response.
 
+pub mod admission;
 pub mod auth;
 pub mod extract;
 pub mod http;
@@ -12,6 +13,7 @@ pub mod ratelimit;
 pub mod requests;
 pub mod sellers;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use messaging::broker::{Broker, BrokerConfig};
@@ -19,6 +21,7 @@ use messaging::config::{CommonConfig, env_or};
 use messaging::idempotency::redis_pool;
 use messaging::rpc::RpcClient;
 use messaging::service::Running;
+use messaging::topology::INTAKE_MAX_LENGTH;
 
 pub const SERVICE: &str = "gateway";
 pub const DEFAULT_PORT: u16 = 3000;
@@ -35,6 +38,11 @@ pub struct Config {
     /// `RATE_LIMIT_PER_SEC` (0 = off) and `RATE_LIMIT_BURST`: each subject's token bucket.
     pub rate_limit_per_sec: f64,
     pub rate_limit_burst: u32,
+    /// `ORDERS_ADMISSION_LIMIT` (0 = off): undecided orders waiting in the saga's queues beyond
+    /// which `POST /orders` answers 503.
+    pub admission_limit: u64,
+    /// `ORDERS_ADMISSION_POLL_MS`: how often the saga's backlog is read from the broker.
+    pub admission_poll: Duration,
 }
 
 impl Config {
@@ -46,8 +54,21 @@ impl Config {
             jwt_secret: messaging::auth::jwt_secret_from_env(),
             rate_limit_per_sec: env_or("RATE_LIMIT_PER_SEC", 20.0)?,
             rate_limit_burst: env_or("RATE_LIMIT_BURST", 40)?,
+            admission_limit: env_or("ORDERS_ADMISSION_LIMIT", 1_000)?,
+            admission_poll: Duration::from_millis(positive(
+                "ORDERS_ADMISSION_POLL_MS",
+                env_or("ORDERS_ADMISSION_POLL_MS", 100)?,
+            )?),
         })
     }
+}
+
+fn positive(name: &str, value: u64) -> anyhow::Result<u64> {
+    anyhow::ensure!(
+        value > 0,
+        "environment variable {name}={value} must be above 0"
+    );
+    Ok(value)
 }
 
 /// Connects to the broker and Redis and starts serving the API.
@@ -55,9 +76,21 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     let redis = redis_pool(&config.common.redis_url)?;
     let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));
     let rpc = RpcClient::new(&broker);
+    let admission = admission::Admission::new(config.admission_limit, config.admission_poll);
+    if admission.enabled() {
+        if config.admission_limit >= INTAKE_MAX_LENGTH as u64 {
+            tracing::warn!(
+                limit = config.admission_limit,
+                broker_limit = INTAKE_MAX_LENGTH,
+                "ORDERS_ADMISSION_LIMIT is not below the intake queue's length limit; the broker will refuse first"
+            );
+        }
+        broker.attach(Arc::new(admission.clone()));
+    }
     let state = http::AppState {
         broker: broker.clone(),
         rpc,
+        admission,
         keys: idempotency::IdempotencyStore::new(redis.clone(), &config.common.redis_prefix),
         rpc_timeout: config.rpc_timeout,
         verifier: messaging::auth::TokenVerifier::new(config.jwt_secret.as_bytes()),

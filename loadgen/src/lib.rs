@@ -17,7 +17,10 @@ pub mod webhooks;
 /// topology (`messaging::topology`): each is published with a confirm into one quorum queue,
 /// delivered once and acked once.
 pub const MESSAGES_PER_ORDER: &[(&str, &str)] = &[
-    ("orders.create", "gateway → saga.commands → orders_queue"),
+    (
+        "orders.create",
+        "gateway → saga.commands → orders_intake_queue",
+    ),
     (
         "product.reserveStock",
         "orders (outbox) → saga.commands → products_queue",

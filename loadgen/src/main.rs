@@ -205,6 +205,7 @@ async fn run_load(args: LoadArgs) -> Result<()> {
         _ => 0,
     };
     let load_time = started.elapsed();
+    let load_end = Instant::now();
     let after = sample_all(&processes);
     let at_load_end = recorder.snapshot();
     for task in [mem_task, series_task].into_iter().flatten() {
@@ -226,6 +227,12 @@ async fn run_load(args: LoadArgs) -> Result<()> {
         _ => None,
     };
     let final_ = recorder.snapshot();
+    let outstanding = tracker.outstanding();
+    let drained_after = (outstanding == 0).then(|| {
+        final_
+            .last_terminal
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(load_end))
+    });
     let report = RunReport {
         title: args
             .title
@@ -238,7 +245,8 @@ async fn run_load(args: LoadArgs) -> Result<()> {
             .last_terminal
             .map(|t| t.saturating_duration_since(started)),
         attempted,
-        outstanding: tracker.outstanding(),
+        outstanding,
+        drained_after,
         processes: processes
             .into_iter()
             .zip(before.into_iter().zip(after))

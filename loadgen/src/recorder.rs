@@ -1,6 +1,6 @@
 //! What a run records: HDR histograms of `POST /orders` latency and of POST → terminal-event
 //! latency (for the whole run and for the current interval of a time series), and counters of
-//! outcomes and errors by kind.
+//! outcomes, refusals (503: the gateway shed the order) and errors by kind.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -23,6 +23,7 @@ struct Inner {
     /// Terminal latencies since the last `take_interval`.
     interval: Histogram<u64>,
     accepted: u64,
+    refused: u64,
     errors: BTreeMap<String, u64>,
     outcomes: BTreeMap<String, u64>,
     last_terminal: Option<Instant>,
@@ -34,6 +35,8 @@ pub struct Snapshot {
     pub post: Histogram<u64>,
     pub terminal: Histogram<u64>,
     pub accepted: u64,
+    /// `503` answers: orders the gateway refused (shed) rather than accepted.
+    pub refused: u64,
     pub errors: BTreeMap<String, u64>,
     pub outcomes: BTreeMap<String, u64>,
     /// When the latest terminal event arrived.
@@ -64,6 +67,7 @@ impl Recorder {
                 terminal: histogram(),
                 interval: histogram(),
                 accepted: 0,
+                refused: 0,
                 errors: BTreeMap::new(),
                 outcomes: BTreeMap::new(),
                 last_terminal: None,
@@ -85,6 +89,11 @@ impl Recorder {
             i.accepted += 1;
             let _ = i.post.record(micros(latency));
         });
+    }
+
+    /// A `503`: the gateway refused the order and kept nothing of it.
+    pub fn refused(&self) {
+        self.with(|i| i.refused += 1);
     }
 
     /// A failed request, by kind (`http-503`, `timeout`, `connect`, …).
@@ -112,6 +121,7 @@ impl Recorder {
             post: i.post.clone(),
             terminal: i.terminal.clone(),
             accepted: i.accepted,
+            refused: i.refused,
             errors: i.errors.clone(),
             outcomes: i.outcomes.clone(),
             last_terminal: i.last_terminal,

@@ -31,6 +31,9 @@ pub struct RunReport {
     pub completion_span: Option<Duration>,
     pub attempted: usize,
     pub outstanding: usize,
+    /// From the end of the load phase to the last terminal event, when every accepted order
+    /// got one within the drain time.
+    pub drained_after: Option<Duration>,
     pub processes: Vec<ProcessUse>,
     /// Successful webhook deliveries during load phase and drain, and that time.
     pub webhooks: Option<(f64, Duration)>,
@@ -126,6 +129,12 @@ impl RunReport {
         );
         let _ = writeln!(
             out,
+            "| refused (503) | {} ({:.1}/s) |",
+            f.refused,
+            self.at_load_end.refused as f64 / secs
+        );
+        let _ = writeln!(
+            out,
             "| terminal events during load | {terminal_in_load} ({:.1} orders/s) |",
             terminal_in_load as f64 / secs
         );
@@ -150,6 +159,14 @@ impl RunReport {
             out,
             "| accepted but no terminal event after the drain | {} |",
             self.outstanding
+        );
+        let _ = writeln!(
+            out,
+            "| every accepted order decided, after the load stopped, within | {} |",
+            match self.drained_after {
+                Some(after) => format!("{:.1} s", after.as_secs_f64()),
+                None => "not within the drain time".into(),
+            }
         );
         let _ = writeln!(out, "| errors | {} |", errors_text(f));
         if let Some((delivered, over)) = self.webhooks {

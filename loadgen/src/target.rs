@@ -126,6 +126,12 @@ impl Target {
             }
         };
         let status = response.status();
+        if status.as_u16() == 503 {
+            // The gateway shed the order (or could not hand it to the broker): a refusal the
+            // client was told about, nothing was kept; not an error of the system under test.
+            recorder.refused();
+            return;
+        }
         if status.as_u16() != 202 {
             recorder.error(&format!("http-{}", status.as_u16()));
             return;

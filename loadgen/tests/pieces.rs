@@ -66,7 +66,9 @@ fn report_shows_percentiles_errors_and_processes() {
         recorder.accepted(Duration::from_millis(ms));
         recorder.terminal("CONFIRMED", Duration::from_millis(ms * 2));
     }
-    recorder.error("http-503");
+    recorder.error("http-500");
+    recorder.refused();
+    recorder.refused();
     let snapshot = recorder.snapshot();
     let row = latency_row("POST /orders", &snapshot.post);
     assert!(row.starts_with("| POST /orders | 50."), "{row}");
@@ -79,8 +81,9 @@ fn report_shows_percentiles_errors_and_processes() {
         at_load_end: snapshot.clone(),
         final_: snapshot,
         completion_span: Some(Duration::from_secs(2)),
-        attempted: 101,
+        attempted: 103,
         outstanding: 0,
+        drained_after: Some(Duration::from_millis(1500)),
         processes: vec![ProcessUse {
             watched: procstat::Watched {
                 name: "me".into(),
@@ -94,7 +97,12 @@ fn report_shows_percentiles_errors_and_processes() {
     .render();
     assert!(report.contains("(100.0 orders/s)"), "{report}");
     assert!(report.contains("**50.0 orders/s** over 2.0 s"), "{report}");
-    assert!(report.contains("http-503: 1"), "{report}");
+    assert!(report.contains("http-500: 1"), "{report}");
+    assert!(report.contains("| refused (503) | 2 (2.0/s) |"), "{report}");
+    assert!(
+        report.contains("after the load stopped, within | 1.5 s |"),
+        "{report}"
+    );
     assert!(report.contains("CONFIRMED 100"), "{report}");
     assert!(report.contains("| me |"), "{report}");
     assert!(report.contains("10.0/s"), "{report}");

@@ -92,6 +92,14 @@ if redis.call("GET", KEYS[2]) == ARGV[1] then return redis.call("DEL", KEYS[2]) 
     )
 });
 
+/// Deletes `key` only if it still holds `value` (compare-and-delete, one round trip). Returns
+/// whether it did.
+pub async fn delete_if_equal(pool: &Pool, key: &str, value: &str) -> Result<bool, GuardError> {
+    let mut conn = pool.get().await?;
+    let deleted: i64 = RELEASE.key(key).arg(value).invoke_async(&mut conn).await?;
+    Ok(deleted == 1)
+}
+
 /// What [`Guard::begin`] found.
 #[derive(Debug)]
 pub enum Begin {
@@ -137,13 +145,7 @@ impl Guard {
 
     /// Deletes the lock only if it is still ours. Returns whether it was.
     pub async fn release(&self, lock: Lock) -> Result<bool, GuardError> {
-        let mut conn = self.pool.get().await?;
-        let deleted: i64 = RELEASE
-            .key(&lock.key)
-            .arg(&lock.token)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(deleted == 1)
+        delete_if_equal(&self.pool, &lock.key, &lock.token).await
     }
 
     /// Checks `processed:<key>` and, if absent, takes `lock:<key>` — in one round trip.

@@ -17,6 +17,10 @@ pub const EVENTS: &str = "saga.events";
 pub const DLX: &str = "saga.dlx";
 
 pub const ORDERS_QUEUE: &str = "orders_queue";
+/// New orders (`orders.create`) only, so a flood of them never delays the stock answers on
+/// `orders_queue`; the gateway admits orders by the saga's backlog and this queue's length
+/// limit ([`INTAKE_MAX_LENGTH`]) is the broker's hard backstop.
+pub const ORDERS_INTAKE_QUEUE: &str = "orders_intake_queue";
 pub const PRODUCTS_QUEUE: &str = "products_queue";
 pub const WEBHOOKS_QUEUE: &str = "webhooks_queue";
 /// Request/response reads of the orders service (classic, short-lived messages).
@@ -25,7 +29,23 @@ pub const ORDERS_RPC_QUEUE: &str = "orders_rpc";
 pub const PRODUCTS_RPC_QUEUE: &str = "products_rpc";
 
 /// The work queues, each with a `<name>.dlq`.
-pub const WORK_QUEUES: [&str; 3] = [ORDERS_QUEUE, PRODUCTS_QUEUE, WEBHOOKS_QUEUE];
+pub const WORK_QUEUES: [&str; 4] = [
+    ORDERS_INTAKE_QUEUE,
+    ORDERS_QUEUE,
+    PRODUCTS_QUEUE,
+    WEBHOOKS_QUEUE,
+];
+
+/// The queues an undecided order waits in (a new order, its stock request, its stock answer):
+/// the sum of their ready messages is the saga's backlog the gateway admits new orders by.
+pub const SAGA_QUEUES: [&str; 3] = [ORDERS_INTAKE_QUEUE, PRODUCTS_QUEUE, ORDERS_QUEUE];
+
+/// The broker's hard limit on waiting new orders (`x-max-length` with `x-overflow =
+/// reject-publish`: one more is nacked, and the gateway answers 503). A queue argument cannot
+/// change without recreating the queue, so this is the ceiling; operators lower it without a
+/// migration with a `max-length` policy (RabbitMQ applies the smaller of the two), and the
+/// gateway's `ORDERS_ADMISSION_LIMIT` normally refuses long before either is reached.
+pub const INTAKE_MAX_LENGTH: i64 = 20_000;
 
 /// Routing keys (they are also the message `type`).
 pub mod keys {
@@ -57,7 +77,7 @@ pub const RPC_MESSAGE_TTL_MS: i64 = 10_000;
 /// `(exchange, routing key, queue)`.
 /// Dead-letter bindings are per work queue, see [`bindings`].
 pub const BINDINGS: [(&str, &str, &str); 12] = [
-    (COMMANDS, keys::ORDERS_CREATE, ORDERS_QUEUE),
+    (COMMANDS, keys::ORDERS_CREATE, ORDERS_INTAKE_QUEUE),
     (EVENTS, keys::STOCK_RESERVED, ORDERS_QUEUE),
     (EVENTS, keys::STOCK_REJECTED, ORDERS_QUEUE),
     (COMMANDS, keys::RESERVE_STOCK, PRODUCTS_QUEUE),
@@ -70,6 +90,12 @@ pub const BINDINGS: [(&str, &str, &str); 12] = [
     (COMMANDS, keys::PRODUCTS_GET, PRODUCTS_RPC_QUEUE),
     (COMMANDS, keys::PRODUCTS_CREATE, PRODUCTS_RPC_QUEUE),
 ];
+
+/// Bindings of earlier versions that [`declare`] removes: `orders.create` went to
+/// `orders_queue` before new orders had a queue of their own. Declaring only adds bindings, so
+/// without this a broker upgraded in place would route every new order to both queues.
+pub const RETIRED_BINDINGS: [(&str, &str, &str); 1] =
+    [(COMMANDS, keys::ORDERS_CREATE, ORDERS_QUEUE)];
 
 /// The dead-letter queue of a work queue.
 pub fn dlq(queue: &str) -> String {
@@ -108,16 +134,20 @@ impl QueueSpec {
 pub fn queues() -> Vec<QueueSpec> {
     let mut specs = Vec::new();
     for queue in WORK_QUEUES {
+        let mut args = vec![
+            ("x-queue-type", Arg::Text("quorum")),
+            ("x-dead-letter-exchange", Arg::Text(DLX)),
+            ("x-dead-letter-routing-key", Arg::Text(queue)),
+            ("x-dead-letter-strategy", Arg::Text("at-least-once")),
+            ("x-overflow", Arg::Text("reject-publish")),
+            ("x-delivery-limit", Arg::Int(DELIVERY_LIMIT)),
+        ];
+        if queue == ORDERS_INTAKE_QUEUE {
+            args.push(("x-max-length", Arg::Int(INTAKE_MAX_LENGTH)));
+        }
         specs.push(QueueSpec {
             name: queue.to_owned(),
-            args: vec![
-                ("x-queue-type", Arg::Text("quorum")),
-                ("x-dead-letter-exchange", Arg::Text(DLX)),
-                ("x-dead-letter-routing-key", Arg::Text(queue)),
-                ("x-dead-letter-strategy", Arg::Text("at-least-once")),
-                ("x-overflow", Arg::Text("reject-publish")),
-                ("x-delivery-limit", Arg::Int(DELIVERY_LIMIT)),
-            ],
+            args,
         });
         specs.push(QueueSpec {
             name: dlq(queue),
@@ -175,6 +205,17 @@ pub async fn declare(channel: &Channel) -> lapin::Result<()> {
     }
     for (exchange, key, queue) in bindings() {
         bind(channel, &exchange, &key, &queue).await?;
+    }
+    for (exchange, key, queue) in RETIRED_BINDINGS {
+        // Unbinding a binding that does not exist is a no-op for RabbitMQ.
+        channel
+            .queue_unbind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                FieldTable::default(),
+            )
+            .await?;
     }
     Ok(())
 }

@@ -1,4 +1,9 @@
-//! The `orders_queue` consumer: new orders and stock answers.
+//! The saga's two consumers: `orders_intake_queue` (new orders) and `orders_queue` (stock
+//! answers).
+//!
+//! They run on channels of their own with their own prefetch, so a flood of new orders never
+//! holds a stock answer back: the answers decide orders that were already accepted, the new
+//! orders only add work.
 
 use std::time::Duration;
 
@@ -11,13 +16,16 @@ use crate::deadline::now_ms;
 use crate::saga::Saga;
 use crate::store;
 
+/// `orders_intake_queue`: records each new order as PENDING and asks for its stock.
 #[derive(Clone)]
-pub struct OrdersHandler {
+pub struct IntakeHandler {
     pub saga: Saga,
+    /// The order's deadline counts from here, when the saga first sees it: the time it waited
+    /// in the intake queue (bounded by the gateway's admission limit) is not held against it.
     pub deadline: Duration,
 }
 
-impl OrdersHandler {
+impl IntakeHandler {
     async fn create(&self, msg: Incoming) -> Result<(), HandleError> {
         let cmd: CreateOrder = msg.json()?;
         if !(1..=1000).contains(&cmd.quantity)
@@ -48,11 +56,32 @@ impl OrdersHandler {
     }
 }
 
-impl MessageHandler for OrdersHandler {
+impl MessageHandler for IntakeHandler {
     async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
         match msg.meta.kind.as_str() {
             keys::ORDERS_CREATE => self.create(msg).await,
-            keys::STOCK_RESERVED | keys::STOCK_REJECTED => self.saga.on_stock_answer(msg).await,
+            other => Err(HandleError::Poison(format!(
+                "orders_intake_queue does not take {other:?} messages"
+            ))),
+        }
+    }
+}
+
+/// `orders_queue`: the stock answers that decide orders.
+#[derive(Clone)]
+pub struct AnswersHandler {
+    /// Creates still in `orders_queue` from before the intake queue existed (a broker upgraded
+    /// in place) are handled, not dead-lettered.
+    pub intake: IntakeHandler,
+}
+
+impl MessageHandler for AnswersHandler {
+    async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
+        match msg.meta.kind.as_str() {
+            keys::STOCK_RESERVED | keys::STOCK_REJECTED => {
+                self.intake.saga.on_stock_answer(msg).await
+            }
+            keys::ORDERS_CREATE => self.intake.create(msg).await,
             other => Err(HandleError::Poison(format!(
                 "orders_queue does not take {other:?} messages"
             ))),

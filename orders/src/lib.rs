@@ -1,9 +1,10 @@
 //! The orders service: the saga orchestrator.
 //!
-//! It consumes `orders_queue` (`orders.create`, `product.stockReserved`,
-//! `product.stockRejected`), keeps each order's saga state in `orders.db`, decides behind Redis
-//! markers and locks, cancels orders whose deadline passed, and answers `orders.get` and the
-//! sales reports (`orders.report.*`) on `orders_rpc`. Everything it sends goes through the outbox.
+//! It consumes `orders_intake_queue` (`orders.create`) and, on a channel of its own,
+//! `orders_queue` (`product.stockReserved`, `product.stockRejected`), keeps each order's saga
+//! state in `orders.db`, decides behind Redis markers and locks, cancels orders whose deadline
+//! passed, and answers `orders.get` and the sales reports (`orders.report.*`) on `orders_rpc`.
+//! Everything it sends goes through the outbox.
 
 pub mod consumer;
 pub mod deadline;
@@ -14,14 +15,14 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use messaging::Consumer;
 use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
 use messaging::config::{CommonConfig, env_or};
 use messaging::idempotency::{Guard, redis_pool};
 use messaging::outbox::Relay;
 use messaging::service::Running;
-use messaging::topology::{ORDERS_QUEUE, ORDERS_RPC_QUEUE};
+use messaging::topology::{ORDERS_INTAKE_QUEUE, ORDERS_QUEUE, ORDERS_RPC_QUEUE};
+use messaging::Consumer;
 
 pub const SERVICE: &str = "orders";
 pub const DEFAULT_PORT: u16 = 3002;
@@ -31,8 +32,10 @@ pub struct Config {
     pub common: CommonConfig,
     /// `ORDER_DEADLINE_MS`: how long an order waits for a stock answer before it is cancelled.
     pub deadline: Duration,
-    /// `ORDERS_PREFETCH`: unacked deliveries the saga consumer may hold.
+    /// `ORDERS_PREFETCH`: unacked stock answers the `orders_queue` consumer may hold.
     pub prefetch: u16,
+    /// `ORDERS_INTAKE_PREFETCH`: unacked new orders the `orders_intake_queue` consumer may hold.
+    pub intake_prefetch: u16,
 }
 
 impl Config {
@@ -41,6 +44,7 @@ impl Config {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             deadline: Duration::from_millis(env_or("ORDER_DEADLINE_MS", 30_000)?),
             prefetch: env_or("ORDERS_PREFETCH", 32)?,
+            intake_prefetch: env_or("ORDERS_INTAKE_PREFETCH", 32)?,
         })
     }
 }
@@ -57,12 +61,19 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         guard,
     };
 
-    let orders = consumer::OrdersHandler {
+    let intake = consumer::IntakeHandler {
         saga: saga.clone(),
         deadline: config.deadline,
     };
+    let answers = consumer::AnswersHandler {
+        intake: intake.clone(),
+    };
     broker.attach(Arc::new(
-        Consumer::new(ORDERS_QUEUE, SERVICE, orders.into_handler())
+        Consumer::new(ORDERS_INTAKE_QUEUE, SERVICE, intake.into_handler())
+            .with_prefetch(config.intake_prefetch, usize::from(config.intake_prefetch)),
+    ));
+    broker.attach(Arc::new(
+        Consumer::new(ORDERS_QUEUE, SERVICE, answers.into_handler())
             .with_prefetch(config.prefetch, usize::from(config.prefetch)),
     ));
     let reads = rpc::RpcHandler {
