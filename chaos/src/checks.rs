@@ -113,7 +113,12 @@ pub fn run(e: &Evidence) -> (Vec<Check>, Figures) {
 /// The intake figures: measured and reported, never compared with a limit.
 fn intake(e: &Evidence, figures: &mut Figures) {
     let times: Vec<f64> = {
-        let mut t: Vec<f64> = e.load.accepted.values().map(|a| a.at.as_secs_f64()).collect();
+        let mut t: Vec<f64> = e
+            .load
+            .accepted
+            .values()
+            .map(|a| a.at.as_secs_f64())
+            .collect();
         t.sort_by(f64::total_cmp);
         t
     };
@@ -163,7 +168,11 @@ pub fn quorum_members(queues: &[QueueStats], names: &[&str], nodes: &[String]) -
         name: "every quorum queue back to a member online on each of the three nodes",
         passed: problems.is_empty(),
         detail: if problems.is_empty() {
-            format!("{} queues, {} online members each", names.len(), nodes.len())
+            format!(
+                "{} queues, {} online members each",
+                names.len(),
+                nodes.len()
+            )
         } else {
             problems.join("; ")
         },
@@ -718,7 +727,10 @@ mod tests {
     #[test]
     fn a_quorum_queue_short_of_an_online_member_fails_check_7() {
         let nodes: Vec<String> = ["a@h", "b@h", "c@h"].map(String::from).to_vec();
-        let mut queues = vec![queue("orders_queue", Some(0)), queue("orders_queue.dlq", Some(0))];
+        let mut queues = vec![
+            queue("orders_queue", Some(0)),
+            queue("orders_queue.dlq", Some(0)),
+        ];
         for q in &mut queues {
             members(q, &["c@h", "a@h", "b@h"], &["b@h", "a@h", "c@h"]);
         }
@@ -769,7 +781,10 @@ mod tests {
         };
         let (_, figures) = run(&evidence);
         let (from, gap) = figures.intake_gap.unwrap();
-        assert!((from - 1.2).abs() < 1e-9 && (gap - 3.5).abs() < 1e-9, "{from} {gap}");
+        assert!(
+            (from - 1.2).abs() < 1e-9 && (gap - 3.5).abs() < 1e-9,
+            "{from} {gap}"
+        );
         assert_eq!(figures.node_kill_gaps.len(), 1);
         assert!((figures.node_kill_gaps[0].2 - 3.5).abs() < 1e-9);
     }

@@ -54,10 +54,9 @@ impl Cluster {
             "cluster_formation.discovery_retry_interval = 500".into(),
         ];
         discovery.extend(
-            names
-                .iter()
-                .enumerate()
-                .map(|(i, name)| format!("cluster_formation.classic_config.nodes.{} = {name}", i + 1)),
+            names.iter().enumerate().map(|(i, name)| {
+                format!("cluster_formation.classic_config.nodes.{} = {name}", i + 1)
+            }),
         );
         let nodes = ports
             .into_iter()

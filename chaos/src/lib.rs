@@ -307,7 +307,9 @@ pub async fn run(options: Options) -> Result<Outcome> {
         &load,
         &work_queues,
         &expected_connections,
-        cluster_nodes.as_deref().map(|nodes| (nodes, quorum_queues.as_slice())),
+        cluster_nodes
+            .as_deref()
+            .map(|nodes| (nodes, quorum_queues.as_slice())),
         Duration::from_secs(options.quiesce_timeout),
     )
     .await;
@@ -498,7 +500,11 @@ async fn wait_quiescent(
         let degraded = match cluster {
             Some((nodes, names)) => {
                 let check = checks::quorum_members(&queues, names, nodes);
-                if check.passed { 0 } else { check.detail.matches(';').count() + 1 }
+                if check.passed {
+                    0
+                } else {
+                    check.detail.matches(';').count() + 1
+                }
             }
             None => 0,
         };

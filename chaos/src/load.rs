@@ -404,11 +404,18 @@ mod gap_tests {
 
     #[test]
     fn the_longest_gap_is_found_wherever_it_is() {
-        let ms = |v: &[u64]| v.iter().map(|m| Duration::from_millis(*m)).collect::<Vec<_>>();
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|m| Duration::from_millis(*m))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(longest_intake_gap(ms(&[])), None);
         assert_eq!(longest_intake_gap(ms(&[500])), Some((0.0, 0.5)));
         let (from, len) = longest_intake_gap(ms(&[100, 200, 4200, 4300, 300])).unwrap();
-        assert!((from - 0.3).abs() < 1e-9 && (len - 3.9).abs() < 1e-9, "{from} {len}");
+        assert!(
+            (from - 0.3).abs() < 1e-9 && (len - 3.9).abs() < 1e-9,
+            "{from} {len}"
+        );
         let (from, len) = longest_intake_gap(ms(&[3000, 3100])).unwrap();
         assert!(from == 0.0 && (len - 3.0).abs() < 1e-9);
     }

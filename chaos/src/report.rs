@@ -79,9 +79,9 @@ impl Summary<'_> {
             ("recovery per broker kill", recovery),
             (
                 "longest stretch without a 202",
-                self.figures
-                    .intake_gap
-                    .map_or("–".into(), |(from, gap)| format!("{gap:.1} s (from t={from:.1} s)")),
+                self.figures.intake_gap.map_or("–".into(), |(from, gap)| {
+                    format!("{gap:.1} s (from t={from:.1} s)")
+                }),
             ),
             (
                 "… around each node kill (target ≤ 5 s)",

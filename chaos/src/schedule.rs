@@ -119,7 +119,8 @@ pub const CI_SCHEDULE: &str =
 pub const SAGA_SCHEDULE: &str = "broker@8+3,orders@18+2,redis@24+1,broker@30+3,products@42+2";
 /// The CI schedule on a cluster (`--cluster`): the node the gateway is on, then the node leading
 /// the intake queue, instead of the whole broker; the same Redis and service kills.
-pub const CLUSTER_SCHEDULE: &str = "gateway-node@8+3,orders@18+2,redis@24+1,leader-node@30+3,products@42+2,webhook-publisher@50+2";
+pub const CLUSTER_SCHEDULE: &str =
+    "gateway-node@8+3,orders@18+2,redis@24+1,leader-node@30+3,products@42+2,webhook-publisher@50+2";
 /// The cluster schedule without the webhook services.
 pub const CLUSTER_SAGA_SCHEDULE: &str =
     "gateway-node@8+3,orders@18+2,redis@24+1,leader-node@30+3,products@42+2";

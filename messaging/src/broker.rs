@@ -46,7 +46,9 @@ pub enum NodeListError {
         node: String,
         reason: String,
     },
-    #[error("the nodes name different vhosts ({first:?} and {other:?}); a cluster's nodes share one")]
+    #[error(
+        "the nodes name different vhosts ({first:?} and {other:?}); a cluster's nodes share one"
+    )]
     MixedVhosts { first: String, other: String },
 }
 
@@ -424,11 +426,9 @@ impl Broker {
             .await;
         }
         if connection.status().connected() {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                connection.close(200, reason.into()),
-            )
-            .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), connection.close(200, reason.into()))
+                    .await;
         }
     }
 
@@ -441,10 +441,7 @@ impl Broker {
             .build()
     }
 
-    async fn open_link(
-        &self,
-        node: usize,
-    ) -> lapin::Result<(Arc<Connection>, JoinSet<()>, Link)> {
+    async fn open_link(&self, node: usize) -> lapin::Result<(Arc<Connection>, JoinSet<()>, Link)> {
         let config = &self.inner.config;
         let props =
             ConnectionProperties::default().with_connection_name(config.connection_name().into());
@@ -678,7 +675,10 @@ mod link_tests {
         async fn new(test: &str) -> Self {
             let management = std::env::var("RABBITMQ_MANAGEMENT_URL")
                 .unwrap_or_else(|_| "http://127.0.0.1:15672".into());
-            let name = format!("test-{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            let name = format!(
+                "test-{test}-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            );
             let http = reqwest::Client::new();
             for path in [
                 format!("/api/vhosts/{name}"),
@@ -730,7 +730,10 @@ mod link_tests {
     async fn wait_for(what: &str, wait: Duration, mut ok: impl FnMut() -> bool) {
         let deadline = Instant::now() + wait;
         while !ok() {
-            assert!(Instant::now() < deadline, "{what} did not happen within {wait:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen within {wait:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -10,8 +10,8 @@
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use lapin::options::ConfirmSelectOptions;
 use lapin::ConnectionProperties;
+use lapin::options::ConfirmSelectOptions;
 use messaging::deadletter;
 use messaging::topology::WORK_QUEUES;
 
