@@ -178,13 +178,17 @@ impl BrokerConfig {
     /// [`crate::config::CommonConfig::from_env`]; an entry that is not a URL here fails to
     /// connect and is logged, the other nodes still serve).
     pub fn new(url: &str, service: &str) -> Self {
-        let urls = node_urls(url).unwrap_or_else(|_| {
+        let mut urls = node_urls(url).unwrap_or_else(|_| {
             url.split(',')
                 .map(str::trim)
                 .filter(|u| !u.is_empty())
                 .map(str::to_owned)
                 .collect()
         });
+        if urls.is_empty() {
+            // Never an empty rotation: the one (bad) URL fails to connect and says why.
+            urls.push(url.to_owned());
+        }
         Self {
             urls,
             service: service.to_owned(),
@@ -634,6 +638,7 @@ mod tests {
     fn a_config_takes_every_node() {
         let config = BrokerConfig::new("amqp://a:1/v,amqp://b:2/v,amqp://c:3/v", "orders");
         assert_eq!(config.urls.len(), 3);
+        assert_eq!(BrokerConfig::new("", "orders").urls, [""]);
     }
 
     #[test]
