@@ -19,7 +19,7 @@ use crate::services::{Service, ServiceProc, Shared};
 
 /// The private broker of a run.
 pub enum Broker {
-    Single(BrokerNode),
+    Single(Box<BrokerNode>),
     Cluster(Cluster),
 }
 
@@ -124,7 +124,7 @@ impl System {
                 node.ports.epmd,
                 redis.port
             );
-            Broker::Single(node)
+            Broker::Single(Box::new(node))
         };
         let shared = Shared {
             amqp_url: broker.amqp_url(),
