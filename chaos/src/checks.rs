@@ -530,6 +530,8 @@ mod tests {
         connections: Vec<String>,
         consumers: Vec<(String, String, i64)>,
         actions: Vec<Done>,
+        expected_consumers: Vec<(String, String, i64)>,
+        expected_connections: Vec<String>,
     }
 
     fn queue(name: &str, ready: Option<i64>) -> QueueStats {
@@ -611,11 +613,13 @@ mod tests {
                 note: None,
                 error: None,
             }],
+            expected_consumers: vec![("orders_queue".into(), "orders.orders_queue".into(), 32)],
+            expected_connections: vec!["orders@h".into()],
         }
     }
 
-    fn check(world: &World) -> Vec<Check> {
-        let evidence = Evidence {
+    fn evidence(world: &World) -> Evidence<'_> {
+        Evidence {
             load: &world.load,
             products: &world.products,
             orders: &world.orders,
@@ -625,15 +629,18 @@ mod tests {
             work_queues: &["orders_queue", "products_queue"],
             connections: &world.connections,
             consumers: &world.consumers,
-            expected_consumers: &[("orders_queue".into(), "orders.orders_queue".into(), 32)],
-            expected_connections: &["orders@h".into()],
+            expected_consumers: &world.expected_consumers,
+            expected_connections: &world.expected_connections,
             actions: &world.actions,
             sink: None,
             ws: None,
             cluster_nodes: None,
             quorum_queues: &[],
-        };
-        run(&evidence).0
+        }
+    }
+
+    fn check(world: &World) -> Vec<Check> {
+        run(&evidence(world)).0
     }
 
     fn failed(world: &World) -> Vec<u8> {
@@ -763,25 +770,7 @@ mod tests {
         world.actions[0].killed_at = 1.1;
         world.actions[0].restarted_at = 3.0;
         world.actions[0].node = Some("a@h".into());
-        let evidence = Evidence {
-            load: &world.load,
-            products: &world.products,
-            orders: &world.orders,
-            stock: &world.stock,
-            tap: &world.tap,
-            queues: &world.queues,
-            work_queues: &[],
-            connections: &world.connections,
-            consumers: &world.consumers,
-            expected_consumers: &[],
-            expected_connections: &[],
-            actions: &world.actions,
-            sink: None,
-            ws: None,
-            cluster_nodes: None,
-            quorum_queues: &[],
-        };
-        let (_, figures) = run(&evidence);
+        let (_, figures) = run(&evidence(&world));
         let (from, gap) = figures.intake_gap.unwrap();
         assert!(
             (from - 1.2).abs() < 1e-9 && (gap - 3.5).abs() < 1e-9,

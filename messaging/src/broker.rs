@@ -724,6 +724,14 @@ mod link_tests {
         }
     }
 
+    /// A link to `url` run in a task of its own; cancel the token and await the task to stop it.
+    fn start(url: &str) -> (Broker, CancellationToken, tokio::task::JoinHandle<()>) {
+        let broker = Broker::new(BrokerConfig::new(url, "link-test"));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(broker.clone().run(stop.clone()));
+        (broker, stop, task)
+    }
+
     fn current(broker: &Broker) -> Option<Link> {
         broker.inner.link.borrow().clone()
     }
@@ -746,9 +754,7 @@ mod link_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failure_reported_late_on_an_old_link_does_not_tear_down_the_next() {
         let vhost = Vhost::new("late-failure").await;
-        let broker = Broker::new(BrokerConfig::new(&vhost.url("127.0.0.1"), "link-test"));
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(broker.clone().run(stop.clone()));
+        let (broker, stop, task) = start(&vhost.url("127.0.0.1"));
         assert!(broker.wait_connected(Duration::from_secs(10)).await);
         let old = current(&broker).expect("a link");
         // Two publishes on the same link fail one after the other: the first ends the link,
@@ -782,9 +788,7 @@ mod link_tests {
         let live = vhost.url("127.0.0.1");
         // Whichever node the random start picks, the live one is reached in the first round.
         for _ in 0..3 {
-            let broker = Broker::new(BrokerConfig::new(&format!("{dead},{live}"), "link-test"));
-            let stop = CancellationToken::new();
-            let task = tokio::spawn(broker.clone().run(stop.clone()));
+            let (broker, stop, task) = start(&format!("{dead},{live}"));
             assert!(broker.wait_connected(Duration::from_secs(3)).await);
             assert_eq!(broker.connected_node(), Some(node_label(&live)));
             assert_eq!(opened(&broker), 1);
@@ -799,9 +803,7 @@ mod link_tests {
         let vhost = Vhost::new("next-node").await;
         // One broker reached under two names: two "nodes" for the rotation.
         let (a, b) = (vhost.url("127.0.0.1"), vhost.url("localhost"));
-        let broker = Broker::new(BrokerConfig::new(&format!("{a},{b}"), "link-test"));
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(broker.clone().run(stop.clone()));
+        let (broker, stop, task) = start(&format!("{a},{b}"));
         assert!(broker.wait_connected(Duration::from_secs(10)).await);
         for round in 0..3 {
             let before = broker.connected_node().expect("connected");
