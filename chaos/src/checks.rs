@@ -65,6 +65,10 @@ pub struct Evidence<'a> {
     /// What the webhook sink and the ADMIN WebSocket client saw (when the webhook services run).
     pub sink: Option<&'a SinkReport>,
     pub ws: Option<&'a WsReport>,
+    /// On a cluster: the names of its nodes, every one of which must hold an online member of
+    /// every quorum queue (`quorum_queues`) at the end.
+    pub cluster_nodes: Option<&'a [String]>,
+    pub quorum_queues: &'a [&'a str],
 }
 
 const TERMINAL: [&str; 3] = ["CONFIRMED", "REJECTED", "CANCELLED"];
@@ -83,18 +87,96 @@ pub struct Figures {
     pub by_status: BTreeMap<String, usize>,
     /// One per broker kill: seconds to the next confirmation, `None` when none came.
     pub recovery: Vec<Option<f64>>,
+    /// The longest stretch of the load without an accepted order: (from, seconds).
+    pub intake_gap: Option<(f64, f64)>,
+    /// Per cluster node kill: (target, node, longest stretch without an accepted order while
+    /// the node was down or restarting, in seconds).
+    pub node_kill_gaps: Vec<(String, String, f64)>,
 }
 
 pub fn run(e: &Evidence) -> (Vec<Check>, Figures) {
     let mut figures = Figures::default();
-    let checks = vec![
+    let mut checks = vec![
         terminal(e, &mut figures),
         stock(e),
         events(e, &mut figures),
         broker(e),
         recovery(e, &mut figures),
     ];
+    if let Some(nodes) = e.cluster_nodes {
+        checks.push(quorum_members(e.queues, e.quorum_queues, nodes));
+    }
+    intake(e, &mut figures);
     (checks, figures)
+}
+
+/// The intake figures: measured and reported, never compared with a limit.
+fn intake(e: &Evidence, figures: &mut Figures) {
+    let times: Vec<f64> = {
+        let mut t: Vec<f64> = e
+            .load
+            .accepted
+            .values()
+            .map(|a| a.at.as_secs_f64())
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t
+    };
+    figures.intake_gap = crate::load::longest_intake_gap(e.load.accepted.values().map(|a| a.at));
+    for done in e.actions {
+        if let (Target::Node(_), Some(node)) = (done.action.target, &done.node) {
+            let (from, to) = (done.killed_at, done.restarted_at);
+            // Consecutive acceptances whose interval overlaps the node's absence.
+            let gap = times
+                .windows(2)
+                .filter(|w| w[1] >= from && w[0] <= to)
+                .map(|w| w[1] - w[0])
+                .fold(0.0, f64::max);
+            figures
+                .node_kill_gaps
+                .push((done.action.target.to_string(), node.clone(), gap));
+        }
+    }
+}
+
+/// Every quorum queue has a member on every node of the cluster, and all of them online.
+pub fn quorum_members(queues: &[QueueStats], names: &[&str], nodes: &[String]) -> Check {
+    let mut problems = Vec::new();
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    let want = sorted(nodes);
+    for name in names {
+        match queues.iter().find(|q| q.name == *name) {
+            None => problems.push(format!("{name} missing")),
+            Some(q) => {
+                let members = q.members.as_deref().map(sorted);
+                let online = q.online.as_deref().map(sorted);
+                if members.as_ref() != Some(&want) {
+                    problems.push(format!("{name} members {:?}", q.members));
+                }
+                if online.as_ref() != Some(&want) {
+                    problems.push(format!("{name} online {:?}", q.online));
+                }
+            }
+        }
+    }
+    Check {
+        number: 7,
+        name: "every quorum queue back to a member online on each of the three nodes",
+        passed: problems.is_empty(),
+        detail: if problems.is_empty() {
+            format!(
+                "{} queues, {} online members each",
+                names.len(),
+                nodes.len()
+            )
+        } else {
+            problems.join("; ")
+        },
+    }
 }
 
 fn terminal(e: &Evidence, figures: &mut Figures) -> Check {
@@ -388,6 +470,8 @@ fn recovery(e: &Evidence, figures: &mut Figures) -> Check {
     for (i, done) in e
         .actions
         .iter()
+        // Only whole-broker kills: with one cluster node down the saga goes on, and the node may
+        // come back after the load ended (the intake gaps measure node kills instead).
         .filter(|d| d.action.target == Target::Broker)
         .enumerate()
     {
@@ -446,6 +530,8 @@ mod tests {
         connections: Vec<String>,
         consumers: Vec<(String, String, i64)>,
         actions: Vec<Done>,
+        expected_consumers: Vec<(String, String, i64)>,
+        expected_connections: Vec<String>,
     }
 
     fn queue(name: &str, ready: Option<i64>) -> QueueStats {
@@ -454,6 +540,9 @@ mod tests {
             messages_ready: ready,
             messages_unacknowledged: Some(0),
             consumers: Some(1),
+            members: None,
+            online: None,
+            leader: None,
         }
     }
 
@@ -477,6 +566,7 @@ mod tests {
                     quantity: 2,
                     key: format!("k-{id}"),
                     attempts: 1,
+                    at: Duration::from_secs(1),
                 },
             );
             orders.insert(
@@ -519,14 +609,17 @@ mod tests {
                 killed_at: 1.0,
                 restarted_at: 9.0,
                 up_again: Some(up),
+                node: None,
                 note: None,
                 error: None,
             }],
+            expected_consumers: vec![("orders_queue".into(), "orders.orders_queue".into(), 32)],
+            expected_connections: vec!["orders@h".into()],
         }
     }
 
-    fn check(world: &World) -> Vec<Check> {
-        let evidence = Evidence {
+    fn evidence(world: &World) -> Evidence<'_> {
+        Evidence {
             load: &world.load,
             products: &world.products,
             orders: &world.orders,
@@ -536,13 +629,18 @@ mod tests {
             work_queues: &["orders_queue", "products_queue"],
             connections: &world.connections,
             consumers: &world.consumers,
-            expected_consumers: &[("orders_queue".into(), "orders.orders_queue".into(), 32)],
-            expected_connections: &["orders@h".into()],
+            expected_consumers: &world.expected_consumers,
+            expected_connections: &world.expected_connections,
             actions: &world.actions,
             sink: None,
             ws: None,
-        };
-        run(&evidence).0
+            cluster_nodes: None,
+            quorum_queues: &[],
+        }
+    }
+
+    fn check(world: &World) -> Vec<Check> {
+        run(&evidence(world)).0
     }
 
     fn failed(world: &World) -> Vec<u8> {
@@ -627,5 +725,58 @@ mod tests {
         let mut world = healthy();
         world.actions[0].up_again = Some(SystemTime::now());
         assert_eq!(failed(&world), vec![5]);
+    }
+
+    fn members(queue: &mut QueueStats, members: &[&str], online: &[&str]) {
+        let names = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
+        queue.members = names(members);
+        queue.online = names(online);
+    }
+
+    #[test]
+    fn a_quorum_queue_short_of_an_online_member_fails_check_7() {
+        let nodes: Vec<String> = ["a@h", "b@h", "c@h"].map(String::from).to_vec();
+        let mut queues = vec![
+            queue("orders_queue", Some(0)),
+            queue("orders_queue.dlq", Some(0)),
+        ];
+        for q in &mut queues {
+            members(q, &["c@h", "a@h", "b@h"], &["b@h", "a@h", "c@h"]);
+        }
+        let names = ["orders_queue", "orders_queue.dlq"];
+        assert!(quorum_members(&queues, &names, &nodes).passed);
+        let mut offline = queues.clone();
+        members(&mut offline[1], &["a@h", "b@h", "c@h"], &["a@h", "b@h"]);
+        assert!(!quorum_members(&offline, &names, &nodes).passed);
+        let mut short = queues.clone();
+        members(&mut short[0], &["a@h", "b@h"], &["a@h", "b@h"]);
+        assert!(!quorum_members(&short, &names, &nodes).passed);
+        let mut unknown = queues.clone();
+        unknown[0].members = None;
+        assert!(!quorum_members(&unknown, &names, &nodes).passed);
+        assert!(!quorum_members(&queues[..1], &names, &nodes).passed);
+    }
+
+    #[test]
+    fn the_intake_gap_around_a_node_kill_is_measured() {
+        let mut world = healthy();
+        let at = |s: f64| Duration::from_secs_f64(s);
+        for (i, t) in [0.5, 1.0, 1.2, 4.7, 5.0].into_iter().enumerate() {
+            let mut order = world.load.accepted["o1"].clone();
+            order.at = at(t);
+            world.load.accepted.insert(format!("x{i}"), order);
+        }
+        world.actions[0].action = "gateway-node@1+1".parse::<Action>().unwrap();
+        world.actions[0].killed_at = 1.1;
+        world.actions[0].restarted_at = 3.0;
+        world.actions[0].node = Some("a@h".into());
+        let (_, figures) = run(&evidence(&world));
+        let (from, gap) = figures.intake_gap.unwrap();
+        assert!(
+            (from - 1.2).abs() < 1e-9 && (gap - 3.5).abs() < 1e-9,
+            "{from} {gap}"
+        );
+        assert_eq!(figures.node_kill_gaps.len(), 1);
+        assert!((figures.node_kill_gaps[0].2 - 3.5).abs() < 1e-9);
     }
 }

@@ -89,9 +89,11 @@ impl Drop for EventTap {
     }
 }
 
+/// Connects to the broker: `amqp_url` may list a cluster's nodes, the first that answers serves.
 async fn connect(amqp_url: &str) -> lapin::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name("chaos-event-tap".into());
-    Connection::connect(amqp_url, props).await
+    let nodes: Vec<String> = amqp_url.split(',').map(|u| u.trim().to_owned()).collect();
+    messaging::broker::connect_any(&nodes, props).await
 }
 
 async fn declare(connection: &Connection) -> lapin::Result<()> {

@@ -1,13 +1,15 @@
-//! The chaos suite: the services run as separate processes against a private RabbitMQ node and
-//! a private Redis; a bounded load of `POST /orders` runs while the broker, Redis and services
-//! are SIGKILLed and restarted on a schedule; then the harness waits for quiescence and checks
-//! that nothing accepted was lost, left pending or applied twice.
+//! The chaos suite: the services run as separate processes against a private RabbitMQ node (or,
+//! with `--cluster`, a private three-node cluster) and a private Redis; a bounded load of
+//! `POST /orders` runs while the broker (or one cluster node at a time), Redis and services are
+//! SIGKILLed and restarted on a schedule; then the harness waits for quiescence and checks that
+//! nothing accepted was lost, left pending or applied twice.
 //!
 //! `cargo run -p chaos -- --help` for the options; `chaos/tests/chaos.rs` runs it with the CI
 //! defaults as part of `cargo test --workspace`. Everything it starts is killed when the run
 //! ends, passed, failed or panicked (see [`processes`]).
 
 pub mod checks;
+pub mod cluster;
 pub mod events;
 pub mod load;
 pub mod management;
@@ -32,6 +34,7 @@ use messaging::topology::{ORDERS_INTAKE_QUEUE, ORDERS_QUEUE, PRODUCTS_QUEUE, WEB
 
 use crate::events::{EventTap, TAP_QUEUE};
 use crate::management::Management;
+use crate::schedule::Target;
 use crate::services::Service;
 use crate::system::{System, SystemOptions};
 
@@ -52,10 +55,16 @@ pub struct Options {
     #[arg(long, default_value_t = 5)]
     pub products: usize,
     /// Kill schedule: target@at+down in seconds from the start of the load, comma-separated.
-    /// Targets: broker, redis, gateway, orders, products, webhook-publisher, notifier.
+    /// Targets: broker, redis, gateway, orders, products, webhook-publisher, notifier; with
+    /// --cluster node1, node2, node3, gateway-node (the gateway's node), leader-node (the node
+    /// leading orders_queue) instead of broker.
     /// Default: the CI schedule (without the webhook-publisher kill under --no-webhooks).
     #[arg(long)]
     pub schedule: Option<String>,
+    /// Run against a private three-node RabbitMQ cluster (quorum queues on every node) and kill
+    /// single nodes instead of the whole broker.
+    #[arg(long)]
+    pub cluster: bool,
     /// Run the saga only: no webhook publisher, notifier, webhook sink or WebSocket client.
     #[arg(long)]
     pub no_webhooks: bool,
@@ -92,7 +101,7 @@ impl Options {
     /// The command line that reproduces this run.
     pub fn command(&self) -> String {
         format!(
-            "cargo run -p chaos -- --orders {} --duration {} --concurrency {} --products {} --schedule {}{}",
+            "cargo run -p chaos -- --orders {} --duration {} --concurrency {} --products {} --schedule {}{}{}",
             self.orders,
             self.duration,
             self.concurrency,
@@ -102,16 +111,19 @@ impl Options {
                 " --no-webhooks"
             } else {
                 ""
-            }
+            },
+            if self.cluster { " --cluster" } else { "" }
         )
     }
 
     /// The kill schedule of this run.
     pub fn schedule(&self) -> String {
-        match (&self.schedule, self.no_webhooks) {
-            (Some(s), _) => s.clone(),
-            (None, false) => schedule::CI_SCHEDULE.to_owned(),
-            (None, true) => schedule::SAGA_SCHEDULE.to_owned(),
+        match (&self.schedule, self.no_webhooks, self.cluster) {
+            (Some(s), _, _) => s.clone(),
+            (None, false, false) => schedule::CI_SCHEDULE.to_owned(),
+            (None, true, false) => schedule::SAGA_SCHEDULE.to_owned(),
+            (None, false, true) => schedule::CLUSTER_SCHEDULE.to_owned(),
+            (None, true, true) => schedule::CLUSTER_SAGA_SCHEDULE.to_owned(),
         }
     }
 
@@ -142,12 +154,22 @@ pub async fn run(options: Options) -> Result<Outcome> {
     let actions = schedule::parse(&options.schedule())?;
     let services = options.services();
     for action in &actions {
-        if let schedule::Target::Service(s) = action.target {
-            anyhow::ensure!(
+        match action.target {
+            Target::Service(s) => anyhow::ensure!(
                 services.contains(&s),
                 "the schedule kills {}, which is not part of this run",
                 s.name()
-            );
+            ),
+            Target::Broker => anyhow::ensure!(
+                !options.cluster,
+                "`broker` kills the single node; on a cluster kill node1…node3, gateway-node or leader-node"
+            ),
+            Target::Node(_) => anyhow::ensure!(
+                options.cluster,
+                "{} is a cluster node: add --cluster",
+                action.target
+            ),
+            Target::Redis => {}
         }
     }
     let temp = match &options.dir {
@@ -187,11 +209,12 @@ pub async fn run(options: Options) -> Result<Outcome> {
             jwt_secret: tokens.secret().to_owned(),
             webhook_secret: messaging::signature::Secret::generate().expose().to_owned(),
             services: services.clone(),
+            cluster: options.cluster,
         },
         http.clone(),
     )
     .await?;
-    let tap = EventTap::start(&system.node.amqp_url())
+    let tap = EventTap::start(&system.broker.amqp_url())
         .await
         .context("start the event tap")?;
     // The webhook sink (subscribed like any endpoint) and an ADMIN WebSocket client.
@@ -257,7 +280,7 @@ pub async fn run(options: Options) -> Result<Outcome> {
     );
 
     // Quiescence.
-    let mgmt = Management::new(&system.node.management_url(), http.clone());
+    let mgmt = system.broker.management(http.clone());
     let host = messaging::config::hostname();
     let expected_connections: Vec<String> = system
         .services
@@ -270,12 +293,23 @@ pub async fn run(options: Options) -> Result<Outcome> {
         work_queues.push(WEBHOOKS_QUEUE);
     }
     let quiesce_started = Instant::now();
+    // On a cluster, the quorum queues whose members must all be back online.
+    let mut quorum_queues: Vec<String> = messaging::topology::WORK_QUEUES
+        .iter()
+        .flat_map(|q| [q.to_string(), messaging::topology::dlq(q)])
+        .collect();
+    quorum_queues.push(TAP_QUEUE.to_owned());
+    let quorum_queues: Vec<&str> = quorum_queues.iter().map(String::as_str).collect();
+    let cluster_nodes = system.broker.cluster().map(cluster::Cluster::node_names);
     let settled = wait_quiescent(
         &system,
         &mgmt,
         &load,
         &work_queues,
         &expected_connections,
+        cluster_nodes
+            .as_deref()
+            .map(|nodes| (nodes, quorum_queues.as_slice())),
         Duration::from_secs(options.quiesce_timeout),
     )
     .await;
@@ -329,6 +363,8 @@ pub async fn run(options: Options) -> Result<Outcome> {
         actions: &done,
         sink: sink.as_ref(),
         ws: ws.as_ref(),
+        cluster_nodes: cluster_nodes.as_deref(),
+        quorum_queues: &quorum_queues,
     };
     let (mut checks, figures) = checks::run(&evidence);
     for d in &done {
@@ -398,14 +434,16 @@ pub async fn run(options: Options) -> Result<Outcome> {
 }
 
 /// Waits until every accepted order is decided, the outboxes are empty, the work queues and the
-/// tap queue are drained and every service is connected, three polls in a row (the
-/// management API's counts lag a little), at most `timeout`.
+/// tap queue are drained, every service is connected and (on a cluster) every quorum queue has
+/// an online member on every node, three polls in a row (the management API's counts lag a
+/// little), at most `timeout`.
 async fn wait_quiescent(
     system: &System,
     mgmt: &Management,
     load: &load::LoadOutcome,
     work_queues: &[&str],
     expected_connections: &[String],
+    cluster: Option<(&[String], &[&str])>,
     timeout: Duration,
 ) -> bool {
     let deadline = Instant::now() + timeout;
@@ -459,7 +497,24 @@ async fn wait_quiescent(
         } else {
             0
         };
-        if pending == 0 && outboxes == 0 && busy == 0 && missing == 0 && deliveries == 0 {
+        let degraded = match cluster {
+            Some((nodes, names)) => {
+                let check = checks::quorum_members(&queues, names, nodes);
+                if check.passed {
+                    0
+                } else {
+                    check.detail.matches(';').count() + 1
+                }
+            }
+            None => 0,
+        };
+        if pending == 0
+            && outboxes == 0
+            && busy == 0
+            && missing == 0
+            && deliveries == 0
+            && degraded == 0
+        {
             calm += 1;
             if calm >= 3 {
                 return true;
@@ -468,7 +523,7 @@ async fn wait_quiescent(
             calm = 0;
             if last_report.elapsed() >= Duration::from_secs(10) {
                 println!(
-                    "chaos: waiting for quiescence: {pending} orders pending, {outboxes} in outboxes, {busy} in queues, {deliveries} webhook deliveries pending, {missing} connections missing"
+                    "chaos: waiting for quiescence: {pending} orders pending, {outboxes} in outboxes, {busy} in queues, {deliveries} webhook deliveries pending, {missing} connections missing, {degraded} quorum member problems"
                 );
                 last_report = Instant::now();
             }

@@ -68,6 +68,8 @@ pub struct Accepted {
     pub key: String,
     /// How many requests it took.
     pub attempts: u32,
+    /// When the 202 came, since the start of the load.
+    pub at: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -243,6 +245,7 @@ pub async fn run(
                 });
                 match client.place(&key, token, &body).await {
                     Placed::Accepted { order_id, attempts } => {
+                        let accepted_at = started.elapsed();
                         if replay {
                             client.counters.replays.fetch_add(1, Ordering::Relaxed);
                             if let Placed::Accepted {
@@ -262,6 +265,7 @@ pub async fn run(
                                 quantity,
                                 key,
                                 attempts,
+                                at: accepted_at,
                             },
                         );
                     }
@@ -372,5 +376,47 @@ impl Client {
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
         Placed::GaveUp
+    }
+}
+
+/// The longest stretch of the load without a new 202: `(start, length)` in seconds since the
+/// start of the load, between two acceptances (or the start of the load and the first one).
+/// `None` without any accepted order.
+pub fn longest_intake_gap(times: impl IntoIterator<Item = Duration>) -> Option<(f64, f64)> {
+    let mut times: Vec<f64> = times.into_iter().map(|t| t.as_secs_f64()).collect();
+    if times.is_empty() {
+        return None;
+    }
+    times.sort_by(f64::total_cmp);
+    let mut best = (0.0, times[0]);
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        if gap > best.1 {
+            best = (pair[0], gap);
+        }
+    }
+    Some(best)
+}
+
+#[cfg(test)]
+mod gap_tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_gap_is_found_wherever_it_is() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|m| Duration::from_millis(*m))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(longest_intake_gap(ms(&[])), None);
+        assert_eq!(longest_intake_gap(ms(&[500])), Some((0.0, 0.5)));
+        let (from, len) = longest_intake_gap(ms(&[100, 200, 4200, 4300, 300])).unwrap();
+        assert!(
+            (from - 0.3).abs() < 1e-9 && (len - 3.9).abs() < 1e-9,
+            "{from} {len}"
+        );
+        let (from, len) = longest_intake_gap(ms(&[3000, 3100])).unwrap();
+        assert!(from == 0.0 && (len - 3.0).abs() < 1e-9);
     }
 }

@@ -1,5 +1,7 @@
-//! The private node's management HTTP API, as an operator would read it: queue counts and the
-//! names of the connected clients.
+//! The private node's (or cluster's) management HTTP API, as an operator would read it: queue
+//! counts, quorum members, the names of the connected clients and the nodes they are on. For a
+//! cluster every node's API is known, and a call goes to the first node that answers (one of
+//! them may be down on purpose).
 
 use anyhow::Result;
 use serde::Deserialize;
@@ -12,6 +14,13 @@ pub struct QueueStats {
     pub messages_ready: Option<i64>,
     pub messages_unacknowledged: Option<i64>,
     pub consumers: Option<i64>,
+    /// Quorum queues: the nodes holding a member, those whose member is online, the leader.
+    #[serde(default)]
+    pub members: Option<Vec<String>>,
+    #[serde(default)]
+    pub online: Option<Vec<String>>,
+    #[serde(default)]
+    pub leader: Option<String>,
 }
 
 impl QueueStats {
@@ -22,32 +31,71 @@ impl QueueStats {
 }
 
 pub struct Management {
-    base: String,
+    bases: Vec<String>,
     http: reqwest::Client,
 }
 
 impl Management {
     pub fn new(base: &str, http: reqwest::Client) -> Self {
+        Self::any(vec![base.to_owned()], http)
+    }
+
+    /// The API of several nodes of one cluster: each call is tried on them in order.
+    pub fn any(bases: Vec<String>, http: reqwest::Client) -> Self {
         Self {
-            base: base.trim_end_matches('/').to_owned(),
+            bases: bases
+                .into_iter()
+                .map(|b| b.trim_end_matches('/').to_owned())
+                .collect(),
             http,
         }
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await?;
-        Ok(response.error_for_status()?.json().await?)
+        let mut last = None;
+        for base in &self.bases {
+            let response = self
+                .http
+                .get(format!("{base}{path}"))
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await;
+            match response.and_then(|r| r.error_for_status()) {
+                Ok(r) => return Ok(r.json().await?),
+                Err(e) => last = Some(e),
+            }
+        }
+        match last {
+            Some(e) => Err(e.into()),
+            None => anyhow::bail!("no management API to ask"),
+        }
     }
 
-    /// Every queue of the default vhost with its counts.
+    /// Every queue of the default vhost with its counts (and quorum members).
     pub async fn queues(&self) -> Result<Vec<QueueStats>> {
-        self.get("/api/queues/%2f?columns=name,messages_ready,messages_unacknowledged,consumers")
+        self.get("/api/queues/%2f?columns=name,messages_ready,messages_unacknowledged,consumers,members,online,leader")
             .await
+    }
+
+    /// The names of the cluster's nodes that run.
+    pub async fn running_nodes(&self) -> Result<Vec<String>> {
+        let all: Vec<serde_json::Value> = self.get("/api/nodes?columns=name,running").await?;
+        Ok(all
+            .iter()
+            .filter(|n| n["running"].as_bool() == Some(true))
+            .filter_map(|n| n["name"].as_str())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// The node the client named `connection_name` is connected to.
+    pub async fn node_of_connection(&self, connection_name: &str) -> Result<Option<String>> {
+        let all: Vec<serde_json::Value> = self.get("/api/connections").await?;
+        Ok(all
+            .iter()
+            .find(|c| c["client_properties"]["connection_name"].as_str() == Some(connection_name))
+            .and_then(|c| c["node"].as_str())
+            .map(str::to_owned))
     }
 
     /// Every consumer: (queue, consumer tag, prefetch).

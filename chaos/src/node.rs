@@ -56,19 +56,39 @@ impl NodePorts {
     }
 }
 
+/// What sets a node apart beyond its ports: its name, extra `rabbitmq.conf` lines (a cluster's
+/// peer discovery) and whether it runs an epmd of its own (a cluster's nodes share one, which
+/// the cluster starts).
+#[derive(Debug, Clone)]
+pub struct NodeSetup {
+    pub name: String,
+    pub extra_conf: Vec<String>,
+    pub own_epmd: bool,
+}
+
 pub struct BrokerNode {
     pub ports: NodePorts,
     pub node_name: String,
     dir: PathBuf,
-    epmd: Proc,
+    epmd: Option<Proc>,
     server: Proc,
     /// When the node last started accepting AMQP connections.
     pub up_since: Option<(Instant, SystemTime)>,
 }
 
 impl BrokerNode {
-    /// Writes the node's configuration under `dir` (nothing is started yet).
+    /// Writes the configuration of a standalone node under `dir` (nothing is started yet).
     pub fn init(dir: &Path, ports: NodePorts) -> Result<Self, NodeError> {
+        let setup = NodeSetup {
+            name: format!("chaos{}@localhost", ports.amqp),
+            extra_conf: Vec::new(),
+            own_epmd: true,
+        };
+        Self::init_with(dir, ports, setup)
+    }
+
+    /// Writes the node's configuration under `dir` (nothing is started yet).
+    pub fn init_with(dir: &Path, ports: NodePorts, setup: NodeSetup) -> Result<Self, NodeError> {
         let io = |path: &Path| {
             let path = path.display().to_string();
             move |source| NodeError::Dir { path, source }
@@ -85,6 +105,9 @@ impl BrokerNode {
             "collect_statistics_interval = 1000".into(),
             shipped_settings(),
         ]
+        .into_iter()
+        .chain(setup.extra_conf)
+        .collect::<Vec<_>>()
         .join("\n");
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
@@ -95,7 +118,7 @@ impl BrokerNode {
         // Must exist, or /etc/rabbitmq/rabbitmq-env.conf is read.
         write("rabbitmq-env.conf", "")?;
 
-        let node_name = format!("chaos{}@localhost", ports.amqp);
+        let node_name = setup.name;
         let d = |p: &str| dir.join(p).display().to_string();
         let env: BTreeMap<String, String> = [
             ("RABBITMQ_NODENAME", node_name.clone()),
@@ -120,18 +143,9 @@ impl BrokerNode {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        let epmd = Proc::new(Spec {
-            name: "epmd".into(),
-            program: "epmd".into(),
-            args: vec![
-                "-port".into(),
-                ports.epmd.to_string(),
-                "-address".into(),
-                "127.0.0.1".into(),
-            ],
-            env: [("ERL_EPMD_PORT".to_owned(), ports.epmd.to_string())].into(),
-            log: dir.join("epmd.log"),
-        });
+        let epmd = setup
+            .own_epmd
+            .then(|| epmd_process(ports.epmd, &dir.join("epmd.log")));
         let server = Proc::new(Spec {
             name: "rabbitmq".into(),
             program: SERVER.into(),
@@ -160,9 +174,8 @@ impl BrokerNode {
     /// Starts the node (and its epmd, the first time) and waits until it accepts AMQP
     /// connections and its management API listens. Returns when it started accepting.
     pub async fn start(&mut self) -> Result<(Instant, SystemTime), NodeError> {
-        if !self.epmd.is_running() {
-            self.epmd.start()?;
-            processes::wait_listening("epmd", self.ports.epmd, Duration::from_secs(10)).await?;
+        if let Some(epmd) = &mut self.epmd {
+            start_epmd(epmd, self.ports.epmd).await?;
         }
         let _ = std::fs::remove_file(self.dir.join("node.pid"));
         let started = Instant::now();
@@ -189,6 +202,31 @@ impl BrokerNode {
     }
 }
 
+/// An epmd on 127.0.0.1:`port` (not started yet).
+pub fn epmd_process(port: u16, log: &Path) -> Proc {
+    Proc::new(Spec {
+        name: "epmd".into(),
+        program: "epmd".into(),
+        args: vec![
+            "-port".into(),
+            port.to_string(),
+            "-address".into(),
+            "127.0.0.1".into(),
+        ],
+        env: [("ERL_EPMD_PORT".to_owned(), port.to_string())].into(),
+        log: log.to_path_buf(),
+    })
+}
+
+/// Starts `epmd` unless it runs, and waits until it listens.
+pub async fn start_epmd(epmd: &mut Proc, port: u16) -> Result<(), NodeError> {
+    if !epmd.is_running() {
+        epmd.start()?;
+        processes::wait_listening("epmd", port, Duration::from_secs(10)).await?;
+    }
+    Ok(())
+}
+
 /// The lines of compose's `rabbitmq.conf` other than `load_definitions`.
 fn shipped_settings() -> String {
     SHIPPED_CONF
@@ -202,13 +240,39 @@ impl Drop for BrokerNode {
     fn drop(&mut self) {
         // The node first, then its epmd (the node would re-register with a new one).
         self.server.kill();
-        self.epmd.kill();
+        if let Some(epmd) = &mut self.epmd {
+            epmd.kill();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// compose.cluster.yaml's nodes get `cluster.conf` instead of `rabbitmq.conf`: it must keep
+    /// every other setting, so that the cluster runs as configured as the single node.
+    #[test]
+    fn the_cluster_config_keeps_every_shipped_setting() {
+        let cluster = include_str!("../../deploy/rabbitmq/cluster.conf");
+        let settings = |text: &str| -> Vec<String> {
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect()
+        };
+        let cluster = settings(cluster);
+        for line in settings(&shipped_settings()) {
+            assert!(cluster.contains(&line), "cluster.conf lacks {line:?}");
+        }
+        assert!(!cluster.iter().any(|l| l.starts_with("load_definitions")));
+        let names: Vec<&String> = cluster
+            .iter()
+            .filter(|l| l.starts_with("cluster_formation.classic_config.nodes."))
+            .collect();
+        assert_eq!(names.len(), crate::cluster::SIZE, "{names:?}");
+    }
 
     #[test]
     fn the_node_gets_the_shipped_settings_but_not_the_definitions() {

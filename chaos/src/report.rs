@@ -32,6 +32,9 @@ impl Summary<'_> {
             .iter()
             .map(|d| {
                 let mut s = format!("{} at {:.0}s", d.action.target, d.killed_at);
+                if let Some(node) = &d.node {
+                    s.push_str(&format!(" [{node}]"));
+                }
                 if let Some(note) = &d.note {
                     s.push_str(&format!(" ({note})"));
                 }
@@ -74,6 +77,25 @@ impl Summary<'_> {
             ("duplicated", self.figures.duplicated.to_string()),
             ("stuck", self.figures.stuck.to_string()),
             ("recovery per broker kill", recovery),
+            (
+                "longest stretch without a 202",
+                self.figures.intake_gap.map_or("–".into(), |(from, gap)| {
+                    format!("{gap:.1} s (from t={from:.1} s)")
+                }),
+            ),
+            (
+                "… around each node kill (target ≤ 5 s)",
+                if self.figures.node_kill_gaps.is_empty() {
+                    "–".into()
+                } else {
+                    self.figures
+                        .node_kill_gaps
+                        .iter()
+                        .map(|(target, node, gap)| format!("{target} {node}: {gap:.1} s"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            ),
             ("events seen by the tap", self.tap_deliveries.to_string()),
             (
                 "load / quiescence / total",

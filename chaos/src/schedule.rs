@@ -1,9 +1,11 @@
 //! The kill schedule: what is SIGKILLed when, and how long it stays down.
 //!
 //! Written as `target@at+down`, seconds from the start of the load, comma-separated, e.g.
-//! `broker@8+3,orders@18+2,redis@24+1,broker@30+3,products@42+2`. Targets: `broker`, `redis`,
-//! and the services by binary name. Actions run one after the other: one that is due while the
-//! previous is still restarting (a broker takes 7–8 s) runs right after it.
+//! `broker@8+3,orders@18+2,redis@24+1,broker@30+3,products@42+2`. Targets: `broker` (the single
+//! node), `redis`, the services by binary name, and on a cluster (`--cluster`) one node:
+//! `node1`…`node3`, `gateway-node` (the node the gateway is connected to when the kill is due)
+//! or `leader-node` (the node leading `orders_queue` then). Actions run one after the other: one
+//! that is due while the previous is still restarting (a broker takes 7–10 s) runs right after it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,15 +15,32 @@ use crate::services::Service;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
+    /// The single broker node.
     Broker,
+    /// One node of the cluster.
+    Node(NodePick),
     Redis,
     Service(Service),
+}
+
+/// Which cluster node a kill hits, decided when the kill is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodePick {
+    /// By position, 0-based (`node1` is 0).
+    Index(usize),
+    /// The node the gateway's connection is on.
+    OfGateway,
+    /// The node leading `orders_queue`.
+    Leader,
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Broker => f.write_str("broker"),
+            Target::Node(NodePick::Index(i)) => write!(f, "node{}", i + 1),
+            Target::Node(NodePick::OfGateway) => f.write_str("gateway-node"),
+            Target::Node(NodePick::Leader) => f.write_str("leader-node"),
             Target::Redis => f.write_str("redis"),
             Target::Service(s) => f.write_str(s.name()),
         }
@@ -39,7 +58,7 @@ pub struct Action {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "kill {0:?} is not target@seconds+seconds (targets: broker, redis, gateway, orders, products)"
+    "kill {0:?} is not target@seconds+seconds (targets: broker, redis, gateway, orders, products, webhook-publisher, notifier; on a cluster node1, node2, node3, gateway-node, leader-node)"
 )]
 pub struct ParseActionError(String);
 
@@ -53,6 +72,15 @@ impl FromStr for Action {
         let target = match target {
             "broker" => Target::Broker,
             "redis" => Target::Redis,
+            "gateway-node" => Target::Node(NodePick::OfGateway),
+            "leader-node" => Target::Node(NodePick::Leader),
+            node if node.starts_with("node") => {
+                let n: usize = node["node".len()..].parse().map_err(|_| err())?;
+                if !(1..=crate::cluster::SIZE).contains(&n) {
+                    return Err(err());
+                }
+                Target::Node(NodePick::Index(n - 1))
+            }
             other => Target::Service(Service::parse(other).ok_or_else(err)?),
         };
         let secs = |v: &str| {
@@ -89,6 +117,13 @@ pub const CI_SCHEDULE: &str =
     "broker@8+3,orders@18+2,redis@24+1,broker@30+3,products@42+2,webhook-publisher@50+2";
 /// The same without the webhook services (`--no-webhooks`).
 pub const SAGA_SCHEDULE: &str = "broker@8+3,orders@18+2,redis@24+1,broker@30+3,products@42+2";
+/// The CI schedule on a cluster (`--cluster`): the node the gateway is on, then the node leading
+/// the intake queue, instead of the whole broker; the same Redis and service kills.
+pub const CLUSTER_SCHEDULE: &str =
+    "gateway-node@8+3,orders@18+2,redis@24+1,leader-node@30+3,products@42+2,webhook-publisher@50+2";
+/// The cluster schedule without the webhook services.
+pub const CLUSTER_SAGA_SCHEDULE: &str =
+    "gateway-node@8+3,orders@18+2,redis@24+1,leader-node@30+3,products@42+2";
 
 pub fn parse(schedule: &str) -> Result<Vec<Action>, ParseActionError> {
     let mut actions: Vec<Action> = schedule
@@ -109,6 +144,8 @@ pub struct Done {
     pub restarted_at: f64,
     /// For the broker: when it accepted connections again.
     pub up_again: Option<SystemTime>,
+    /// For a cluster node: the node that was killed.
+    pub node: Option<String>,
     /// What the target was doing when it was killed (e.g. deliveries waiting for a retry).
     pub note: Option<String>,
     pub error: Option<String>,
@@ -133,6 +170,25 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_schedule_parses() {
+        let actions = parse(CLUSTER_SCHEDULE).unwrap();
+        assert_eq!(actions.len(), 6);
+        assert_eq!(actions[0].target, Target::Node(NodePick::OfGateway));
+        assert_eq!(actions[3].target, Target::Node(NodePick::Leader));
+        assert_eq!(
+            "node2@5+1".parse::<Action>().unwrap().target,
+            Target::Node(NodePick::Index(1))
+        );
+        for action in parse(CLUSTER_SAGA_SCHEDULE).unwrap() {
+            assert!(actions.contains(&action), "{action}");
+        }
+        // Display and parse agree.
+        for action in actions {
+            assert_eq!(action.to_string().parse::<Action>().unwrap(), action);
+        }
+    }
+
+    #[test]
     fn bad_actions_are_refused() {
         for bad in [
             "broker",
@@ -141,6 +197,10 @@ mod tests {
             "mongo@1+1",
             "broker@x+1",
             "redis@-1+1",
+            "node0@1+1",
+            "node4@1+1",
+            "nodex@1+1",
+            "leader@1+1",
         ] {
             assert!(bad.parse::<Action>().is_err(), "{bad}");
         }

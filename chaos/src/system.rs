@@ -1,5 +1,6 @@
-//! Everything the harness runs: the private broker node, the private Redis and the services.
-//! Dropping it kills every process group it started (services first, the broker's epmd last).
+//! Everything the harness runs: the private broker (one node, or a three-node cluster), the
+//! private Redis and the services. Dropping it kills every process group it started (services
+//! first, the broker's epmd last).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,17 +9,59 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tracing::{info, warn};
 
+use crate::cluster::Cluster;
+use crate::management::Management;
 use crate::node::{BrokerNode, NodePorts};
 use crate::processes::{self, free_port};
 use crate::redis::RedisServer;
-use crate::schedule::{Action, Done, Target};
+use crate::schedule::{Action, Done, NodePick, Target};
 use crate::services::{Service, ServiceProc, Shared};
+
+/// The private broker of a run.
+pub enum Broker {
+    Single(Box<BrokerNode>),
+    Cluster(Cluster),
+}
+
+impl Broker {
+    /// `AMQP_URL` of the services (every node of a cluster).
+    pub fn amqp_url(&self) -> String {
+        match self {
+            Broker::Single(node) => node.amqp_url(),
+            Broker::Cluster(cluster) => cluster.amqp_urls(),
+        }
+    }
+
+    pub fn management(&self, http: reqwest::Client) -> Management {
+        match self {
+            Broker::Single(node) => Management::new(&node.management_url(), http),
+            Broker::Cluster(cluster) => cluster.management(http),
+        }
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        match self {
+            Broker::Single(node) => {
+                let p = node.ports;
+                vec![p.amqp, p.management, p.dist, p.epmd]
+            }
+            Broker::Cluster(cluster) => cluster.ports(),
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        match self {
+            Broker::Single(_) => None,
+            Broker::Cluster(cluster) => Some(cluster),
+        }
+    }
+}
 
 pub struct System {
     // Field order is drop order: services go before what they depend on.
     pub services: BTreeMap<Service, ServiceProc>,
     pub redis: RedisServer,
-    pub node: BrokerNode,
+    pub broker: Broker,
     pub http: reqwest::Client,
 }
 
@@ -31,6 +74,8 @@ pub struct SystemOptions {
     pub webhook_secret: String,
     /// Which services run, in start order.
     pub services: Vec<Service>,
+    /// A three-node cluster instead of one broker node.
+    pub cluster: bool,
 }
 
 impl System {
@@ -41,25 +86,48 @@ impl System {
         options: &SystemOptions,
         http: reqwest::Client,
     ) -> Result<Self> {
-        let mut node = BrokerNode::init(&run_dir.join("rabbitmq"), NodePorts::free()?)?;
         let mut redis = RedisServer::new(&run_dir.join("redis"), free_port()?)?;
         redis.start().await?;
         let started = Instant::now();
-        node.start()
-            .await
-            .context("start the private broker node")?;
-        println!(
-            "broker node {} up in {:.1} s (AMQP {}, management {}, dist {}, epmd {}); redis on {}",
-            node.node_name,
-            started.elapsed().as_secs_f64(),
-            node.ports.amqp,
-            node.ports.management,
-            node.ports.dist,
-            node.ports.epmd,
-            redis.port
-        );
+        let broker = if options.cluster {
+            let mut cluster = Cluster::init(&run_dir.join("rabbitmq"))?;
+            cluster
+                .start()
+                .await
+                .context("start the private broker cluster")?;
+            for node in &cluster.nodes {
+                println!(
+                    "cluster node {} (AMQP {}, management {}, dist {})",
+                    node.node_name, node.ports.amqp, node.ports.management, node.ports.dist
+                );
+            }
+            println!(
+                "broker cluster of {} nodes formed in {:.1} s (epmd {}); redis on {}",
+                cluster.nodes.len(),
+                started.elapsed().as_secs_f64(),
+                cluster.epmd_port,
+                redis.port
+            );
+            Broker::Cluster(cluster)
+        } else {
+            let mut node = BrokerNode::init(&run_dir.join("rabbitmq"), NodePorts::free()?)?;
+            node.start()
+                .await
+                .context("start the private broker node")?;
+            println!(
+                "broker node {} up in {:.1} s (AMQP {}, management {}, dist {}, epmd {}); redis on {}",
+                node.node_name,
+                started.elapsed().as_secs_f64(),
+                node.ports.amqp,
+                node.ports.management,
+                node.ports.dist,
+                node.ports.epmd,
+                redis.port
+            );
+            Broker::Single(Box::new(node))
+        };
         let shared = Shared {
-            amqp_url: node.amqp_url(),
+            amqp_url: broker.amqp_url(),
             redis_url: redis.url(),
             redis_prefix: "chaos:".into(),
             order_deadline_ms: options.order_deadline_ms,
@@ -82,7 +150,7 @@ impl System {
         let mut system = Self {
             services,
             redis,
-            node,
+            broker,
             http,
         };
         let http = system.http.clone();
@@ -120,12 +188,29 @@ impl System {
         println!("[{killed_at:6.1}s] SIGKILL {}", action.target);
         let mut up_again = None;
         let mut note = None;
+        let mut killed_node = None;
         let result: Result<()> = async {
             match action.target {
                 Target::Broker => {
-                    self.node.sigkill().await?;
+                    let Broker::Single(node) = &mut self.broker else {
+                        anyhow::bail!("`broker` kills the single node; on a cluster kill node1…node3, gateway-node or leader-node");
+                    };
+                    node.sigkill().await?;
                     tokio::time::sleep(action.down).await;
-                    let (_, at) = self.node.start().await?;
+                    let (_, at) = node.start().await?;
+                    up_again = Some(at);
+                }
+                Target::Node(pick) => {
+                    let i = self.pick_node(pick).await?;
+                    let Broker::Cluster(cluster) = &mut self.broker else {
+                        anyhow::bail!("no cluster");
+                    };
+                    let name = cluster.nodes[i].node_name.clone();
+                    println!("[{:6.1}s]   {} is {name}", since(Instant::now()), action.target);
+                    killed_node = Some(name);
+                    cluster.sigkill(i).await?;
+                    tokio::time::sleep(action.down).await;
+                    let (_, at) = cluster.restart(i).await?;
                     up_again = Some(at);
                 }
                 Target::Redis => {
@@ -173,8 +258,44 @@ impl System {
             killed_at,
             restarted_at,
             up_again,
+            node: killed_node,
             note,
             error,
+        }
+    }
+
+    /// The index of the cluster node `pick` names now (polls the management API, whose view
+    /// of connections and leaders may lag a little, for at most 15 s).
+    async fn pick_node(&self, pick: NodePick) -> Result<usize> {
+        let Broker::Cluster(cluster) = &self.broker else {
+            anyhow::bail!("`{}` needs a cluster (--cluster)", Target::Node(pick));
+        };
+        if let NodePick::Index(i) = pick {
+            anyhow::ensure!(i < cluster.nodes.len(), "the cluster has no node {}", i + 1);
+            return Ok(i);
+        }
+        let mgmt = cluster.management(self.http.clone());
+        let gateway = format!("gateway@{}", messaging::config::hostname());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let node = match pick {
+                NodePick::OfGateway => mgmt.node_of_connection(&gateway).await.ok().flatten(),
+                _ => mgmt.queues().await.ok().and_then(|queues| {
+                    queues
+                        .into_iter()
+                        .find(|q| q.name == messaging::topology::ORDERS_QUEUE)
+                        .and_then(|q| q.leader)
+                }),
+            };
+            if let Some(i) = node.as_deref().and_then(|n| cluster.index_of(n)) {
+                return Ok(i);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the management API did not tell which node is the {}",
+                Target::Node(pick)
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
@@ -211,8 +332,8 @@ impl System {
 
     /// Every port the system listens on.
     pub fn ports(&self) -> Vec<u16> {
-        let p = self.node.ports;
-        let mut ports = vec![p.amqp, p.management, p.dist, p.epmd, self.redis.port];
+        let mut ports = self.broker.ports();
+        ports.push(self.redis.port);
         ports.extend(self.services.values().map(|s| s.port));
         ports
     }

@@ -151,7 +151,9 @@ async fn run_load(args: LoadArgs) -> Result<()> {
     let processes = watched(args.pids.as_deref())?;
     let recorder = Arc::new(Recorder::new());
     let tracker = Arc::new(Tracker::default());
-    let _listener = events::listen(&args.amqp_url, tracker.clone(), recorder.clone())
+    // A cluster's node list: the first node serves the listener.
+    let amqp_url = messaging::broker::first_node_url(&args.amqp_url);
+    let _listener = events::listen(amqp_url, tracker.clone(), recorder.clone())
         .await
         .context("listening to saga.events")?;
     let target = Target::prepare(
@@ -264,7 +266,7 @@ async fn run_load(args: LoadArgs) -> Result<()> {
 
 async fn run_ceiling(args: CeilingArgs) -> Result<()> {
     let settings = ceiling::Settings {
-        amqp_url: args.amqp_url,
+        amqp_url: messaging::broker::first_node_url(&args.amqp_url).to_owned(),
         queues: args.queues,
         body_size: args.size,
         window: args.window,

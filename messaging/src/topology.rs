@@ -23,7 +23,7 @@ pub const ORDERS_QUEUE: &str = "orders_queue";
 pub const ORDERS_INTAKE_QUEUE: &str = "orders_intake_queue";
 pub const PRODUCTS_QUEUE: &str = "products_queue";
 pub const WEBHOOKS_QUEUE: &str = "webhooks_queue";
-/// Request/response reads of the orders service (classic, short-lived messages).
+/// Request/response reads of the orders service (short-lived messages).
 pub const ORDERS_RPC_QUEUE: &str = "orders_rpc";
 /// Request/response reads and product creation of the products service.
 pub const PRODUCTS_RPC_QUEUE: &str = "products_rpc";
@@ -71,6 +71,10 @@ pub mod keys {
 /// exists so that a message that kills its consumer cannot loop forever. RabbitMQ 3.10 has no
 /// default for it.
 pub const DELIVERY_LIMIT: i64 = 20;
+/// Members of every work queue and DLQ on a cluster: a quorum queue keeps serving while a
+/// majority (two of three) is up. RabbitMQ caps it at the nodes in the cluster when the queue
+/// is declared, so a single node still declares it (with one member).
+pub const QUORUM_GROUP_SIZE: i64 = 3;
 /// Unanswered RPC requests expire instead of piling up while a service is down.
 pub const RPC_MESSAGE_TTL_MS: i64 = 10_000;
 
@@ -141,6 +145,7 @@ pub fn queues() -> Vec<QueueSpec> {
             ("x-dead-letter-strategy", Arg::Text("at-least-once")),
             ("x-overflow", Arg::Text("reject-publish")),
             ("x-delivery-limit", Arg::Int(DELIVERY_LIMIT)),
+            ("x-quorum-initial-group-size", Arg::Int(QUORUM_GROUP_SIZE)),
         ];
         if queue == ORDERS_INTAKE_QUEUE {
             args.push(("x-max-length", Arg::Int(INTAKE_MAX_LENGTH)));
@@ -151,13 +156,22 @@ pub fn queues() -> Vec<QueueSpec> {
         });
         specs.push(QueueSpec {
             name: dlq(queue),
-            args: vec![("x-queue-type", Arg::Text("quorum"))],
+            args: vec![
+                ("x-queue-type", Arg::Text("quorum")),
+                ("x-quorum-initial-group-size", Arg::Int(QUORUM_GROUP_SIZE)),
+            ],
         });
     }
+    // Quorum too: a durable classic queue lives on one node, and while that node is down no
+    // service could even redeclare the topology (NOT_FOUND, "home node … is down").
     for queue in [ORDERS_RPC_QUEUE, PRODUCTS_RPC_QUEUE] {
         specs.push(QueueSpec {
             name: queue.to_owned(),
-            args: vec![("x-message-ttl", Arg::Int(RPC_MESSAGE_TTL_MS))],
+            args: vec![
+                ("x-queue-type", Arg::Text("quorum")),
+                ("x-message-ttl", Arg::Int(RPC_MESSAGE_TTL_MS)),
+                ("x-quorum-initial-group-size", Arg::Int(QUORUM_GROUP_SIZE)),
+            ],
         });
     }
     specs

@@ -10,15 +10,16 @@
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use lapin::ConnectionProperties;
 use lapin::options::ConfirmSelectOptions;
-use lapin::{Connection, ConnectionProperties};
 use messaging::deadletter;
 use messaging::topology::WORK_QUEUES;
 
 #[derive(Parser)]
 #[command(about = "List and replay dead letters of the saga's work queues")]
 struct Cli {
-    /// The broker (the vhost is part of the URL).
+    /// The broker (the vhost is part of the URL); a cluster's nodes comma-separated, the first
+    /// that answers is used.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -56,7 +57,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let props = ConnectionProperties::default()
         .with_connection_name(format!("dlq@{}", messaging::config::hostname()).into());
-    let connection = Connection::connect(&cli.amqp_url, props)
+    let nodes = messaging::broker::node_urls(&cli.amqp_url).context("AMQP_URL / --amqp-url")?;
+    let connection = messaging::broker::connect_any(&nodes, props)
         .await
         .context("connect to the broker")?;
     let channel = connection.create_channel().await?;
