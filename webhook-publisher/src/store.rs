@@ -296,7 +296,7 @@ pub fn record_event(
         let (status, next_at, error) = match &subscription.filter_error {
             Some(reason) => {
                 let error = format!(
-                    "not sent: the subscription's {reason}; repair its events column, then replay"
+                    "not sent: the subscription's event filter is corrupt ({reason}); repair its events column, then replay"
                 );
                 recorded
                     .unsendable
