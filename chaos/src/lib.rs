@@ -224,8 +224,8 @@ pub async fn run(options: Options) -> Result<Outcome> {
     ) {
         (Some(publisher), Some(notifier)) => {
             let sink = sink::Sink::start().await?;
-            sink.subscribe(&http, &publisher).await?;
             let token = tokens.issue("chaos-admin", Role::Admin)?;
+            sink.subscribe(&http, &publisher, &token).await?;
             let ws = ws::WsClient::start(format!("ws://127.0.0.1:{notifier}/ws?token={token}"))
                 .await
                 .context("connect the ADMIN WebSocket client")?;

@@ -145,6 +145,8 @@ impl ServiceProc {
                 );
                 env.insert("WEBHOOK_SECRET".into(), shared.webhook_secret.clone());
                 env.insert("WEBHOOKS_PREFETCH".into(), PREFETCH.to_string());
+                // The harness's webhook sink listens on this machine.
+                env.insert("WEBHOOK_ALLOWED_NETWORKS".into(), "127.0.0.0/8".into());
             }
             Service::Notifier => {
                 env.insert("WEBHOOK_SECRET".into(), shared.webhook_secret.clone());

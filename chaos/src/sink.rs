@@ -87,11 +87,18 @@ impl Sink {
         format!("http://{}/hook", self.addr)
     }
 
-    /// Subscribes the sink to every `order.*` event on the publisher and keeps the secret.
-    pub async fn subscribe(&self, http: &reqwest::Client, publisher: &str) -> Result<()> {
+    /// Subscribes the sink to every `order.*` event on the publisher (with an ADMIN token) and
+    /// keeps the secret.
+    pub async fn subscribe(
+        &self,
+        http: &reqwest::Client,
+        publisher: &str,
+        admin_token: &str,
+    ) -> Result<()> {
         let body = serde_json::json!({ "url": self.url(), "events": ["order.*"] });
         let response = http
             .post(format!("{publisher}/subscriptions"))
+            .bearer_auth(admin_token)
             .json(&body)
             .send()
             .await

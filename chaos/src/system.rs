@@ -63,6 +63,8 @@ pub struct System {
     pub redis: RedisServer,
     pub broker: Broker,
     pub http: reqwest::Client,
+    /// ADMIN token for the publisher's API.
+    admin_token: String,
 }
 
 /// Knobs of the system itself (not of the load).
@@ -147,11 +149,19 @@ impl System {
                 ServiceProc::new(service, bin_dir, run_dir, &shared)?,
             );
         }
+        let admin_token = messaging::auth::issue_for(
+            options.jwt_secret.as_bytes(),
+            "chaos-admin",
+            messaging::auth::Role::Admin,
+            None,
+            Duration::from_secs(7200),
+        )?;
         let mut system = Self {
             services,
             redis,
             broker,
             http,
+            admin_token,
         };
         let http = system.http.clone();
         for service in options.services.iter().copied() {
@@ -304,7 +314,8 @@ impl System {
     pub async fn pending_deliveries(&self) -> Option<(usize, usize)> {
         let publisher = self.services.get(&Service::WebhookPublisher)?;
         let url = format!("{}/deliveries?status=pending&limit=500", publisher.url());
-        let list: serde_json::Value = self.http.get(url).send().await.ok()?.json().await.ok()?;
+        let request = self.http.get(url).bearer_auth(&self.admin_token);
+        let list: serde_json::Value = request.send().await.ok()?.json().await.ok()?;
         let list = list.as_array()?;
         let retrying = list
             .iter()

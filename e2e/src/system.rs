@@ -189,6 +189,13 @@ impl System {
             timeout: Duration::from_secs(5),
             endpoint_concurrency: 4,
             prefetch: 32,
+            jwt_secret: JWT_SECRET.to_owned().into(),
+            // Tests send webhooks to sinks on this machine.
+            allowed_networks: webhook_publisher::egress::parse_allowed_networks("127.0.0.0/8")
+                .map_err(anyhow::Error::msg)?,
+            extra_roots: Default::default(),
+            history_retention: Duration::from_secs(30 * 86_400),
+            prune_every: webhook_publisher::retention::PRUNE_EVERY,
         };
         let publisher = webhook_publisher::spawn(publisher_config).await?;
         let publisher_url = publisher.url();

@@ -45,6 +45,7 @@ async fn the_trace_of_a_request_reaches_the_webhook() {
     let subscribed = system
         .http
         .post(format!("{publisher}/subscriptions"))
+        .bearer_auth(&system.admin_token)
         .json(&json!({"url": url, "events": ["order.confirmed"]}))
         .send()
         .await

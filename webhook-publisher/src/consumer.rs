@@ -8,7 +8,7 @@
 use messaging::contracts::{OrderEvent, StockChanged};
 use messaging::topology::keys;
 use messaging::{Db, HandleError, Incoming, MessageHandler};
-use tracing::info;
+use tracing::{error, info};
 
 use crate::dispatcher::Dispatcher;
 use crate::store;
@@ -63,16 +63,19 @@ impl MessageHandler for EventHandler {
             .await
             .map_err(|e| HandleError::Retry(format!("webhooks.db: {e}")))?;
         let order_id = order_id.unwrap_or_default();
-        match recorded {
-            Some(count) => {
-                info!(%order_id, message_id = %msg.meta.message_id, event = %msg.meta.kind, deliveries = count, "event recorded for delivery");
-                metrics::counter!("webhook_deliveries_created_total").increment(count as u64);
-                self.dispatcher.wake();
-            }
-            None => {
-                info!(%order_id, message_id = %msg.meta.message_id, "event already recorded; duplicate message ignored")
-            }
+        let Some(recorded) = recorded else {
+            info!(%order_id, message_id = %msg.meta.message_id, "event already recorded; duplicate message ignored");
+            return Ok(());
+        };
+        for (subscription_id, reason) in &recorded.unsendable {
+            error!(%order_id, message_id = %msg.meta.message_id, %subscription_id, %reason,
+                "event NOT sent to a subscription whose stored event filter is corrupt; recorded as a failed delivery");
+            metrics::counter!("webhook_filter_errors_total", "subscription_id" => subscription_id.clone())
+                .increment(1);
         }
+        info!(%order_id, message_id = %msg.meta.message_id, event = %msg.meta.kind, deliveries = recorded.created, "event recorded for delivery");
+        metrics::counter!("webhook_deliveries_created_total").increment(recorded.created as u64);
+        self.dispatcher.wake();
         Ok(())
     }
 }

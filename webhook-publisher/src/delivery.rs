@@ -4,28 +4,21 @@
 //! attempt, so the receiver can deduplicate), `webhook-timestamp` is the time of this attempt
 //! (receivers refuse stale ones), `webhook-signature` covers both and the exact body bytes.
 //! Only a 2xx is success; redirects are not followed (the client has no redirect policy), a
-//! 3xx is a failure like any other.
+//! 3xx is a failure like any other. Which client sends, and which addresses it may reach, is
+//! `client.rs`.
 
 use std::time::{Duration, Instant};
 
 use messaging::signature::Secret;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use secrecy::ExposeSecret;
 
+use crate::client::{Clients, describe};
 use crate::schedule::{RetrySchedule, parse_retry_after};
 use crate::store::{AttemptRecord, Job, Next, now_ms};
 
 /// At most this much of a response body is kept in the history.
 pub const RESPONSE_BODY_LIMIT: usize = 1024;
-
-/// The client every attempt uses: no redirects, bounded time.
-pub fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .user_agent(concat!("webhook-publisher/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
 
 /// The outcome of one request besides the history record.
 pub struct Sent {
@@ -48,8 +41,12 @@ impl Sent {
 }
 
 /// Sends the job's request once.
-pub async fn send(client: &reqwest::Client, job: &Job) -> Sent {
+pub async fn send(clients: &Clients, job: &Job) -> Sent {
     let started = Instant::now();
+    let client = match clients.for_url(&job.url) {
+        Ok(client) => client,
+        Err(e) => return Sent::no_answer(started, e),
+    };
     let request = match signed_request(client, job) {
         Ok(request) => request,
         Err(e) => return Sent::no_answer(started, e),
@@ -79,7 +76,7 @@ pub async fn send(client: &reqwest::Client, job: &Job) -> Sent {
 
 /// The POST of one attempt, signed with this attempt's timestamp.
 fn signed_request(client: &reqwest::Client, job: &Job) -> Result<reqwest::RequestBuilder, String> {
-    let secret = Secret::parse(&job.secret)
+    let secret = Secret::parse(job.secret.expose_secret())
         .map_err(|e| format!("the subscription's secret is unusable: {e}"))?;
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
     let signature = secret.sign(&job.webhook_id, timestamp, &job.payload);
@@ -99,16 +96,6 @@ fn signed_request(client: &reqwest::Client, job: &Job) -> Result<reqwest::Reques
 
 fn elapsed_ms(started: Instant) -> i64 {
     i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX)
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "the endpoint did not answer in time".to_owned()
-    } else if e.is_connect() {
-        format!("could not connect to the endpoint: {e}")
-    } else {
-        format!("request failed: {e}")
-    }
 }
 
 fn retry_after(status: u16, headers: &HeaderMap) -> Option<Duration> {

@@ -32,6 +32,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::client::{ClientSettings, Clients};
 use crate::delivery::{self, Sent};
 use crate::schedule::RetrySchedule;
 use crate::store::{self, Job, Next, Settlement, now_ms};
@@ -40,16 +41,16 @@ use crate::store::{self, Job, Next, Settlement, now_ms};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub schedule: RetrySchedule,
-    /// Time limit of one request.
-    pub timeout: Duration,
     /// Requests in flight per subscription.
     pub endpoint_concurrency: usize,
+    /// Time limit, TLS roots and address policy of the requests.
+    pub client: ClientSettings,
 }
 
 #[derive(Clone)]
 pub struct Dispatcher {
     db: Db,
-    client: reqwest::Client,
+    clients: Clients,
     settings: Settings,
     wake: Arc<Notify>,
     endpoints: Arc<Endpoints>,
@@ -123,7 +124,7 @@ impl Dispatcher {
     pub fn new(db: Db, settings: Settings) -> anyhow::Result<Self> {
         Ok(Self {
             db,
-            client: delivery::http_client(settings.timeout)?,
+            clients: Clients::new(&settings.client)?,
             endpoints: Arc::new(Endpoints {
                 permits: Mutex::new(HashMap::new()),
                 concurrency: settings.endpoint_concurrency,
@@ -141,7 +142,7 @@ impl Dispatcher {
 
     /// A claimed delivery that is not settled within this time is taken again.
     fn lease(&self) -> i64 {
-        i64::try_from((self.settings.timeout + Duration::from_secs(5)).as_millis())
+        i64::try_from((self.settings.client.timeout + Duration::from_secs(5)).as_millis())
             .unwrap_or(i64::MAX / 2)
     }
 
@@ -288,7 +289,7 @@ impl Dispatcher {
     }
 
     async fn attempt(self, job: Job, permit: OwnedSemaphorePermit) {
-        let sent = delivery::send(&self.client, &job).await;
+        let sent = delivery::send(&self.clients, &job).await;
         drop(permit);
         let next = delivery::next_step(&job, &sent, &self.settings.schedule);
         log_outcome(&job, &sent, &next);

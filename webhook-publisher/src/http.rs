@@ -1,43 +1,64 @@
 //! The HTTP API: subscriptions and delivery history. Errors are `application/problem+json`.
+//! Every route needs an ADMIN token (`auth.rs`).
 //!
 //! - `POST /subscriptions {url, events}` → 201 with the subscription and its `whsec_…` secret
-//!   (the only time the secret is shown);
-//! - `GET /subscriptions`, `DELETE /subscriptions/{id}`;
+//!   (shown here, and later only on `GET /subscriptions/{id}/secret`); the URL must be allowed
+//!   by the egress policy (`egress.rs`);
+//! - `GET /subscriptions`, `GET /subscriptions/{id}` (never with the secret),
+//!   `GET /subscriptions/{id}/secret`, `DELETE /subscriptions/{id}`;
 //! - `GET /deliveries?status=&event=&subscription=&limit=`, `GET /deliveries/{id}` (with every
 //!   attempt), `POST /deliveries/{id}/replay` (a failed delivery gets one more attempt).
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use messaging::Db;
+use messaging::auth::TokenVerifier;
 use messaging::problem::{FieldError, Problem};
 use messaging::signature::Secret;
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{error, info};
 
+use crate::auth::{Admin, require_admin};
 use crate::dispatcher::Dispatcher;
+use crate::egress::{self, Policy};
 use crate::store::{self, DeliveryFilter, EVENT_TYPES, ReplayRefused};
 
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
     pub dispatcher: Dispatcher,
+    /// Checks the ADMIN token of every request.
+    pub verifier: TokenVerifier,
+    /// Which subscription URLs may be registered.
+    pub policy: Arc<Policy>,
+    /// `NOTIFIER_URL`: trusted, registered without the address check.
+    pub trusted_url: String,
 }
 
 pub fn router(state: AppState) -> Router {
+    let guard = axum::middleware::from_fn_with_state(state.verifier.clone(), require_admin);
     Router::new()
         .route(
             "/subscriptions",
             post(create_subscription).get(list_subscriptions),
         )
-        .route("/subscriptions/{id}", delete(delete_subscription))
+        .route(
+            "/subscriptions/{id}",
+            get(get_subscription).delete(delete_subscription),
+        )
+        .route("/subscriptions/{id}/secret", get(subscription_secret))
         .route("/deliveries", get(list_deliveries))
         .route("/deliveries/{id}", get(get_delivery))
         .route("/deliveries/{id}/replay", post(replay))
+        .route_layer(guard)
         .with_state(state)
 }
 
@@ -75,8 +96,13 @@ struct NewSubscription {
     events: Vec<String>,
 }
 
-/// Checks a new subscription; every complaint is returned at once.
-fn validate(new: &NewSubscription) -> Result<(), Problem> {
+/// Checks a new subscription; every complaint is returned at once. The URL's host must be
+/// allowed by `policy` (resolving it if it is a name), unless the URL is the trusted one.
+async fn validate(
+    new: &NewSubscription,
+    policy: &Policy,
+    trusted_url: &str,
+) -> Result<(), Problem> {
     let mut errors = Vec::new();
     match reqwest::Url::parse(&new.url) {
         Ok(url) if !matches!(url.scheme(), "http" | "https") => {
@@ -85,15 +111,19 @@ fn validate(new: &NewSubscription) -> Result<(), Problem> {
         Ok(url) if url.host_str().is_none_or(str::is_empty) => {
             errors.push(field("url", "must name a host"))
         }
-        Ok(_) => {}
+        Ok(_) if new.url == trusted_url => {}
+        Ok(url) => {
+            if let Err(e) = egress::check_subscription_url(policy, &url).await {
+                errors.push(field("url", e));
+            }
+        }
         Err(e) => errors.push(field("url", format!("is not an absolute URL: {e}"))),
     }
     if new.events.is_empty() {
         errors.push(field("events", "must name at least one event type"));
     }
     for event in &new.events {
-        let known = event == "*" || event == "order.*" || EVENT_TYPES.contains(&event.as_str());
-        if !known {
+        if !store::known_filter(event) {
             errors.push(field(
                 "events",
                 format!(
@@ -121,28 +151,74 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Problem
     })
 }
 
+/// A response that shows a secret: no cache may keep it.
+fn with_secret(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 async fn create_subscription(
     State(state): State<AppState>,
+    Extension(admin): Extension<Admin>,
     body: Bytes,
 ) -> Result<Response, Problem> {
     let new: NewSubscription = parse_json(&body)?;
-    validate(&new)?;
+    validate(&new, &state.policy, &state.trusted_url).await?;
     let secret = Secret::generate();
-    let secret_text = secret.expose().to_owned();
+    let shown = secret.clone();
     let created = state
         .db
         .write(move |tx| store::insert_subscription(tx, &new.url, &new.events, &secret))
         .await
         .map_err(internal)?;
-    info!(subscription_id = %created.id, url = %created.url, events = ?created.events, "subscription created");
+    info!(subscription_id = %created.id, url = %created.url, events = ?created.events, by = %admin.0, "subscription created");
     let location = format!("/subscriptions/{}", created.id);
     let mut body = serde_json::to_value(&created).unwrap_or_default();
-    body["secret"] = json!(secret_text);
-    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    body["secret"] = json!(shown.expose());
+    let mut response = with_secret(StatusCode::CREATED, body);
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
+}
+
+async fn get_subscription(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let key = id.clone();
+    let found = state
+        .db
+        .call(move |conn| store::get_subscription(conn, &key))
+        .await
+        .map_err(internal)?;
+    match found {
+        Some(subscription) => Ok(Json(subscription).into_response()),
+        None => Err(Problem::not_found("subscription", &id)),
+    }
+}
+
+/// The one call besides creation that shows a subscription's secret; each use is logged.
+async fn subscription_secret(
+    State(state): State<AppState>,
+    Extension(admin): Extension<Admin>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let key = id.clone();
+    let secret = state
+        .db
+        .call(move |conn| store::subscription_secret(conn, &key))
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| Problem::not_found("subscription", &id))?;
+    info!(subscription_id = %id, by = %admin.0, "subscription secret shown on request");
+    Ok(with_secret(
+        StatusCode::OK,
+        json!({"id": id, "secret": secret.expose_secret()}),
+    ))
 }
 
 async fn list_subscriptions(State(state): State<AppState>) -> Result<Response, Problem> {
@@ -295,14 +371,39 @@ mod tests {
         }
     }
 
-    #[test]
-    fn validation_names_every_bad_field() {
-        assert!(validate(&new("http://127.0.0.1:9/hook", &["order.*"])).is_ok());
-        assert!(validate(&new("https://example.com/h", &["*", "order.created"])).is_ok());
-        let problem = validate(&new("ftp://example.com", &["order.shipped"])).unwrap_err();
+    #[tokio::test]
+    async fn validation_names_every_bad_field() {
+        let open = Policy::new(egress::parse_allowed_networks("127.0.0.0/8").unwrap());
+        let check = |sub: NewSubscription| {
+            let open = open.clone();
+            async move { validate(&sub, &open, "http://10.9.9.9/trusted").await }
+        };
+        assert!(
+            check(new("http://127.0.0.1:9/hook", &["order.*"]))
+                .await
+                .is_ok()
+        );
+        assert!(
+            check(new("https://93.184.216.34/h", &["*", "order.created"]))
+                .await
+                .is_ok()
+        );
+        assert!(check(new("http://10.9.9.9/trusted", &["*"])).await.is_ok());
+        let problem = check(new("http://10.9.9.9/other", &["*"]))
+            .await
+            .unwrap_err();
+        assert_eq!(problem.status, 422);
+        assert_eq!(problem.errors[0].field, "url");
+        assert!(
+            problem.errors[0].message.contains("private-network"),
+            "{problem:?}"
+        );
+        let problem = check(new("ftp://example.com", &["order.shipped"]))
+            .await
+            .unwrap_err();
         assert_eq!(problem.status, 422);
         let fields: Vec<_> = problem.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["url", "events"]);
-        assert!(validate(&new("not a url", &[])).unwrap_err().errors.len() == 2);
+        assert!(check(new("not a url", &[])).await.unwrap_err().errors.len() == 2);
     }
 }

@@ -3,17 +3,27 @@
 //! It consumes `webhooks_queue`, records one delivery per matching subscription in
 //! `webhooks.db` (acking the message only after that commit), and a dispatcher sends them as
 //! Standard Webhooks requests with a durable retry schedule and per-endpoint concurrency. The HTTP
-//! API manages subscriptions and shows the delivery history. See `docs/webhooks.md`.
+//! API (ADMIN only) manages subscriptions and shows the delivery history; deliveries go only to
+//! allowed addresses, over rustls, and finished ones are deleted after the retention period. See
+//! `docs/webhooks.md`.
 
+pub mod auth;
+pub mod client;
 pub mod consumer;
 pub mod delivery;
 pub mod dispatcher;
+pub mod egress;
 pub mod http;
+pub mod retention;
 pub mod schedule;
 pub mod store;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
 
 use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
@@ -22,8 +32,9 @@ use messaging::service::Running;
 use messaging::signature::{DEV_SECRET, Secret};
 use messaging::topology::WEBHOOKS_QUEUE;
 use messaging::{Consumer, Db};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::client::{ClientSettings, TlsRoots};
 use crate::dispatcher::{Dispatcher, Settings};
 use crate::schedule::RetrySchedule;
 
@@ -47,6 +58,17 @@ pub struct Config {
     pub endpoint_concurrency: usize,
     /// `WEBHOOKS_PREFETCH`: unacked events the consumer may hold.
     pub prefetch: u16,
+    /// `JWT_SECRET`: the API takes ADMIN tokens signed with it (the gateway's).
+    pub jwt_secret: SecretString,
+    /// `WEBHOOK_ALLOWED_NETWORKS`: forbidden addresses that subscriptions may use all the same.
+    pub allowed_networks: Vec<IpNet>,
+    /// `WEBHOOK_CA_FILE`: roots trusted besides the public ones.
+    pub extra_roots: TlsRoots,
+    /// `WEBHOOK_HISTORY_RETENTION_DAYS` (30): finished deliveries older than this are deleted.
+    pub history_retention: Duration,
+    /// How often the history is pruned: [`retention::PRUNE_EVERY`]; not an environment
+    /// variable (tests shorten it).
+    pub prune_every: Duration,
 }
 
 impl Config {
@@ -66,8 +88,32 @@ impl Config {
             timeout: Duration::from_millis(env_or("WEBHOOK_TIMEOUT_MS", 10_000)?),
             endpoint_concurrency: env_or("WEBHOOK_ENDPOINT_CONCURRENCY", 32)?,
             prefetch: env_or("WEBHOOKS_PREFETCH", 32)?,
+            jwt_secret: SecretString::from(messaging::auth::jwt_secret_from_env()),
+            allowed_networks: egress::parse_allowed_networks(&env_or(
+                "WEBHOOK_ALLOWED_NETWORKS",
+                String::new(),
+            )?)
+            .map_err(|e| anyhow::anyhow!("WEBHOOK_ALLOWED_NETWORKS: {e}"))?,
+            extra_roots: match env_or("WEBHOOK_CA_FILE", PathBuf::new())? {
+                path if path.as_os_str().is_empty() => TlsRoots::default(),
+                path => TlsRoots::from_pem_file(&path)
+                    .map_err(|e| anyhow::anyhow!("WEBHOOK_CA_FILE: {e}"))?,
+            },
+            history_retention: days(env_or("WEBHOOK_HISTORY_RETENTION_DAYS", 30)?)
+                .map_err(|e| anyhow::anyhow!("WEBHOOK_HISTORY_RETENTION_DAYS: {e}"))?,
+            prune_every: retention::PRUNE_EVERY,
         })
     }
+}
+
+/// A whole number of days, at least one.
+fn days(n: u64) -> Result<Duration, String> {
+    if n == 0 {
+        return Err("must be at least 1 day".to_owned());
+    }
+    n.checked_mul(86_400)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{n} days is too long"))
 }
 
 /// `WEBHOOK_SECRET`, or the development secret with a warning.
@@ -93,12 +139,19 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     if let Some(default) = created {
         info!(subscription_id = %default.id, url = %default.url, "created the default subscription to the notifier");
     }
+    report_corrupt_filters(&db).await?;
+    let policy = Arc::new(egress::Policy::new(config.allowed_networks.clone()));
     let dispatcher = Dispatcher::new(
         db.clone(),
         Settings {
             schedule: config.schedule.clone(),
-            timeout: config.timeout,
             endpoint_concurrency: config.endpoint_concurrency,
+            client: ClientSettings {
+                timeout: config.timeout,
+                extra_roots: config.extra_roots.clone(),
+                policy: policy.clone(),
+                trusted_url: config.notifier_url.clone(),
+            },
         },
     )?;
     let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));
@@ -118,8 +171,11 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         Box::pin(async move { vec![("broker", connected)] })
     });
     let app = http::router(http::AppState {
-        db,
+        db: db.clone(),
         dispatcher: dispatcher.clone(),
+        verifier: messaging::auth::TokenVerifier::new(config.jwt_secret.expose_secret().as_bytes()),
+        policy,
+        trusted_url: config.notifier_url.clone(),
     })
     .layer(axum::middleware::from_fn(messaging::ops::record_request))
     .merge(messaging::ops::routes(ready))
@@ -128,5 +184,20 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     let mut running = Running::start(SERVICE, config.common.http_addr, app).await?;
     running.spawn(move |stop| broker.run(stop));
     running.spawn(move |stop| dispatcher.run(stop));
+    let (retention, every) = (config.history_retention, config.prune_every);
+    running.spawn(move |stop| retention::run(db, retention, every, stop));
     Ok(running)
+}
+
+/// Logs an error for each subscription whose stored event filter is corrupt: it gets no event
+/// until repaired (each event is recorded for it as a failed delivery instead).
+async fn report_corrupt_filters(db: &Db) -> anyhow::Result<()> {
+    let subscriptions = db.call(|conn| store::list_subscriptions(conn)).await?;
+    for subscription in subscriptions {
+        if let Some(reason) = subscription.filter_error {
+            error!(subscription_id = %subscription.id, url = %subscription.url, %reason,
+                "a subscription's stored event filter is corrupt: its events are recorded as failed deliveries until it is repaired");
+        }
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@
 
 use deadpool_sqlite::rusqlite::{self, Connection, OptionalExtension, Row, Transaction, params};
 use messaging::signature::Secret;
+use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (subscription_id, status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_next ON deliveries (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (status, updated_at);
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     delivery_id TEXT NOT NULL REFERENCES deliveries (id),
@@ -72,6 +74,28 @@ pub const EVENT_TYPES: [&str; 5] = [
 /// What the default subscription (the notifier) receives.
 pub const DEFAULT_EVENTS: [&str; 2] = ["order.*", "product.stockChanged"];
 
+/// Whether `filter` is one a subscription may ask for: `*`, `order.*` or one of [`EVENT_TYPES`].
+pub fn known_filter(filter: &str) -> bool {
+    filter == "*" || filter == "order.*" || EVENT_TYPES.contains(&filter)
+}
+
+/// Reads a subscription's stored event filter: a non-empty JSON list of known filters. Anything
+/// else is corrupt (the API never stores such a thing) and is reported, never read as "no event".
+pub fn parse_stored_filter(text: &str) -> Result<Vec<String>, String> {
+    let events: Vec<String> = serde_json::from_str(text).map_err(|e| {
+        format!("the stored event filter {text:?} is not a JSON list of strings: {e}")
+    })?;
+    if events.is_empty() {
+        return Err("the stored event filter is an empty list".to_owned());
+    }
+    if let Some(unknown) = events.iter().find(|f| !known_filter(f)) {
+        return Err(format!(
+            "the stored event filter names {unknown:?}, which is not an event filter"
+        ));
+    }
+    Ok(events)
+}
+
 /// Whether an event filter (`*`, `order.*` or an exact type) takes `event_type`.
 pub fn filter_matches(filter: &str, event_type: &str) -> bool {
     match filter.strip_suffix('*') {
@@ -95,19 +119,27 @@ pub struct Subscription {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
     pub created_at: String,
+    /// Set when the stored event filter is corrupt (`events` is then empty): no event is sent
+    /// to this subscription, each one is recorded as a failed delivery instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter_error: Option<String>,
 }
 
 const SUBSCRIPTION_COLUMNS: &str = "id, url, events, status, disabled_reason, created_at";
 
 fn subscription_row(row: &Row) -> rusqlite::Result<Subscription> {
-    let events: String = row.get(2)?;
+    let (events, filter_error) = match parse_stored_filter(&row.get::<_, String>(2)?) {
+        Ok(events) => (events, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
     Ok(Subscription {
         id: row.get(0)?,
         url: row.get(1)?,
-        events: serde_json::from_str(&events).unwrap_or_default(),
+        events,
         status: row.get(3)?,
         disabled_reason: row.get(4)?,
         created_at: row.get(5)?,
+        filter_error,
     })
 }
 
@@ -143,6 +175,26 @@ pub fn ensure_default_subscription(
     }
     let events = DEFAULT_EVENTS.map(str::to_owned);
     insert_subscription(tx, url, &events, secret).map(Some)
+}
+
+pub fn get_subscription(conn: &Connection, id: &str) -> rusqlite::Result<Option<Subscription>> {
+    conn.query_row(
+        &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?1"),
+        params![id],
+        subscription_row,
+    )
+    .optional()
+}
+
+/// The signing secret of a subscription, for the one API call that shows it.
+pub fn subscription_secret(conn: &Connection, id: &str) -> rusqlite::Result<Option<SecretString>> {
+    conn.query_row(
+        "SELECT secret FROM subscriptions WHERE id = ?1",
+        params![id],
+        |r| r.get::<_, String>(0),
+    )
+    .optional()
+    .map(|secret| secret.map(SecretString::from))
 }
 
 pub fn list_subscriptions(conn: &Connection) -> rusqlite::Result<Vec<Subscription>> {
@@ -213,9 +265,18 @@ pub fn webhook_id(message_id: &str) -> String {
     format!("msg_{message_id}")
 }
 
+/// What recording one event did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Recorded {
+    /// Deliveries created, to be sent.
+    pub created: usize,
+    /// Subscriptions whose stored event filter is corrupt, with the reason: each got a failed
+    /// delivery for this event instead (it can be replayed once the filter is repaired).
+    pub unsendable: Vec<(String, String)>,
+}
+
 /// Records one delivery of `body` (see [`webhook_body`]) per active subscription that wants
-/// `event_type`, unless this message was recorded before. Returns how many deliveries were
-/// created (`None` for a duplicate message).
+/// `event_type`, unless this message was recorded before (`None` for a duplicate message).
 pub fn record_event(
     tx: &Transaction,
     message_id: &str,
@@ -223,22 +284,42 @@ pub fn record_event(
     order_id: Option<&str>,
     body: &[u8],
     traceparent: Option<&str>,
-) -> rusqlite::Result<Option<usize>> {
+) -> rusqlite::Result<Option<Recorded>> {
     if !messaging::store::inbox_first_time(tx, message_id)? {
         return Ok(None);
     }
-    let subscriptions: Vec<Subscription> = list_subscriptions(tx)?
-        .into_iter()
-        .filter(|s| s.status == "active")
-        .filter(|s| s.events.iter().any(|f| filter_matches(f, event_type)))
-        .collect();
     let now = now_ms();
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO deliveries
-         (id, webhook_id, subscription_id, message_id, event_type, order_id, payload, status, next_attempt_at, traceparent)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9)",
+         (id, webhook_id, subscription_id, message_id, event_type, order_id, payload, status,
+          next_attempt_at, traceparent, last_error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
-    for subscription in &subscriptions {
+    let mut recorded = Recorded::default();
+    for subscription in list_subscriptions(tx)? {
+        if subscription.status != "active" {
+            continue;
+        }
+        let (status, next_at, error) = match &subscription.filter_error {
+            Some(reason) => {
+                let error = format!(
+                    "not sent: the subscription's event filter is corrupt ({reason}); repair its events column, then replay"
+                );
+                recorded
+                    .unsendable
+                    .push((subscription.id.clone(), reason.clone()));
+                ("failed", None, Some(error))
+            }
+            None if subscription
+                .events
+                .iter()
+                .any(|f| filter_matches(f, event_type)) =>
+            {
+                recorded.created += 1;
+                ("pending", Some(now), None)
+            }
+            None => continue,
+        };
         insert.execute(params![
             uuid::Uuid::now_v7().to_string(),
             webhook_id(message_id),
@@ -247,11 +328,13 @@ pub fn record_event(
             event_type,
             order_id,
             body,
-            now,
-            traceparent
+            status,
+            next_at,
+            traceparent,
+            error
         ])?;
     }
-    Ok(Some(subscriptions.len()))
+    Ok(Some(recorded))
 }
 
 /// Everything one attempt needs, read when the delivery is claimed.
@@ -261,7 +344,7 @@ pub struct Job {
     pub webhook_id: String,
     pub subscription_id: String,
     pub url: String,
-    pub secret: String,
+    pub secret: SecretString,
     pub payload: Vec<u8>,
     pub event_type: String,
     pub order_id: Option<String>,
@@ -305,7 +388,7 @@ pub fn claim_due(
                 webhook_id: r.get(1)?,
                 subscription_id: r.get(2)?,
                 url: r.get(3)?,
-                secret: r.get(4)?,
+                secret: SecretString::from(r.get::<_, String>(4)?),
                 payload: r.get(5)?,
                 event_type: r.get(6)?,
                 order_id: r.get(7)?,
@@ -628,9 +711,109 @@ pub fn replay(tx: &Transaction, id: &str) -> rusqlite::Result<Result<Delivery, R
     Ok(get_delivery(tx, id)?.ok_or(ReplayRefused::NotFound))
 }
 
+/// Deletes up to `limit` finished (delivered or failed) deliveries last changed more than
+/// `older_than` ago, oldest first, with their attempts. A pending delivery is never deleted.
+/// Returns how many deliveries went.
+pub fn prune_history(
+    tx: &Transaction,
+    older_than: std::time::Duration,
+    limit: usize,
+) -> rusqlite::Result<usize> {
+    // `updated_at` has the format of `NOW`, so text order is time order.
+    let age = format!("-{:.3} seconds", older_than.as_secs_f64());
+    let ids: Vec<String> = tx
+        .prepare_cached(
+            "SELECT id FROM deliveries
+             WHERE status IN ('delivered', 'failed')
+                   AND updated_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)
+             ORDER BY updated_at, id LIMIT ?2",
+        )?
+        .query_map(params![age, limit as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut attempts = tx.prepare_cached("DELETE FROM attempts WHERE delivery_id = ?1")?;
+    let mut delivery = tx.prepare_cached("DELETE FROM deliveries WHERE id = ?1")?;
+    for id in &ids {
+        attempts.execute(params![id])?;
+        delivery.execute(params![id])?;
+    }
+    Ok(ids.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pruning_takes_old_finished_deliveries_and_their_attempts_only() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let tx = conn.transaction().unwrap();
+        let old = "2020-01-01T00:00:00.000Z";
+        let rows = [
+            ("old-delivered", "delivered", Some(old)),
+            ("old-failed", "failed", Some(old)),
+            ("old-failed-2", "failed", Some(old)),
+            ("old-pending", "pending", Some(old)),
+            ("new-delivered", "delivered", None),
+        ];
+        for (id, status, updated_at) in rows {
+            tx.execute(
+                "INSERT INTO deliveries (id, webhook_id, subscription_id, message_id, event_type, payload, status)
+                 VALUES (?1, 'w', 's', ?1, 'order.created', x'7b7d', ?2)",
+                params![id, status],
+            )
+            .unwrap();
+            if let Some(at) = updated_at {
+                tx.execute(
+                    "UPDATE deliveries SET updated_at = ?2 WHERE id = ?1",
+                    params![id, at],
+                )
+                .unwrap();
+            }
+            tx.execute(
+                "INSERT INTO attempts (delivery_id, number, trigger, latency_ms) VALUES (?1, 1, 'scheduled', 1)",
+                params![id],
+            )
+            .unwrap();
+        }
+        let day = std::time::Duration::from_secs(86_400);
+        // Batches: two, then the last old finished one, then nothing.
+        assert_eq!(prune_history(&tx, day, 2).unwrap(), 2);
+        assert_eq!(prune_history(&tx, day, 2).unwrap(), 1);
+        assert_eq!(prune_history(&tx, day, 2).unwrap(), 0);
+        let left = |table: &str, column: &str| -> Vec<String> {
+            let mut stmt = tx
+                .prepare(&format!("SELECT {column} FROM {table} ORDER BY {column}"))
+                .unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        assert_eq!(left("deliveries", "id"), ["new-delivered", "old-pending"]);
+        assert_eq!(
+            left("attempts", "delivery_id"),
+            ["new-delivered", "old-pending"]
+        );
+        // With a retention shorter than its age, the recent finished one goes too; the
+        // pending one never does.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let tiny = std::time::Duration::from_millis(5);
+        assert_eq!(prune_history(&tx, tiny, 10).unwrap(), 1);
+        assert_eq!(left("deliveries", "id"), ["old-pending"]);
+    }
+
+    #[test]
+    fn stored_filters_are_read_strictly() {
+        assert_eq!(
+            parse_stored_filter(r#"["order.*","order.created"]"#).unwrap(),
+            ["order.*", "order.created"]
+        );
+        for corrupt in ["", "order.*", "[1]", "{}", "[]", r#"["order.shipped"]"#] {
+            let e = parse_stored_filter(corrupt).unwrap_err();
+            assert!(e.starts_with("the stored event filter"), "{corrupt}: {e}");
+        }
+    }
 
     #[test]
     fn filters_match_exact_types_and_wildcards() {

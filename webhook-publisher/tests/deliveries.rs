@@ -102,7 +102,7 @@ async fn an_endpoint_always_failing_fails_after_six_attempts_and_replay_delivers
     // The endpoint is back: a replay sends it once more and it is delivered.
     endpoint.answer_always(Answer::Status(200));
     let id = detail["id"].as_str().unwrap();
-    let http = reqwest::Client::new();
+    let http = api();
     let replay = http
         .post(format!("{base}/deliveries/{id}/replay"))
         .send()
@@ -309,7 +309,7 @@ async fn subscriptions_api_validates_and_a_bad_event_goes_to_the_dlq() {
     let endpoint = Endpoint::start(vec![], Answer::Status(200)).await;
     let publisher = start(config(&env, &endpoint.url(), "50")).await;
     let base = publisher.url();
-    let http = reqwest::Client::new();
+    let http = api();
 
     let bad = http
         .post(format!("{base}/subscriptions"))

@@ -1,5 +1,6 @@
-//! Shared pieces of the publisher's integration tests: a scriptable webhook endpoint, the
-//! publisher spawned in-process on a private vhost, and an order event published the way the
+//! Shared pieces of the publisher's integration tests: a scriptable webhook endpoint (plain HTTP,
+//! or HTTPS with a certificate from a CA the test makes), the publisher spawned in-process on a
+//! private vhost, its API called with an ADMIN token, and an order event published the way the
 //! orders service does.
 
 #![allow(dead_code)]
@@ -17,15 +18,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use e2e::TestEnv;
 use e2e::amqp::TestClient;
+use e2e::system::{JWT_SECRET, token};
 use messaging::OutgoingMessage;
+use messaging::auth::Role;
 use messaging::config::CommonConfig;
 use messaging::contracts::OrderEvent;
 use messaging::service::Running;
 use messaging::signature::Secret;
 use messaging::topology::EVENTS;
 use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use webhook_publisher::Config;
+use webhook_publisher::client::TlsRoots;
 use webhook_publisher::schedule::RetrySchedule;
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -90,6 +96,7 @@ struct Behaviour {
 #[derive(Clone)]
 pub struct Endpoint {
     pub addr: SocketAddr,
+    scheme: &'static str,
     state: Arc<Mutex<Behaviour>>,
     release: CancellationToken,
 }
@@ -97,6 +104,23 @@ pub struct Endpoint {
 impl Endpoint {
     /// Answers `script` in order, then `then` forever.
     pub async fn start(script: Vec<Answer>, then: Answer) -> Self {
+        Self::serve(script, then, None).await
+    }
+
+    /// The same over HTTPS, with `tls`'s certificate.
+    pub async fn start_tls(
+        script: Vec<Answer>,
+        then: Answer,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Self {
+        Self::serve(script, then, Some(tls)).await
+    }
+
+    async fn serve(
+        script: Vec<Answer>,
+        then: Answer,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
         let state = Arc::new(Mutex::new(Behaviour {
             script: script.into(),
             then,
@@ -108,6 +132,7 @@ impl Endpoint {
         let release = CancellationToken::new();
         let endpoint = Self {
             addr: "127.0.0.1:0".parse().unwrap(),
+            scheme: if tls.is_some() { "https" } else { "http" },
             state,
             release,
         };
@@ -115,14 +140,27 @@ impl Endpoint {
             .route("/hook", post(answer))
             .route("/followed", axum::routing::any(followed))
             .with_state(endpoint.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        match tls {
+            None => drop(tokio::spawn(
+                async move { axum::serve(listener, app).await },
+            )),
+            Some(tls) => {
+                let listener = TlsListener {
+                    tcp: listener,
+                    acceptor: TlsAcceptor::from(tls),
+                };
+                drop(tokio::spawn(
+                    async move { axum::serve(listener, app).await },
+                ))
+            }
+        }
         Self { addr, ..endpoint }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        format!("{}://{}/hook", self.scheme, self.addr)
     }
 
     /// From now on, answer `answer` to everything.
@@ -148,6 +186,82 @@ impl Endpoint {
 
     pub fn max_in_flight(&self) -> usize {
         self.state.lock().unwrap().max_in_flight
+    }
+}
+
+/// Accepts TCP connections and completes their TLS handshake; a failed handshake (the client
+/// refused the certificate) is dropped and never reaches the app.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(stream).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A private CA made for one test, and a server certificate it signed for `localhost` and
+/// 127.0.0.1.
+pub struct TestCa {
+    /// The CA certificate, PEM (what `WEBHOOK_CA_FILE` holds).
+    pub ca_pem: String,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "webhook-publisher test CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let server_params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![server_cert.der().clone(), ca_cert.der().clone()], key)
+        .unwrap();
+        Self {
+            ca_pem: ca_cert.pem(),
+            server: Arc::new(server),
+        }
+    }
+
+    /// The CA as the publisher's extra roots, read from a PEM file as `WEBHOOK_CA_FILE` is.
+    pub fn roots(&self, env: &TestEnv) -> TlsRoots {
+        let path = env.dir.path().join("test-ca.pem");
+        std::fs::write(&path, &self.ca_pem).unwrap();
+        TlsRoots::from_pem_file(&path).unwrap()
     }
 }
 
@@ -215,7 +329,33 @@ pub fn config(env: &TestEnv, default_url: &str, schedule_ms: &str) -> Config {
         timeout: Duration::from_secs(5),
         endpoint_concurrency: 2,
         prefetch: 32,
+        jwt_secret: JWT_SECRET.to_owned().into(),
+        allowed_networks: webhook_publisher::egress::parse_allowed_networks("127.0.0.0/8").unwrap(),
+        extra_roots: TlsRoots::default(),
+        history_retention: Duration::from_secs(30 * 86_400),
+        prune_every: Duration::from_secs(60),
     }
+}
+
+/// An HTTP client that sends an ADMIN token with every request.
+pub fn api() -> reqwest::Client {
+    client_as(Role::Admin)
+}
+
+/// An HTTP client that sends a token of `role` with every request.
+pub fn client_as(role: Role) -> reqwest::Client {
+    let seller = (role == Role::Seller).then_some("s1");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", token("tester", role, seller))
+            .parse()
+            .unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 /// Spawns the publisher and waits until it consumes (its topology is then declared).
@@ -259,8 +399,11 @@ pub async fn publish(client: &TestClient, kind: &str, order_id: &str) -> Outgoin
     msg
 }
 
+/// GETs `url` with an ADMIN token; the answer must be 200.
 pub async fn get_json(url: &str) -> Value {
-    reqwest::get(url).await.unwrap().json().await.unwrap()
+    let response = api().get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "GET {url}");
+    response.json().await.unwrap()
 }
 
 /// The deliveries of the publisher at `base`, filtered by the query string.
@@ -291,7 +434,7 @@ pub async fn wait_for_status(base: &str, order_id: &str, status: &str) -> Value 
 
 /// Creates a subscription over HTTP and returns its JSON (with the secret).
 pub async fn subscribe(base: &str, url: &str, events: &[&str]) -> Value {
-    let response = reqwest::Client::new()
+    let response = api()
         .post(format!("{base}/subscriptions"))
         .json(&serde_json::json!({"url": url, "events": events}))
         .send()
