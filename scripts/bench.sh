@@ -48,9 +48,12 @@ BIN=${CARGO_TARGET_DIR:-target}/release
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 BENCH_OUT=${BENCH_OUT:-/tmp/bench-$STAMP.md}
 WORK=$(mktemp -d /tmp/bench.XXXXXX)
-JWT_SECRET="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# Fresh secrets of the length the services require outside APP_ENV=development (32 bytes).
+JWT_SECRET="bench-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export JWT_SECRET
-export WEBHOOK_SECRET="whsec_$(head -c 24 /dev/urandom | base64)"
+export WEBHOOK_SECRET="whsec_$(head -c 32 /dev/urandom | base64 -w0)"
+# Local sinks and the notifier on this machine are allowed webhook targets for the run.
+export WEBHOOK_ALLOWED_NETWORKS=${WEBHOOK_ALLOWED_NETWORKS:-127.0.0.0/8}
 
 pids=()
 vhost=""

@@ -41,3 +41,22 @@ pub async fn wait_ready(base: &str, timeout: std::time::Duration) -> anyhow::Res
     .await;
     ready.ok_or_else(|| anyhow::anyhow!("{base} never became ready"))
 }
+
+/// Runs a service binary that is expected to refuse its configuration and exit: returns whether
+/// it exited successfully and what it printed (stdout, then stderr). Panics if it is still
+/// running after 30 s, i.e. if it started instead of refusing.
+pub async fn exit_of(mut command: tokio::process::Command) -> (bool, String) {
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().expect("start the service binary");
+    let output = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the service started instead of refusing its configuration")
+        .expect("wait for the service binary");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}

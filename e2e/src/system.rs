@@ -144,7 +144,7 @@ impl System {
             common: self.common.clone(),
             rpc_timeout: Duration::from_secs(5),
             max_body_bytes: 16 * 1024,
-            jwt_secret: JWT_SECRET.to_owned(),
+            jwt_secret: JWT_SECRET.into(),
             rate_limit_per_sec,
             rate_limit_burst,
             admission_limit: self.options.admission_limit,
@@ -165,7 +165,7 @@ impl System {
                 ..self.common.clone()
             },
             webhook_secret: secret.clone(),
-            jwt_secret: JWT_SECRET.to_owned(),
+            jwt_secret: JWT_SECRET.into(),
             tolerance: Duration::from_secs(300),
             dedupe_ttl: Duration::from_secs(600),
             client_buffer: 256,
@@ -185,11 +185,11 @@ impl System {
             },
             notifier_url: format!("{notifier_url}/webhooks"),
             webhook_secret: secret,
+            jwt_secret: JWT_SECRET.into(),
             schedule: webhook_publisher::schedule::RetrySchedule::parse_ms("100,200,400", 0.2)?,
             timeout: Duration::from_secs(5),
             endpoint_concurrency: 4,
             prefetch: 32,
-            jwt_secret: JWT_SECRET.to_owned().into(),
             // Tests send webhooks to sinks on this machine.
             allowed_networks: webhook_publisher::egress::parse_allowed_networks("127.0.0.0/8")
                 .map_err(anyhow::Error::msg)?,

@@ -54,8 +54,12 @@ async fn every_validation_error_is_a_clear_problem() {
         "{{\"productId\": \"{}\", \"quantity\": 1}}",
         "x".repeat(20_000)
     );
-    let (status, _) = problem(post_raw(&system, "/orders", json, big).await).await;
+    let (status, body) = problem(post_raw(&system, "/orders", json, big).await).await;
     assert_eq!(status, 413);
+    assert_eq!(
+        body["detail"], "the request body is larger than the limit of 16384 bytes",
+        "the 413 says the limit in bytes"
+    );
 
     let cases = [
         (json!({"quantity": 1}), "productId"),

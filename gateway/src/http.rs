@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -69,7 +69,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .fallback(messaging::problem::no_route)
         .method_not_allowed_fallback(messaging::problem::wrong_method)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(crate::extract::body_limit(max_body_bytes))
         .layer(middleware::from_fn(messaging::ops::record_request))
         .layer(cors())
         .layer(SetResponseHeaderLayer::if_not_present(

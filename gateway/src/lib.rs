@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messaging::broker::{Broker, BrokerConfig};
-use messaging::config::{CommonConfig, env_or};
+use messaging::config::{AppEnv, CommonConfig, ExposeSecret, SecretString, env_or};
 use messaging::idempotency::redis_pool;
 use messaging::rpc::RpcClient;
 use messaging::service::Running;
@@ -34,7 +34,7 @@ pub struct Config {
     /// `MAX_BODY_BYTES`: larger request bodies get 413.
     pub max_body_bytes: usize,
     /// `JWT_SECRET`: HS256 secret of the bearer tokens.
-    pub jwt_secret: String,
+    pub jwt_secret: SecretString,
     /// `RATE_LIMIT_PER_SEC` (0 = off) and `RATE_LIMIT_BURST`: each subject's token bucket.
     pub rate_limit_per_sec: f64,
     pub rate_limit_burst: u32,
@@ -47,11 +47,12 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
+        let app_env = AppEnv::from_env()?;
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             rpc_timeout: Duration::from_millis(env_or("RPC_TIMEOUT_MS", 3_000)?),
             max_body_bytes: env_or("MAX_BODY_BYTES", 16 * 1024)?,
-            jwt_secret: messaging::auth::jwt_secret_from_env(),
+            jwt_secret: messaging::auth::jwt_secret_from_env(app_env)?,
             rate_limit_per_sec: env_or("RATE_LIMIT_PER_SEC", 20.0)?,
             rate_limit_burst: env_or("RATE_LIMIT_BURST", 40)?,
             admission_limit: env_or("ORDERS_ADMISSION_LIMIT", 1_000)?,
@@ -93,7 +94,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         admission,
         keys: idempotency::IdempotencyStore::new(redis.clone(), &config.common.redis_prefix),
         rpc_timeout: config.rpc_timeout,
-        verifier: messaging::auth::TokenVerifier::new(config.jwt_secret.as_bytes()),
+        verifier: messaging::auth::TokenVerifier::new(config.jwt_secret.expose_secret().as_bytes()),
         limiter: ratelimit::RateLimiter::new(
             redis.clone(),
             &config.common.redis_prefix,

@@ -6,7 +6,10 @@
 //! `customerId` is its `sub`; a SELLER the orders whose `sellerId` is its `seller_id`.
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+
+use crate::config::{AppEnv, ConfigError, secret_from_env};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -59,6 +62,7 @@ struct VerifierInner {
 
 impl TokenVerifier {
     pub fn new(secret: &[u8]) -> Self {
+        hs256::install();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         // A few seconds of clock skew between the token issuer and us.
@@ -90,20 +94,14 @@ impl TokenVerifier {
     }
 }
 
-/// The development secret used when `JWT_SECRET` is unset (each service warns about it).
+/// The development secret used when `JWT_SECRET` is unset under `APP_ENV=development` (each
+/// service warns about it). Anyone can read it here, so it is refused everywhere else.
 pub const DEV_JWT_SECRET: &str = "dev-jwt-secret-do-not-use-in-production";
 
-/// `JWT_SECRET`, or the development secret with a warning.
-pub fn jwt_secret_from_env() -> String {
-    match std::env::var("JWT_SECRET") {
-        Ok(secret) if !secret.is_empty() => secret,
-        _ => {
-            tracing::warn!(
-                "JWT_SECRET is not set: using the development secret; never do this in production"
-            );
-            DEV_JWT_SECRET.to_owned()
-        }
-    }
+/// `JWT_SECRET`: required, at least 32 bytes, outside development; the development secret
+/// with a warning in it (see [`crate::config::secret_from_env`]).
+pub fn jwt_secret_from_env(app_env: AppEnv) -> Result<SecretString, ConfigError> {
+    secret_from_env("JWT_SECRET", app_env, DEV_JWT_SECRET, |text| Ok(text.len()))
 }
 
 /// Issues a token for `sub` valid for `lifetime` from now (tests, the chaos load and the
@@ -130,11 +128,87 @@ pub fn issue_for(
 
 /// Issues a token with the given claims.
 pub fn issue(secret: &[u8], claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    hs256::install();
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(Algorithm::HS256),
         claims,
         &jsonwebtoken::EncodingKey::from_secret(secret),
     )
+}
+
+/// `jsonwebtoken`'s cryptography, HS256 only: its `rust_crypto` feature would also build RSA
+/// (the `rsa` crate, RUSTSEC-2023-0071) and elliptic curves that nothing here uses. HMAC-SHA256
+/// comes from the same `hmac`/`sha2` crates as the webhook signatures.
+mod hs256 {
+    use hmac::{Hmac, Mac};
+    use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
+    use jsonwebtoken::errors::{ErrorKind, Result};
+    use jsonwebtoken::signature::{self, Signer, Verifier};
+    use jsonwebtoken::{Algorithm, AlgorithmFamily};
+    use sha2::Sha256;
+
+    struct Hs256(Hmac<Sha256>);
+
+    impl Signer<Vec<u8>> for Hs256 {
+        fn try_sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, signature::Error> {
+            let mut mac = self.0.clone();
+            mac.update(msg);
+            Ok(mac.finalize().into_bytes().to_vec())
+        }
+    }
+
+    impl Verifier<Vec<u8>> for Hs256 {
+        fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> std::result::Result<(), signature::Error> {
+            let mut mac = self.0.clone();
+            mac.update(msg);
+            // Constant-time comparison.
+            mac.verify_slice(sig).map_err(signature::Error::from_source)
+        }
+    }
+
+    impl JwtSigner for Hs256 {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::HS256
+        }
+    }
+
+    impl JwtVerifier for Hs256 {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::HS256
+        }
+    }
+
+    /// Any other algorithm is refused, whatever a token's header says.
+    fn hs256(algorithm: &Algorithm, family: AlgorithmFamily, key: &[u8]) -> Result<Hs256> {
+        if *algorithm != Algorithm::HS256 || family != AlgorithmFamily::Hmac {
+            return Err(ErrorKind::InvalidAlgorithm.into());
+        }
+        Hmac::<Sha256>::new_from_slice(key)
+            .map(Hs256)
+            .map_err(|_| ErrorKind::InvalidKeyFormat.into())
+    }
+
+    static PROVIDER: CryptoProvider = CryptoProvider {
+        signer_factory: |algorithm, key| {
+            Ok(Box::new(hs256(algorithm, key.family(), key.as_bytes())?))
+        },
+        verifier_factory: |algorithm, key| {
+            Ok(Box::new(hs256(
+                algorithm,
+                key.family(),
+                key.try_get_as_bytes()?,
+            )?))
+        },
+        key_utils: KeyUtils::new_unimplemented(),
+    };
+
+    /// Makes it the process's provider (once; later calls change nothing).
+    pub(super) fn install() {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| {
+            let _ = PROVIDER.install_default();
+        });
+    }
 }
 
 impl Identity {
@@ -188,6 +262,13 @@ mod tests {
             Err(TokenError::SellerWithoutId)
         ));
         assert!(matches!(verifier.verify(None), Err(TokenError::Missing)));
+        // HS384 with the right secret is still refused: only HS256 is accepted.
+        let hs384 = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS384),
+            &claims(Role::Admin, None, later()),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        );
+        assert!(hs384.is_err(), "the provider signs HS256 only");
         assert!(verifier.verify(Some("not.a.jwt")).is_err());
     }
 

@@ -15,17 +15,23 @@
 //! (the relay's fast path, see `outbox.rs`), so the relay need not read them back. A rolled-back
 //! write's rows are forgotten with it; a row that does not fit in the channel stays in the
 //! table for the relay's poll.
+//!
+//! Between groups the writer also keeps the inbox bounded: every [`InboxRetention::every`] it
+//! deletes a batch of rows older than the retention in a transaction of its own (the next
+//! batch right after the next group while a backlog lasts), so pruning never competes with the
+//! writes for SQLite's one write lock. [`Writer::close`] ends the thread after the writes queued
+//! before it, and closes its connection and the checkpointer's.
 
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::{Arc, OnceLock, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_sqlite::rusqlite::{self, Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
-use crate::store::{DbError, OutboxRow};
+use crate::store::{DbError, InboxRetention, OutboxRow, PRUNE_BATCH, prune_inbox};
 
 /// Where committed outbox rows go: the relay's fast path, once a relay asked for it.
 pub(crate) type OutboxSink = Arc<OnceLock<async_mpsc::Sender<OutboxRow>>>;
@@ -73,16 +79,27 @@ const MAX_GROUP: usize = 256;
 /// later (after the commit).
 type Job = Box<dyn FnOnce(&Transaction) -> Box<dyn FnOnce(Option<String>) + Send> + Send>;
 
+/// What the writer thread is asked to do.
+enum Request {
+    Write(Job),
+    /// Finish the writes queued before this, close the connections, then answer.
+    Close(oneshot::Sender<()>),
+}
+
 /// The sending half; cloning it shares the writer thread.
 #[derive(Clone)]
 pub(crate) struct Writer {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Request>,
 }
 
 impl Writer {
     /// Opens its own connection to `path` (already created and in WAL mode) and starts the
     /// writer thread; the thread ends when every `Writer` clone is dropped.
-    pub(crate) fn start(path: &Path, sink: OutboxSink) -> Result<Self, DbError> {
+    pub(crate) fn start(
+        path: &Path,
+        sink: OutboxSink,
+        retention: InboxRetention,
+    ) -> Result<Self, DbError> {
         let open_err = |reason: String| DbError::Open {
             path: path.display().to_string(),
             reason,
@@ -99,19 +116,33 @@ impl Writer {
         // WAL over (with background checkpoints alone the WAL grew by 200-400 MB a minute).
         let checkpointer = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         let (writer_alive, writer_gone) = mpsc::channel::<()>();
-        std::thread::Builder::new()
+        let checkpoints = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || checkpoint(checkpointer, writer_gone))
             .map_err(|e| open_err(e.to_string()))?;
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, queue) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                serve(conn, queue, sink);
+                // Returns (closing its connection) on `Close` or when every `Writer` is gone.
+                let closed = serve(conn, queue, sink, Pruner::new(retention));
                 drop(writer_alive);
+                let _ = checkpoints.join();
+                if let Some(closed) = closed {
+                    let _ = closed.send(());
+                }
             })
             .map_err(|e| open_err(e.to_string()))?;
         Ok(Self { jobs })
+    }
+
+    /// Lets the writes queued so far commit, then closes the writer's and the checkpointer's
+    /// connections; returns once they are closed. Later writes fail.
+    pub(crate) async fn close(&self) {
+        let (closed, done) = oneshot::channel();
+        if self.jobs.send(Request::Close(closed)).is_ok() {
+            let _ = done.await;
+        }
     }
 
     /// Runs `f` in the next group transaction and returns once that transaction committed.
@@ -132,7 +163,7 @@ impl Writer {
             })
         });
         self.jobs
-            .send(job)
+            .send(Request::Write(job))
             .map_err(|_| DbError::Interact("the database writer stopped".into()))?;
         rx_result
             .await
@@ -160,35 +191,109 @@ where
     outcome
 }
 
-fn serve(mut conn: Connection, queue: mpsc::Receiver<Job>, sink: OutboxSink) {
+/// Runs groups of writes and inbox pruning until asked to close (returns who asked) or until
+/// every `Writer` is dropped (returns `None`); the connection closes on return.
+fn serve(
+    mut conn: Connection,
+    queue: mpsc::Receiver<Request>,
+    sink: OutboxSink,
+    mut pruner: Pruner,
+) -> Option<oneshot::Sender<()>> {
     WRITTEN.with(|w| *w.borrow_mut() = Some(Vec::new()));
-    while let Ok(first) = queue.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+    loop {
+        let mut group = Vec::new();
+        let mut closing = None;
+        match queue.recv_timeout(pruner.until_due()) {
+            Ok(Request::Write(job)) => group.push(job),
+            Ok(Request::Close(closed)) => closing = Some(closed),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+        }
+        while closing.is_none() && !group.is_empty() && group.len() < MAX_GROUP {
             match queue.try_recv() {
-                Ok(job) => group.push(job),
+                Ok(Request::Write(job)) => group.push(job),
+                Ok(Request::Close(closed)) => closing = Some(closed),
                 Err(_) => break,
             }
         }
-        metrics::histogram!("sqlite_group_commit_size").record(group.len() as f64);
-        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(e) => {
-                // The writes are not run: dropping them drops their result senders, so every
-                // caller gets a (retryable) error instead of an answer.
-                tracing::warn!(error = %e, writes = group.len(), "could not begin a write transaction");
-                drop(group);
-                continue;
-            }
-        };
-        let started = std::time::Instant::now();
-        let reports: Vec<_> = group.into_iter().map(|job| job(&tx)).collect();
-        let commit_error = tx.commit().err().map(|e| e.to_string());
-        metrics::histogram!("sqlite_group_commit_seconds").record(started.elapsed().as_secs_f64());
-        hand_to_relay(take_written(), commit_error.is_none(), &sink);
-        for report in reports {
-            report(commit_error.clone());
+        if !group.is_empty() {
+            commit_group(&mut conn, group, &sink);
         }
+        if closing.is_some() {
+            return closing;
+        }
+        pruner.run_if_due(&conn);
+    }
+}
+
+/// Runs `group` in one transaction and tells each write how the commit went.
+fn commit_group(conn: &mut Connection, group: Vec<Job>, sink: &OutboxSink) {
+    metrics::histogram!("sqlite_group_commit_size").record(group.len() as f64);
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            // The writes are not run: dropping them drops their result senders, so every
+            // caller gets a (retryable) error instead of an answer.
+            tracing::warn!(error = %e, writes = group.len(), "could not begin a write transaction");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let reports: Vec<_> = group.into_iter().map(|job| job(&tx)).collect();
+    let commit_error = tx.commit().err().map(|e| e.to_string());
+    metrics::histogram!("sqlite_group_commit_seconds").record(started.elapsed().as_secs_f64());
+    hand_to_relay(take_written(), commit_error.is_none(), sink);
+    for report in reports {
+        report(commit_error.clone());
+    }
+}
+
+/// When the writer next deletes a batch of old inbox rows.
+struct Pruner {
+    retention: InboxRetention,
+    next: Instant,
+}
+
+impl Pruner {
+    fn new(retention: InboxRetention) -> Self {
+        Self {
+            retention,
+            // Not at once: a service that just started has other things to do first.
+            next: Instant::now() + retention.every,
+        }
+    }
+
+    fn until_due(&self) -> Duration {
+        self.next.saturating_duration_since(Instant::now())
+    }
+
+    /// Deletes one batch (its own transaction, autocommit) when due. A full batch means more
+    /// are waiting: the next is due at once, after the writes that queued meanwhile.
+    fn run_if_due(&mut self, conn: &Connection) {
+        if Instant::now() < self.next {
+            return;
+        }
+        let mut again_in = self.retention.every;
+        match prune_inbox(conn, self.retention.keep, PRUNE_BATCH) {
+            Ok(deleted) => {
+                metrics::counter!("inbox_pruned_total").increment(deleted as u64);
+                if deleted == PRUNE_BATCH {
+                    again_in = Duration::ZERO;
+                }
+                if deleted > 0 {
+                    tracing::debug!(
+                        deleted,
+                        keep_secs = self.retention.keep.as_secs(),
+                        "deleted inbox rows older than the retention"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not delete old inbox rows; will try again at the next pass"
+            ),
+        }
+        self.next = Instant::now() + again_in;
     }
 }
 

@@ -6,13 +6,21 @@
 //! `webhook-signature` header may carry several space-separated signatures (during a secret
 //! rotation); a request is authentic when any `v1` one matches. Comparison is constant-time
 //! (`Mac::verify_slice`), so a forger learns nothing from how long a refusal takes.
+//! [`Secret::verify_request`] is the receiver's whole check: the three `webhook-*` headers, the
+//! timestamp's freshness, then the signature.
+//!
+//! The key and its text live in `secrecy` boxes (zeroed when dropped, never in a `Debug` form).
 
 use std::fmt;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::Sha256;
+
+use crate::config::{AppEnv, ConfigError, secret_from_env};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -21,8 +29,9 @@ pub const SECRET_PREFIX: &str = "whsec_";
 pub const MIN_KEY_BYTES: usize = 16;
 /// The Standard Webhooks libraries refuse keys longer than this.
 pub const MAX_KEY_BYTES: usize = 64;
-/// The secret publisher and notifier share when `WEBHOOK_SECRET` is unset: for development
-/// only, both services log a warning when they fall back to it.
+/// The secret publisher and notifier share when `WEBHOOK_SECRET` is unset under
+/// `APP_ENV=development`; both services log a warning when they fall back to it, and refuse to
+/// start without a real one anywhere else.
 pub const DEV_SECRET: &str = "whsec_ZGV2LW9ubHktd2ViaG9vay1zZWNyZXQtMzJieXRlcyE=";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -35,11 +44,37 @@ pub enum SecretError {
     Length(usize),
 }
 
+/// Why a webhook request is not authentic (the receiver answers 401 with this text).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    #[error("webhook-id, webhook-timestamp and webhook-signature headers are required")]
+    MissingHeaders,
+    #[error("webhook-timestamp is not a Unix time in seconds")]
+    BadTimestamp,
+    #[error("webhook-timestamp is too far from the current time")]
+    Stale,
+    #[error("the signature does not match the body and headers")]
+    Mismatch,
+}
+
+/// The three `webhook-*` headers of a request as received (absent or not text: `None`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WebhookHeaders<'a> {
+    pub id: Option<&'a str>,
+    pub timestamp: Option<&'a str>,
+    pub signature: Option<&'a str>,
+}
+
+/// Whether `timestamp` (Unix seconds) is within `tolerance` of `now`.
+pub fn timestamp_fresh(timestamp: i64, now: i64, tolerance: Duration) -> bool {
+    timestamp.abs_diff(now) <= tolerance.as_secs()
+}
+
 /// A signing secret. Its `Debug` form never shows the key.
 #[derive(Clone)]
 pub struct Secret {
-    text: String,
-    key: Vec<u8>,
+    text: SecretString,
+    key: SecretSlice<u8>,
 }
 
 impl fmt::Debug for Secret {
@@ -62,8 +97,8 @@ impl Secret {
             return Err(SecretError::Length(key.len()));
         }
         Ok(Self {
-            text: text.trim().to_owned(),
-            key,
+            text: SecretString::from(text.trim()),
+            key: SecretSlice::from(key),
         })
     }
 
@@ -71,19 +106,24 @@ impl Secret {
     pub fn generate() -> Self {
         let key: [u8; 32] = rand::random();
         Self {
-            text: format!("{SECRET_PREFIX}{}", STANDARD.encode(key)),
-            key: key.to_vec(),
+            text: SecretString::from(format!("{SECRET_PREFIX}{}", STANDARD.encode(key))),
+            key: SecretSlice::from(key.to_vec()),
         }
     }
 
     /// The `whsec_…` form, to store or hand to the subscriber.
     pub fn expose(&self) -> &str {
-        &self.text
+        self.text.expose_secret()
+    }
+
+    /// How many bytes of key it has.
+    pub fn key_len(&self) -> usize {
+        self.key.expose_secret().len()
     }
 
     fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.key)
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(self.key.expose_secret())
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         mac.update(id.as_bytes());
         mac.update(b".");
@@ -109,6 +149,48 @@ impl Secret {
             .filter_map(|(_, sig)| STANDARD.decode(sig).ok())
             .any(|sig| expected.clone().verify_slice(&sig).is_ok())
     }
+
+    /// The receiver's check of a request: all three headers present, the timestamp a number
+    /// within `tolerance` of `now` (which bounds how long a captured request can be replayed),
+    /// then the signature over the exact body. Returns the `webhook-id`.
+    pub fn verify_request<'a>(
+        &self,
+        headers: WebhookHeaders<'a>,
+        body: &[u8],
+        now: i64,
+        tolerance: Duration,
+    ) -> Result<&'a str, VerifyError> {
+        let (Some(id), Some(timestamp), Some(signature)) =
+            (headers.id, headers.timestamp, headers.signature)
+        else {
+            return Err(VerifyError::MissingHeaders);
+        };
+        let timestamp: i64 = timestamp
+            .trim()
+            .parse()
+            .map_err(|_| VerifyError::BadTimestamp)?;
+        if !timestamp_fresh(timestamp, now, tolerance) {
+            return Err(VerifyError::Stale);
+        }
+        if !self.verify(id, timestamp, body, signature) {
+            return Err(VerifyError::Mismatch);
+        }
+        Ok(id)
+    }
+}
+
+/// `WEBHOOK_SECRET` (`whsec_…`): required, with at least 32 bytes of key, outside development;
+/// [`DEV_SECRET`] with a warning in it (see [`crate::config::secret_from_env`]).
+pub fn webhook_secret_from_env(app_env: AppEnv) -> Result<Secret, ConfigError> {
+    let text = secret_from_env("WEBHOOK_SECRET", app_env, DEV_SECRET, |text| {
+        Secret::parse(text)
+            .map(|s| s.key_len())
+            .map_err(|e| format!("is not a webhook secret: {e}"))
+    })?;
+    Secret::parse(text.expose_secret()).map_err(|e| ConfigError::Secret {
+        name: "WEBHOOK_SECRET".into(),
+        reason: format!("is not a webhook secret: {e}"),
+    })
 }
 
 #[cfg(test)]
@@ -150,6 +232,17 @@ mod tests {
         ));
         assert!(!secret.verify(ID, TIMESTAMP, BODY, "v1,not-base64"));
         assert!(!secret.verify(ID, TIMESTAMP, BODY, ""));
+    }
+
+    #[test]
+    fn timestamps_within_five_minutes_are_fresh() {
+        let five = Duration::from_secs(300);
+        assert!(timestamp_fresh(1_000, 1_000, five));
+        assert!(timestamp_fresh(1_000 - 300, 1_000, five));
+        assert!(timestamp_fresh(1_000 + 300, 1_000, five));
+        assert!(!timestamp_fresh(1_000 - 301, 1_000, five));
+        assert!(!timestamp_fresh(1_000 + 301, 1_000, five));
+        assert!(!timestamp_fresh(i64::MIN, 1_000, five));
     }
 
     #[test]

@@ -3,12 +3,19 @@
 //! Every database is in WAL mode with `synchronous=FULL`, so a committed transaction survives a
 //! crash of the process and of the machine; writes run in `BEGIN IMMEDIATE` transactions so two
 //! writers queue on the busy timeout instead of failing on a lock upgrade.
+//!
+//! The inbox stays bounded: the writer deletes rows older than [`InboxRetention`] in small
+//! batches (see `group_commit.rs`). [`Db::close`] closes every connection, so a clean stop
+//! leaves the database file alone, without `-wal` or `-shm` files.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_sqlite::rusqlite::{self, Connection, Transaction, params};
 use deadpool_sqlite::{Config, Hook, HookError, Pool, QueueMode, Runtime};
 
+use crate::config::{ConfigError, env_or};
 use crate::envelope::OutgoingMessage;
 use crate::group_commit::{OutboxSink, Writer, note_outbox_row};
 
@@ -22,6 +29,80 @@ pub enum DbError {
     Interact(String),
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// How long an inbox row (the id of a message already applied) is kept, and how often the
+/// writer looks for older ones.
+///
+/// A message redelivered after its row was deleted would be applied again, so `keep` must
+/// exceed the longest time between a message's first application and its last possible
+/// redelivery (docs/operations.md, "Inbox retention").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxRetention {
+    /// `INBOX_RETENTION_SECS`: rows older than this are deleted.
+    pub keep: Duration,
+    /// How often the writer looks for rows to delete (a full batch is followed by the next one
+    /// at once).
+    pub every: Duration,
+}
+
+impl InboxRetention {
+    /// Seven days: far longer than any redelivery the system itself makes, and a week for an
+    /// operator to replay dead letters.
+    pub const DEFAULT_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// At least once a minute, as the issue asks; twice, so one failed pass is not noticed.
+    pub const DEFAULT_EVERY: Duration = Duration::from_secs(30);
+
+    /// `INBOX_RETENTION_SECS` (default seven days; zero is refused: it would forget every
+    /// message at once and let redeliveries apply twice).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let secs: u64 = env_or("INBOX_RETENTION_SECS", Self::DEFAULT_KEEP.as_secs())?;
+        if secs == 0 {
+            return Err(ConfigError::Invalid {
+                name: "INBOX_RETENTION_SECS".into(),
+                value: "0".into(),
+                reason: "must be at least 1 (seconds); see docs/operations.md".into(),
+            });
+        }
+        Ok(Self {
+            keep: Duration::from_secs(secs),
+            ..Self::default()
+        })
+    }
+}
+
+impl Default for InboxRetention {
+    fn default() -> Self {
+        Self {
+            keep: Self::DEFAULT_KEEP,
+            every: Self::DEFAULT_EVERY,
+        }
+    }
+}
+
+/// Inbox rows deleted per transaction: a backlog of old rows is worked off in steps this small,
+/// so the write lock is never held long and the writes queued meanwhile go in between.
+pub(crate) const PRUNE_BATCH: usize = 500;
+
+/// Deletes up to `batch` inbox rows older than `keep`; returns how many it deleted.
+///
+/// It looks only at the `batch` oldest rows (rowid order is arrival order: rows are only ever
+/// appended, and only the oldest are deleted), so a pass reads at most `batch` rows and needs no
+/// index on `received_at`, even when nothing is old enough.
+pub(crate) fn prune_inbox(
+    conn: &Connection,
+    keep: Duration,
+    batch: usize,
+) -> rusqlite::Result<usize> {
+    let modifier = format!("-{:.3} seconds", keep.as_secs_f64());
+    conn.prepare_cached(
+        "DELETE FROM inbox WHERE rowid IN (
+             SELECT rowid FROM (SELECT rowid, received_at FROM inbox ORDER BY rowid LIMIT ?2)
+             WHERE received_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1))",
+    )?
+    .execute(params![modifier, batch as i64])
 }
 
 /// The inbox (message ids already applied) and outbox (messages still to publish) tables.
@@ -49,6 +130,7 @@ const READ_CONNECTIONS: usize = 4;
 
 #[derive(Clone)]
 pub struct Db {
+    path: Arc<PathBuf>,
     /// Reads (and the schema) go through the pool.
     pool: Pool,
     /// Every write transaction goes through the one writer, which commits them in groups.
@@ -59,8 +141,17 @@ pub struct Db {
 
 impl Db {
     /// Opens (creating if needed) the database at `path` and applies `schema` and the
-    /// messaging tables.
+    /// messaging tables; the inbox is kept for `INBOX_RETENTION_SECS`.
     pub async fn open(path: &Path, schema: &'static str) -> Result<Self, DbError> {
+        Self::open_with(path, schema, InboxRetention::from_env()?).await
+    }
+
+    /// [`Db::open`] with the inbox retention given (tests use a short one).
+    pub async fn open_with(
+        path: &Path,
+        schema: &'static str,
+        retention: InboxRetention,
+    ) -> Result<Self, DbError> {
         let open_err = |reason: String| DbError::Open {
             path: path.display().to_string(),
             reason,
@@ -96,8 +187,9 @@ impl Db {
         .map_err(|e| DbError::Interact(e.to_string()))??;
         drop(conn);
         let outbox_sink = OutboxSink::default();
-        let writer = Writer::start(path, outbox_sink.clone())?;
+        let writer = Writer::start(path, outbox_sink.clone(), retention)?;
         Ok(Self {
+            path: Arc::new(path.to_owned()),
             pool,
             writer,
             outbox_sink,
@@ -128,6 +220,19 @@ impl Db {
             .map_err(DbError::from)
     }
 
+    /// Closes every connection of this database (its clones included): SQLite then copies the
+    /// WAL into the database file and removes the `-wal` and `-shm` files. Writes queued before
+    /// it still commit; later reads and writes fail. `Running::stop` calls it once the
+    /// service's tasks have ended.
+    pub async fn close(&self) {
+        self.pool.close();
+        self.writer.close().await;
+        // deadpool drops pooled connections on blocking threads of their own, and only the
+        // last connection to close removes the WAL: a short-lived one more, after them, does.
+        let path = self.path.clone();
+        let _ = tokio::task::spawn_blocking(move || remove_wal(&path)).await;
+    }
+
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction and returns once it committed; `f`'s
     /// changes are kept only if it returns `Ok`. Writes queued at the same moment share one
     /// commit (one fsync), each under its own savepoint (see `group_commit.rs`).
@@ -137,6 +242,31 @@ impl Db {
         F: FnOnce(&Transaction) -> Result<R, rusqlite::Error> + Send + 'static,
     {
         self.writer.write(f).await
+    }
+}
+
+/// How long [`Db::close`] waits for other connections (a reader in the same process, a pooled
+/// connection still being dropped) before it leaves the WAL to the next open.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+fn remove_wal(path: &Path) {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    let deadline = std::time::Instant::now() + CLOSE_WAIT;
+    while wal.exists() {
+        // A connection that read something and closes last checkpoints and deletes the WAL.
+        if let Ok(conn) = Connection::open(path) {
+            let _ = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(()));
+            let _ = conn.close();
+        }
+        if !wal.exists() || std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if wal.exists() {
+        tracing::debug!(path = %path.display(), "another connection still has the database open; its WAL stays until the next open");
     }
 }
 

@@ -1,4 +1,8 @@
 //! Logging setup: `tracing` with `RUST_LOG` (default `info`), JSON lines when `LOG_FORMAT=json`.
+//! Colours only when stdout is a terminal: a log file (`.run/logs/`, a container's log) gets
+//! plain text, not ANSI escape codes.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -9,7 +13,8 @@ pub fn init() {
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal());
     let _ = if json {
         builder.json().try_init()
     } else {

@@ -25,10 +25,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use messaging::config::{CommonConfig, env_or};
+use messaging::config::{AppEnv, CommonConfig, ExposeSecret, SecretString, env_or};
 use messaging::service::Running;
-use messaging::signature::{DEV_SECRET, Secret};
-use tracing::{info, warn};
+use messaging::signature::{Secret, webhook_secret_from_env};
+use tracing::info;
 
 use crate::bus::Bus;
 use crate::hub::Hub;
@@ -42,7 +42,7 @@ pub struct Config {
     /// `WEBHOOK_SECRET`: the secret the publisher signs with.
     pub webhook_secret: Secret,
     /// `JWT_SECRET`: HS256 key of WebSocket tokens.
-    pub jwt_secret: String,
+    pub jwt_secret: SecretString,
     /// How far a webhook's timestamp may be from now (Standard Webhooks: 5 minutes).
     pub tolerance: Duration,
     /// `WEBHOOK_DEDUPE_TTL_SECS`: how long a webhook id is remembered.
@@ -59,16 +59,9 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
-        let secret_text: String = env_or("WEBHOOK_SECRET", String::new())?;
-        let webhook_secret = if secret_text.is_empty() {
-            warn!(
-                "WEBHOOK_SECRET is not set: using the built-in development secret; set it in any shared or production environment"
-            );
-            Secret::parse(DEV_SECRET)?
-        } else {
-            Secret::parse(&secret_text).map_err(|e| anyhow::anyhow!("WEBHOOK_SECRET: {e}"))?
-        };
-        let jwt_secret = messaging::auth::jwt_secret_from_env();
+        let app_env = AppEnv::from_env()?;
+        let webhook_secret = webhook_secret_from_env(app_env)?;
+        let jwt_secret = messaging::auth::jwt_secret_from_env(app_env)?;
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             webhook_secret,
@@ -117,7 +110,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     let state = AppState {
         bus: bus.clone(),
         hub: hub.clone(),
-        tokens: TokenVerifier::new(config.jwt_secret.as_bytes()),
+        tokens: TokenVerifier::new(config.jwt_secret.expose_secret().as_bytes()),
         webhook_secret: config.webhook_secret.clone(),
         tolerance: config.tolerance,
         ping_interval: config.ping_interval,

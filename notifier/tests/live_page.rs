@@ -48,11 +48,17 @@ async fn the_live_page_shows_events_and_reconnects_by_itself() {
         },
         notifier_url: format!("{}/webhooks", notifier.url()),
         webhook_secret: Secret::parse(SECRET).unwrap(),
+        jwt_secret: JWT_SECRET.into(),
         schedule: webhook_publisher::schedule::RetrySchedule::parse_ms("100,200,400,800,1600", 0.2)
             .unwrap(),
         timeout: Duration::from_secs(5),
         endpoint_concurrency: 4,
         prefetch: 32,
+        // Tests send webhooks to sinks on this machine.
+        allowed_networks: webhook_publisher::egress::parse_allowed_networks("127.0.0.0/8").unwrap(),
+        extra_roots: Default::default(),
+        history_retention: Duration::from_secs(30 * 86_400),
+        prune_every: webhook_publisher::retention::PRUNE_EVERY,
     };
     let publisher = webhook_publisher::spawn(publisher_config).await.unwrap();
     let amqp = e2e::eventually(LONG, || async {

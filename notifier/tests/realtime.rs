@@ -27,10 +27,16 @@ fn publisher_config(env: &TestEnv, notifier_url: &str) -> webhook_publisher::Con
         },
         notifier_url: notifier_url.to_owned(),
         webhook_secret: Secret::parse(SECRET).unwrap(),
+        jwt_secret: JWT_SECRET.into(),
         schedule: webhook_publisher::schedule::RetrySchedule::parse_ms("100,200,400", 0.2).unwrap(),
         timeout: Duration::from_secs(5),
         endpoint_concurrency: 4,
         prefetch: 32,
+        // Tests send webhooks to sinks on this machine.
+        allowed_networks: webhook_publisher::egress::parse_allowed_networks("127.0.0.0/8").unwrap(),
+        extra_roots: Default::default(),
+        history_retention: Duration::from_secs(30 * 86_400),
+        prune_every: webhook_publisher::retention::PRUNE_EVERY,
     }
 }
 

@@ -15,6 +15,7 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+use messaging::Consumer;
 use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
 use messaging::config::{CommonConfig, env_or};
@@ -22,7 +23,6 @@ use messaging::idempotency::{Guard, redis_pool};
 use messaging::outbox::Relay;
 use messaging::service::Running;
 use messaging::topology::{ORDERS_INTAKE_QUEUE, ORDERS_QUEUE, ORDERS_RPC_QUEUE};
-use messaging::Consumer;
 
 pub const SERVICE: &str = "orders";
 pub const DEFAULT_PORT: u16 = 3002;
@@ -77,7 +77,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
             .with_prefetch(config.prefetch, usize::from(config.prefetch)),
     ));
     let reads = rpc::RpcHandler {
-        db,
+        db: db.clone(),
         broker: broker.clone(),
     };
     broker.attach(Arc::new(
@@ -100,5 +100,6 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     running.spawn(move |stop| broker.run(stop));
     running.spawn(move |stop| relay.run(stop));
     running.spawn(move |stop| deadline::run(saga, deadline, sweep_every, stop));
+    running.close_on_stop(db);
     Ok(running)
 }

@@ -71,5 +71,6 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     .await?;
     running.spawn(move |stop| broker.run(stop));
     running.spawn(move |stop| relay.run(stop));
+    running.close_on_stop(db);
     Ok(running)
 }

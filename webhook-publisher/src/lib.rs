@@ -27,12 +27,12 @@ use secrecy::{ExposeSecret, SecretString};
 
 use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
-use messaging::config::{CommonConfig, env_or};
+use messaging::config::{AppEnv, CommonConfig, env_or};
 use messaging::service::Running;
-use messaging::signature::{DEV_SECRET, Secret};
+use messaging::signature::{Secret, webhook_secret_from_env};
 use messaging::topology::WEBHOOKS_QUEUE;
 use messaging::{Consumer, Db};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::client::{ClientSettings, TlsRoots};
 use crate::dispatcher::{Dispatcher, Settings};
@@ -49,6 +49,8 @@ pub struct Config {
     pub notifier_url: String,
     /// `WEBHOOK_SECRET`: the default subscription's secret.
     pub webhook_secret: Secret,
+    /// `JWT_SECRET`: HS256 key of the ADMIN tokens its API takes (the gateway's).
+    pub jwt_secret: SecretString,
     /// `WEBHOOK_RETRY_SCHEDULE_MS` and `WEBHOOK_RETRY_JITTER_PERCENT`.
     pub schedule: RetrySchedule,
     /// `WEBHOOK_TIMEOUT_MS`: time limit of one request.
@@ -58,8 +60,6 @@ pub struct Config {
     pub endpoint_concurrency: usize,
     /// `WEBHOOKS_PREFETCH`: unacked events the consumer may hold.
     pub prefetch: u16,
-    /// `JWT_SECRET`: the API takes ADMIN tokens signed with it (the gateway's).
-    pub jwt_secret: SecretString,
     /// `WEBHOOK_ALLOWED_NETWORKS`: forbidden addresses that subscriptions may use all the same.
     pub allowed_networks: Vec<IpNet>,
     /// `WEBHOOK_CA_FILE`: roots trusted besides the public ones.
@@ -73,6 +73,7 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
+        let app_env = AppEnv::from_env()?;
         let jitter: f64 = env_or("WEBHOOK_RETRY_JITTER_PERCENT", 20.0)?;
         let schedule_text: String = env_or(
             "WEBHOOK_RETRY_SCHEDULE_MS",
@@ -83,12 +84,12 @@ impl Config {
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             notifier_url: env_or("NOTIFIER_URL", DEFAULT_NOTIFIER_URL.to_owned())?,
-            webhook_secret: webhook_secret_from_env()?,
+            webhook_secret: webhook_secret_from_env(app_env)?,
+            jwt_secret: messaging::auth::jwt_secret_from_env(app_env)?,
             schedule,
             timeout: Duration::from_millis(env_or("WEBHOOK_TIMEOUT_MS", 10_000)?),
             endpoint_concurrency: env_or("WEBHOOK_ENDPOINT_CONCURRENCY", 32)?,
             prefetch: env_or("WEBHOOKS_PREFETCH", 32)?,
-            jwt_secret: SecretString::from(messaging::auth::jwt_secret_from_env()),
             allowed_networks: egress::parse_allowed_networks(&env_or(
                 "WEBHOOK_ALLOWED_NETWORKS",
                 String::new(),
@@ -114,18 +115,6 @@ fn days(n: u64) -> Result<Duration, String> {
     n.checked_mul(86_400)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("{n} days is too long"))
-}
-
-/// `WEBHOOK_SECRET`, or the development secret with a warning.
-pub fn webhook_secret_from_env() -> anyhow::Result<Secret> {
-    let text: String = env_or("WEBHOOK_SECRET", String::new())?;
-    if text.is_empty() {
-        warn!(
-            "WEBHOOK_SECRET is not set: using the built-in development secret; set it in any shared or production environment"
-        );
-        return Ok(Secret::parse(DEV_SECRET)?);
-    }
-    Secret::parse(&text).map_err(|e| anyhow::anyhow!("WEBHOOK_SECRET: {e}"))
 }
 
 /// Opens `webhooks.db`, makes sure a subscription exists, connects to the broker and starts
@@ -185,7 +174,9 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     running.spawn(move |stop| broker.run(stop));
     running.spawn(move |stop| dispatcher.run(stop));
     let (retention, every) = (config.history_retention, config.prune_every);
-    running.spawn(move |stop| retention::run(db, retention, every, stop));
+    let pruned = db.clone();
+    running.spawn(move |stop| retention::run(pruned, retention, every, stop));
+    running.close_on_stop(db);
     Ok(running)
 }
 

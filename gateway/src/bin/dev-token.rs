@@ -3,6 +3,7 @@
 
 use clap::{Parser, ValueEnum};
 use messaging::auth::{Role, issue_for, jwt_secret_from_env};
+use messaging::config::{AppEnv, ExposeSecret};
 
 #[derive(Clone, Copy, ValueEnum)]
 #[value(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -13,7 +14,9 @@ enum RoleArg {
 }
 
 #[derive(Parser)]
-#[command(about = "Print a development JWT (HS256, signed with JWT_SECRET or the dev secret)")]
+#[command(
+    about = "Print a JWT (HS256, signed with JWT_SECRET; the dev secret only under APP_ENV=development)"
+)]
 struct Cli {
     /// The subject: the customer id of a CLIENT.
     #[arg(long)]
@@ -38,12 +41,12 @@ fn main() -> anyhow::Result<()> {
     if role == Role::Seller && cli.seller_id.is_none() {
         anyhow::bail!("a SELLER token needs --seller-id");
     }
-    let secret = jwt_secret_from_env();
+    let secret = jwt_secret_from_env(AppEnv::from_env()?)?;
     let lifetime = std::time::Duration::from_secs(cli.ttl);
     println!(
         "{}",
         issue_for(
-            secret.as_bytes(),
+            secret.expose_secret().as_bytes(),
             &cli.sub,
             role,
             cli.seller_id.as_deref(),

@@ -28,7 +28,7 @@ pub fn config(env: &TestEnv) -> Config {
             data_dir: env.data_dir("notifier"),
         },
         webhook_secret: Secret::parse(SECRET).unwrap(),
-        jwt_secret: JWT_SECRET.to_owned(),
+        jwt_secret: JWT_SECRET.into(),
         tolerance: Duration::from_secs(300),
         dedupe_ttl: Duration::from_secs(600),
         client_buffer: 256,
