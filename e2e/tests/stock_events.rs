@@ -89,6 +89,7 @@ async fn stock_changes_reach_the_broker_and_the_subscribers() {
     let (url, received) = sink().await;
     let response = http
         .post(format!("{publisher}/subscriptions"))
+        .bearer_auth(&system.admin_token)
         .json(&json!({"url": url, "events": [keys::STOCK_CHANGED]}))
         .send()
         .await
@@ -183,6 +184,7 @@ async fn stock_changes_reach_the_broker_and_the_subscribers() {
     // The default subscription (the notifier) asked for them too.
     let subscriptions: Vec<Value> = http
         .get(format!("{publisher}/subscriptions"))
+        .bearer_auth(&system.admin_token)
         .send()
         .await
         .unwrap()
@@ -200,6 +202,7 @@ async fn stock_changes_reach_the_broker_and_the_subscribers() {
             keys::STOCK_CHANGED,
             default["id"].as_str().unwrap()
         ))
+        .bearer_auth(&system.admin_token)
         .send()
         .await
         .unwrap()
