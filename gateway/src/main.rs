@@ -4,6 +4,6 @@
 async fn main() -> anyhow::Result<()> {
     messaging::telemetry::init();
     let config = gateway::Config::from_env()?;
-    gateway::spawn(config).await?.run_until_signal().await;
+    gateway::spawn(config).await?.run_until_signal().await?;
     Ok(())
 }

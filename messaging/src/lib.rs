@@ -1,6 +1,7 @@
 //! Messaging plumbing shared by every service of the saga: the message envelope, the broker
 //! topology, a reconnecting broker link with a confirmed publisher, the consumer loop, AMQP
-//! request/response, the Redis idempotency guard, SQLite inbox/outbox and the outbox relay, and
+//! request/response, the Redis idempotency guard, the inbox/outbox on SQLite (`store`) or
+//! PostgreSQL (`pg`) and the outbox relay, and
 //! the operational HTTP endpoints.
 
 mod acks;
@@ -15,6 +16,7 @@ mod group_commit;
 pub mod idempotency;
 pub mod ops;
 pub mod outbox;
+pub mod pg;
 pub mod problem;
 pub mod rpc;
 pub mod service;
@@ -26,4 +28,5 @@ pub mod topology;
 pub use broker::{Broker, BrokerConfig, PublishError};
 pub use consumer::{Consumer, HandleError, Handler, MessageHandler};
 pub use envelope::{Incoming, MessageMeta, OutgoingMessage};
-pub use store::Db;
+pub use pg::PgDb;
+pub use store::{Backend, Db};

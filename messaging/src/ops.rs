@@ -36,6 +36,27 @@ pub fn broker_and_redis(broker: Broker, redis: deadpool_redis::Pool) -> ReadyChe
     })
 }
 
+/// [`broker_and_redis`], plus `postgres` (schema up to date and answering) when the service's
+/// database is PostgreSQL; a SQLite file is local and needs no check.
+pub fn broker_redis_and_store(
+    broker: Broker,
+    redis: deadpool_redis::Pool,
+    db: &crate::store::Backend,
+) -> ReadyCheck {
+    let base = broker_and_redis(broker, redis);
+    let crate::store::Backend::Postgres(pg) = db.clone() else {
+        return base;
+    };
+    Arc::new(move || {
+        let (base, pg) = (base.clone(), pg.clone());
+        Box::pin(async move {
+            let mut checks = base().await;
+            checks.push(("postgres", pg.is_ready().await));
+            checks
+        })
+    })
+}
+
 /// The process-wide Prometheus recorder (installed on first use).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

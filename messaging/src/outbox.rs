@@ -1,7 +1,8 @@
 //! The outbox relay: publishes what a transaction left in the `outbox` table, with confirms.
 //!
-//! A service writes its state change and the messages that announce it in one SQLite
-//! transaction (see [`crate::store::outbox_enqueue`]). The relay deletes a row only once the
+//! A service writes its state change and the messages that announce it in one transaction
+//! (see [`crate::store::outbox_enqueue`] for SQLite, [`crate::pg::PgTx::enqueue`] for
+//! PostgreSQL). The relay deletes a row only once the
 //! broker confirmed it; a crash between publish and delete publishes the row again with the
 //! same message id, which consumers deduplicate. Nothing committed is ever lost.
 //!
@@ -9,7 +10,8 @@
 //! - **fast path**: right after each group commit the database writer hands over the rows that
 //!   commit made durable (`group_commit.rs`), so the relay publishes them at once without
 //!   reading them back;
-//! - **poll**: every [`POLL`] (and at start) the relay reads the oldest rows of the table, for
+//! - **poll**: every [`POLL`] (and at start) the relay reads the oldest rows of the table (on
+//!   PostgreSQL: claims those no live instance holds, see `pg.rs`), for
 //!   rows the fast path did not carry — left by a previous run, refused by the broker, or that
 //!   did not fit in the channel.
 //!
@@ -40,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::broker::{Broker, PublishError};
-use crate::store::{Db, DbError, OutboxRow, outbox_batch, outbox_settle};
+use crate::store::{Backend, DbError, OutboxRow, outbox_batch, outbox_settle};
 
 /// Unconfirmed publishes at most; the fast path waits while the window is full.
 const WINDOW: usize = 512;
@@ -63,17 +65,21 @@ type Confirm = BoxFuture<'static, (OutboxRow, Result<(), PublishError>)>;
 type Settled = BoxFuture<'static, (Vec<i64>, Result<(), DbError>)>;
 
 pub struct Relay {
-    db: Db,
+    db: Backend,
     broker: Broker,
     rows: mpsc::Receiver<OutboxRow>,
 }
 
 impl Relay {
-    /// The relay of `db`. Fails if `db` already has one: the fast path has one reader.
-    pub fn new(db: Db, broker: Broker) -> Result<Self, DbError> {
-        let rows = db
-            .committed_outbox_rows(CHANNEL)
-            .ok_or_else(|| DbError::Interact("this database already has an outbox relay".into()))?;
+    /// The relay of `db` (this instance's, on PostgreSQL). Fails if `db` already has one: the
+    /// fast path has one reader.
+    pub fn new(db: impl Into<Backend>, broker: Broker) -> Result<Self, DbError> {
+        let db = db.into();
+        let rows = match &db {
+            Backend::Sqlite(db) => db.committed_outbox_rows(CHANNEL),
+            Backend::Postgres(db) => db.committed_outbox_rows(CHANNEL),
+        }
+        .ok_or_else(|| DbError::Interact("this database already has an outbox relay".into()))?;
         Ok(Self { db, broker, rows })
     }
 
@@ -131,14 +137,20 @@ impl Relay {
         if !self.broker.is_connected() {
             return;
         }
-        let rows = match self.db.call(|conn| outbox_batch(conn, POLL_BATCH)).await {
+        let rows = match &self.db {
+            Backend::Sqlite(db) => db.call(|conn| outbox_batch(conn, POLL_BATCH)).await,
+            Backend::Postgres(db) => db.claim_outbox(POLL_BATCH).await,
+        };
+        let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
                 warn!(error = %e, "could not read the outbox; will try again");
                 return;
             }
         };
-        if let Some(last) = rows.last() {
+        // SQLite commits rows in id order (one writer); PostgreSQL does not, so there a
+        // fast-path row is never taken as seen by a poll (the in-flight set catches repeats).
+        if let (Backend::Sqlite(_), Some(last)) = (&self.db, rows.last()) {
             state.polled_up_to = state.polled_up_to.max(last.id);
         }
         let started = rows
@@ -154,7 +166,11 @@ impl Relay {
     /// Sets the backlog gauges from the table (rows in flight included: they are not delivered
     /// until their delete commits).
     async fn measure_backlog(&self) {
-        match self.db.call(|conn| backlog(conn)).await {
+        let measured = match &self.db {
+            Backend::Sqlite(db) => db.call(|conn| backlog(conn)).await,
+            Backend::Postgres(db) => db.outbox_backlog().await,
+        };
+        match measured {
             Ok((rows, oldest_age)) => {
                 metrics::gauge!("outbox_pending_rows").set(rows as f64);
                 metrics::gauge!("outbox_oldest_age_seconds").set(oldest_age.unwrap_or(0.0));
@@ -175,7 +191,10 @@ impl Relay {
         let db = self.db.clone();
         Box::pin(async move {
             let count = done.len();
-            let result = db.write(move |tx| outbox_settle(tx, &done, &failed)).await;
+            let result = match db {
+                Backend::Sqlite(db) => db.write(move |tx| outbox_settle(tx, &done, &failed)).await,
+                Backend::Postgres(db) => db.settle_outbox(&done, &failed).await,
+            };
             if result.is_ok() {
                 metrics::counter!("outbox_relayed_total").increment(count as u64);
             }

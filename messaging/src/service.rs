@@ -3,17 +3,28 @@
 //! it; `main` runs it until Ctrl-C or SIGTERM. Once the tasks have ended, its databases are
 //! closed, so a clean stop leaves no `-wal`/`-shm` files behind.
 
+use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::store::Db;
+use crate::broker::Broker;
+use crate::store::Backend;
+
+/// Why a service stopped on its own: a task it cannot run without failed for good.
+#[derive(Debug, thiserror::Error)]
+#[error("{service} stopped: {reason}")]
+pub struct Failed {
+    pub service: &'static str,
+    pub reason: String,
+}
 
 /// A running service.
 pub struct Running {
@@ -23,7 +34,9 @@ pub struct Running {
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     /// Closed after the tasks, by [`Running::stop`].
-    databases: Vec<Db>,
+    databases: Vec<Backend>,
+    /// Set by a critical task that failed (see [`Running::spawn_critical`]).
+    failed: Arc<Mutex<Option<String>>>,
 }
 
 impl Running {
@@ -43,6 +56,7 @@ impl Running {
             shutdown: CancellationToken::new(),
             tasks: JoinSet::new(),
             databases: Vec::new(),
+            failed: Arc::default(),
         };
         running.spawn(move |stop| async move {
             if let Err(e) = crate::ops::serve(listener, router, stop).await {
@@ -63,9 +77,51 @@ impl Running {
         self.tasks.spawn(task(self.shutdown.clone()));
     }
 
-    /// Closes `db` when the service stops, after every task ended (see [`Db::close`]).
-    pub fn close_on_stop(&mut self, db: Db) {
-        self.databases.push(db);
+    /// Runs a task the service cannot do without: if it returns `Err`, the error is logged and
+    /// the whole service stops, and [`Running::run_until_signal`] returns it (exit non-zero).
+    pub fn spawn_critical<F, Fut, E>(&mut self, what: &'static str, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display,
+    {
+        let (shutdown, failed, service) = (self.shutdown.clone(), self.failed.clone(), self.name);
+        let task = task(self.shutdown.clone());
+        self.tasks.spawn(async move {
+            if let Err(e) = task.await {
+                let reason = format!("{what}: {e}");
+                error!(service, %reason, "a task the service cannot run without failed; stopping");
+                if let Ok(mut slot) = failed.lock() {
+                    slot.get_or_insert(reason);
+                }
+                shutdown.cancel();
+            }
+        });
+    }
+
+    /// Runs the broker link (and so every consumer) once `db` is ready: at once for SQLite;
+    /// for PostgreSQL after its schema is up to date, which [`crate::pg::PgDb::run`] brings
+    /// about in a critical task of its own while `/ready` says false. `db` is closed on stop.
+    pub fn run_broker(&mut self, broker: Broker, db: impl Into<Backend>) {
+        let db = db.into();
+        match db.clone() {
+            Backend::Sqlite(_) => self.spawn(move |stop| broker.run(stop)),
+            Backend::Postgres(pg) => {
+                let schema = pg.clone();
+                self.spawn_critical("PostgreSQL", move |stop| schema.run(stop));
+                self.spawn(move |stop| async move {
+                    if pg.wait_ready(&stop).await {
+                        broker.run(stop).await;
+                    }
+                });
+            }
+        }
+        self.close_on_stop(db);
+    }
+
+    /// Closes `db` when the service stops, after every task ended (see [`Backend::close`]).
+    pub fn close_on_stop(&mut self, db: impl Into<Backend>) {
+        self.databases.push(db.into());
     }
 
     pub fn url(&self) -> String {
@@ -92,10 +148,20 @@ impl Running {
         info!(service = self.name, "stopped");
     }
 
-    /// Runs until Ctrl-C or SIGTERM, then stops cleanly.
-    pub async fn run_until_signal(self) {
-        crate::ops::shutdown_signal().await;
-        info!(service = self.name, "shutting down");
+    /// Runs until Ctrl-C or SIGTERM, then stops cleanly; or until a critical task failed, then
+    /// stops and returns why.
+    pub async fn run_until_signal(self) -> Result<(), Failed> {
+        let stopped = self.shutdown.clone();
+        tokio::select! {
+            _ = crate::ops::shutdown_signal() => info!(service = self.name, "shutting down"),
+            _ = stopped.cancelled() => {}
+        }
+        let (service, failed) = (self.name, self.failed.clone());
         self.stop().await;
+        let reason = failed.lock().ok().and_then(|mut slot| slot.take());
+        match reason {
+            Some(reason) => Err(Failed { service, reason }),
+            None => Ok(()),
+        }
     }
 }

@@ -31,6 +31,61 @@ pub enum DbError {
     Sqlite(#[from] rusqlite::Error),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres pool: {0}")]
+    PgPool(#[from] deadpool_postgres::PoolError),
+    #[error(
+        "the database schema is at version {found}, newer than this binary knows ({known}); run the newer release or restore the database"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        version: i64,
+        name: &'static str,
+        source: tokio_postgres::Error,
+    },
+}
+
+impl DbError {
+    /// Whether trying again later may succeed (the database is away or busy), as opposed to
+    /// a fault no retry mends (a newer schema, a migration the server refused).
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self,
+            Self::SchemaTooNew { .. } | Self::Migration { .. } | Self::Config(_)
+        )
+    }
+}
+
+/// A service's database: the embedded SQLite file, or the PostgreSQL database its instances
+/// share (`DATABASE_URL`).
+#[derive(Clone)]
+pub enum Backend {
+    Sqlite(Db),
+    Postgres(crate::pg::PgDb),
+}
+
+impl From<Db> for Backend {
+    fn from(db: Db) -> Self {
+        Self::Sqlite(db)
+    }
+}
+
+impl From<crate::pg::PgDb> for Backend {
+    fn from(db: crate::pg::PgDb) -> Self {
+        Self::Postgres(db)
+    }
+}
+
+impl Backend {
+    /// Closes the database once the service's tasks have ended (see [`Db::close`]).
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(db) => db.close().await,
+            Self::Postgres(db) => db.close(),
+        }
+    }
 }
 
 /// How long an inbox row (the id of a message already applied) is kept, and how often the

@@ -4,6 +4,6 @@
 async fn main() -> anyhow::Result<()> {
     messaging::telemetry::init();
     let config = notifier::Config::from_env()?;
-    notifier::spawn(config).await?.run_until_signal().await;
+    notifier::spawn(config).await?.run_until_signal().await?;
     Ok(())
 }

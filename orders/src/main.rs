@@ -4,6 +4,6 @@
 async fn main() -> anyhow::Result<()> {
     messaging::telemetry::init();
     let config = orders::Config::from_env()?;
-    orders::spawn(config).await?.run_until_signal().await;
+    orders::spawn(config).await?.run_until_signal().await?;
     Ok(())
 }

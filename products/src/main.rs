@@ -4,6 +4,6 @@
 async fn main() -> anyhow::Result<()> {
     messaging::telemetry::init();
     let config = products::Config::from_env()?;
-    products::spawn(config).await?.run_until_signal().await;
+    products::spawn(config).await?.run_until_signal().await?;
     Ok(())
 }

@@ -7,6 +7,6 @@ async fn main() -> anyhow::Result<()> {
     webhook_publisher::spawn(config)
         .await?
         .run_until_signal()
-        .await;
+        .await?;
     Ok(())
 }

@@ -1,0 +1,653 @@
+//! PostgreSQL, the scale-out store: several instances of a service share one database.
+//!
+//! `DATABASE_URL=postgres://…` selects it (see [`PgConfig::from_env`]); unset, a service keeps
+//! its SQLite file (`store.rs`). What this module gives every service:
+//! - [`PgDb`]: a `deadpool-postgres` pool whose connections carry a statement timeout, built
+//!   without connecting, so a service starts (and answers `/ready` false) while PostgreSQL is
+//!   still unreachable;
+//! - versioned [`Migration`]s applied by [`PgDb::run`] under a transaction-scoped advisory lock,
+//!   so instances starting together apply each migration once; a database whose schema is newer
+//!   than the binary is a fatal [`DbError::SchemaTooNew`];
+//! - [`PgTx`], the write transaction: through it code records inbox ids and enqueues outbox
+//!   rows, and after the commit it hands the rows it enqueued to this instance's relay;
+//! - the outbox claims the relay uses with several instances: a row is inserted already
+//!   claimed by the instance that wrote it, for [`PgConfig::lease`]; another instance's poll
+//!   takes it only once that lease has run out (its writer died), with `FOR UPDATE SKIP LOCKED`
+//!   so two polls never take the same row.
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{ConfigError, env_or};
+use crate::envelope::OutgoingMessage;
+use crate::group_commit::OutboxSink;
+use crate::store::{DbError, InboxRetention, OutboxRow, PRUNE_BATCH};
+
+pub use deadpool_postgres::{ClientWrapper as Client, Transaction};
+pub use tokio_postgres::Row;
+
+/// How a service reaches its PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// Parsed from `DATABASE_URL` (its `Debug` does not show the password).
+    pub pg: tokio_postgres::Config,
+    /// `DATABASE_POOL_SIZE`: connections at most.
+    pub pool_size: usize,
+    /// `DATABASE_STATEMENT_TIMEOUT_MS`: a statement running longer is cancelled by the server.
+    pub statement_timeout: Duration,
+    /// `OUTBOX_LEASE_SECS`: how long a claimed outbox row (or delivery) belongs to the instance
+    /// that claimed it before another may take it over.
+    pub lease: Duration,
+}
+
+impl PgConfig {
+    pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
+
+    /// `None` when `DATABASE_URL` is unset or empty (the service uses SQLite). `default_pool`
+    /// is the service's own sizing (its consumers' prefetch plus its background tasks).
+    pub fn from_env(default_pool: usize) -> Result<Option<Self>, ConfigError> {
+        let url: String = env_or("DATABASE_URL", String::new())?;
+        if url.trim().is_empty() {
+            return Ok(None);
+        }
+        let pool_size: usize = env_or("DATABASE_POOL_SIZE", default_pool)?;
+        if pool_size == 0 {
+            return Err(invalid("DATABASE_POOL_SIZE", "0", "must be at least 1"));
+        }
+        let timeout_ms: u64 = env_or(
+            "DATABASE_STATEMENT_TIMEOUT_MS",
+            Self::DEFAULT_STATEMENT_TIMEOUT.as_millis() as u64,
+        )?;
+        let lease_secs: u64 = env_or("OUTBOX_LEASE_SECS", Self::DEFAULT_LEASE.as_secs())?;
+        if lease_secs == 0 {
+            return Err(invalid(
+                "OUTBOX_LEASE_SECS",
+                "0",
+                "must be at least 1 (seconds)",
+            ));
+        }
+        let mut config = Self::parse(&url)?;
+        config.pool_size = pool_size;
+        config.statement_timeout = Duration::from_millis(timeout_ms);
+        config.lease = Duration::from_secs(lease_secs);
+        Ok(Some(config))
+    }
+
+    /// Parses a `postgres://user[:pass]@host[:port]/db` URL (key=value strings are refused:
+    /// the variable is documented as a URL), with the default pool size, timeout and lease.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let shown = "(not shown: it may hold a password)";
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "DATABASE_URL",
+                shown,
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        let pg = tokio_postgres::Config::from_str(url)
+            .map_err(|e| invalid("DATABASE_URL", shown, &format!("not a PostgreSQL URL: {e}")))?;
+        if pg.get_hosts().is_empty() {
+            return Err(invalid("DATABASE_URL", shown, "names no host"));
+        }
+        if pg.get_dbname().is_none() {
+            return Err(invalid(
+                "DATABASE_URL",
+                shown,
+                "names no database (…/<db> at the end); each service has its own",
+            ));
+        }
+        Ok(Self {
+            pg,
+            pool_size: 16,
+            statement_timeout: Self::DEFAULT_STATEMENT_TIMEOUT,
+            lease: Self::DEFAULT_LEASE,
+        })
+    }
+}
+
+fn invalid(name: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name: name.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+/// One step of a service's schema. Versions start at 1 and increase by one; a released
+/// migration is never edited, a change is a new one.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Version 1 of every service's schema: the inbox (message ids already applied) and the
+/// outbox (messages still to publish, with the claim of the instance publishing them).
+pub const INBOX_OUTBOX: Migration = Migration {
+    version: 1,
+    name: "inbox and outbox",
+    sql: "
+CREATE TABLE inbox (
+    message_id TEXT PRIMARY KEY,
+    received_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX inbox_by_received ON inbox (received_at);
+CREATE TABLE outbox (
+    id BIGSERIAL PRIMARY KEY,
+    message_id TEXT NOT NULL UNIQUE,
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    correlation_id TEXT,
+    traceparent TEXT,
+    body BYTEA NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    claimed_by TEXT,
+    claimed_until TIMESTAMPTZ
+);
+",
+};
+
+/// A pooled PostgreSQL database of one service instance. Cheap to clone.
+#[derive(Clone)]
+pub struct PgDb {
+    pool: Pool,
+    service: &'static str,
+    /// Names this instance in outbox claims (`orders@host:pid:…`), unique per start.
+    instance: Arc<str>,
+    lease: Duration,
+    retention: InboxRetention,
+    migrations: &'static [Migration],
+    /// `true` once the schema is up to date; consumers start only then.
+    migrated: Arc<watch::Sender<bool>>,
+    outbox_sink: OutboxSink,
+}
+
+impl PgDb {
+    /// The pool of `config`, for `service` with its `migrations`. Does not connect: [`run`]
+    /// does, retrying until PostgreSQL answers.
+    ///
+    /// [`run`]: PgDb::run
+    pub fn new(
+        config: &PgConfig,
+        service: &'static str,
+        migrations: &'static [Migration],
+        retention: InboxRetention,
+    ) -> Result<Self, DbError> {
+        check_migrations(migrations);
+        let mut pg = config.pg.clone();
+        pg.options(format!(
+            "-c statement_timeout={}",
+            config.statement_timeout.as_millis()
+        ));
+        pg.application_name(service);
+        pg.connect_timeout(Duration::from_secs(5));
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            // A request for a connection fails (and the message is retried) instead of hanging
+            // while PostgreSQL is away.
+            .create_timeout(Some(Duration::from_secs(5)))
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| DbError::Open {
+                path: "DATABASE_URL".into(),
+                reason: e.to_string(),
+            })?;
+        let instance = format!(
+            "{service}@{}:{}:{}",
+            crate::config::hostname(),
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        Ok(Self {
+            pool,
+            service,
+            instance: instance.into(),
+            lease: config.lease,
+            retention,
+            migrations,
+            migrated: Arc::new(watch::Sender::new(false)),
+            outbox_sink: OutboxSink::default(),
+        })
+    }
+
+    /// This instance's name in claims.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// How long a claim lasts.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Brings the schema up to date (retrying with backoff while PostgreSQL is unreachable),
+    /// then prunes the inbox until `stop`. Returns `Err` only for what no retry mends: a schema
+    /// newer than this binary, or a migration the server refused.
+    pub async fn run(self, stop: CancellationToken) -> Result<(), DbError> {
+        let attempt = || async { self.migrate().await };
+        let migrated = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+                    .without_max_times(),
+            )
+            .when(|e: &DbError| e.is_transient())
+            .notify(|e, after| {
+                warn!(service = self.service, error = %e, retry_in = ?after, "PostgreSQL is not reachable yet; the service waits for it");
+            });
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            result = migrated => result?,
+        }
+        self.migrated.send_replace(true);
+        self.prune_inbox(stop).await;
+        Ok(())
+    }
+
+    /// Resolves `true` once the schema is up to date, `false` if `stop` came first.
+    pub async fn wait_ready(&self, stop: &CancellationToken) -> bool {
+        let mut ready = self.migrated.subscribe();
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            r = ready.wait_for(|m| *m) => r.is_ok(),
+        }
+    }
+
+    /// For `/ready`: the schema is up to date and a connection answers within a second.
+    pub async fn is_ready(&self) -> bool {
+        if !*self.migrated.borrow() {
+            return false;
+        }
+        let ping = async {
+            let client = self.pool.get().await.ok()?;
+            client.simple_query("SELECT 1").await.ok()
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), ping).await,
+            Ok(Some(_))
+        )
+    }
+
+    async fn migrate(&self) -> Result<(), DbError> {
+        let mut client = self.pool.get().await?;
+        let applied = migrate(&mut client, self.service, self.migrations).await?;
+        match applied {
+            0 => info!(service = self.service, "database schema is up to date"),
+            n => info!(
+                service = self.service,
+                migrations = n,
+                "database schema migrated"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with a pooled connection (reads: RPC answers, sweeps, reports).
+    pub async fn read<R, F>(&self, f: F) -> Result<R, DbError>
+    where
+        F: for<'c> FnOnce(&'c Client) -> BoxFuture<'c, Result<R, tokio_postgres::Error>>,
+    {
+        let client = self.pool.get().await?;
+        Ok(f(&client).await?)
+    }
+
+    /// Runs `f` in a transaction and commits it; `f`'s changes are kept only if it returns
+    /// `Ok`. The outbox rows it enqueued go to this instance's relay once the commit is done.
+    pub async fn write<R, F>(&self, f: F) -> Result<R, DbError>
+    where
+        F: for<'t> FnOnce(&'t PgTx<'t>) -> BoxFuture<'t, Result<R, tokio_postgres::Error>>,
+    {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let tx = PgTx {
+            tx,
+            instance: &self.instance,
+            lease_secs: self.lease.as_secs_f64(),
+            enqueued: Mutex::new(Vec::new()),
+        };
+        // On error the transaction is dropped, which rolls it back.
+        let result = f(&tx).await?;
+        let PgTx { tx, enqueued, .. } = tx;
+        tx.commit().await?;
+        let rows = enqueued.into_inner().unwrap_or_else(|e| e.into_inner());
+        self.hand_to_relay(rows);
+        Ok(result)
+    }
+
+    fn hand_to_relay(&self, rows: Vec<OutboxRow>) {
+        let Some(sink) = self.outbox_sink.get() else {
+            return;
+        };
+        for row in rows {
+            if sink.try_send(row).is_err() {
+                // The row is claimed by this instance: the relay's poll takes it (its claim
+                // is this instance's own), so it waits for the next poll, not for the lease.
+                metrics::counter!("outbox_fast_path_skipped_total").increment(1);
+            }
+        }
+    }
+
+    /// The outbox rows of every later commit, for the one relay of this instance.
+    pub(crate) fn committed_outbox_rows(
+        &self,
+        capacity: usize,
+    ) -> Option<tokio::sync::mpsc::Receiver<OutboxRow>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        self.outbox_sink.set(tx).ok().map(|()| rx)
+    }
+
+    /// Claims up to `limit` outbox rows nobody holds (never claimed, lease run out, or this
+    /// instance's own), oldest first, for one lease.
+    pub(crate) async fn claim_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, DbError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE outbox SET claimed_by = $1, claimed_until = now() + make_interval(secs => $2)
+                 WHERE id IN (SELECT id FROM outbox
+                              WHERE claimed_until IS NULL OR claimed_until < now() OR claimed_by = $1
+                              ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 RETURNING id, message_id, exchange, routing_key, correlation_id, traceparent, body",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[&&*self.instance, &self.lease.as_secs_f64(), &(limit as i64)],
+            )
+            .await?;
+        let mut rows: Vec<OutboxRow> = rows.iter().map(outbox_row).collect();
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
+    /// Deletes the confirmed rows; the refused ones are released for any instance's next poll.
+    pub(crate) async fn settle_outbox(
+        &self,
+        sent: &[i64],
+        failed: &[(i64, String)],
+    ) -> Result<(), DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        if !sent.is_empty() {
+            tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&sent])
+                .await?;
+        }
+        for (id, error) in failed {
+            tx.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $2, claimed_by = NULL,
+                        claimed_until = NULL
+                 WHERE id = $1",
+                &[id, error],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The outbox's row count and the age in seconds of its oldest row.
+    pub(crate) async fn outbox_backlog(&self) -> Result<(i64, Option<f64>), DbError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT COUNT(*), EXTRACT(EPOCH FROM now() - MIN(created_at))::float8 FROM outbox",
+                &[],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// Deletes inbox rows older than the retention, a batch at a time, every `retention.every`.
+    async fn prune_inbox(&self, stop: CancellationToken) {
+        let keep = self.retention.keep.as_secs_f64();
+        loop {
+            let pruned = async {
+                let client = self.pool.get().await?;
+                let n = client
+                    .execute(
+                        "DELETE FROM inbox WHERE message_id IN (
+                             SELECT message_id FROM inbox
+                             WHERE received_at < now() - make_interval(secs => $1) LIMIT $2)",
+                        &[&keep, &(PRUNE_BATCH as i64)],
+                    )
+                    .await?;
+                Ok::<_, DbError>(n)
+            }
+            .await;
+            let pause = match pruned {
+                Ok(n) if n as usize == PRUNE_BATCH => Duration::ZERO,
+                Ok(n) => {
+                    if n > 0 {
+                        metrics::counter!("inbox_pruned_total").increment(n);
+                    }
+                    self.retention.every
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not prune the inbox; will try again");
+                    self.retention.every
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Closes the pool: connections in use close when returned.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}
+
+fn outbox_row(row: &Row) -> OutboxRow {
+    OutboxRow {
+        id: row.get(0),
+        message: OutgoingMessage {
+            message_id: row.get(1),
+            exchange: row.get(2),
+            routing_key: row.get(3),
+            correlation_id: row.get(4),
+            traceparent: row.get(5),
+            body: row.get(6),
+            reply_to: None,
+            mandatory: true,
+        },
+    }
+}
+
+/// A write transaction of [`PgDb::write`]: the transaction itself (through `Deref`) plus the
+/// inbox and outbox steps every consumer takes.
+pub struct PgTx<'a> {
+    tx: Transaction<'a>,
+    instance: &'a str,
+    lease_secs: f64,
+    enqueued: Mutex<Vec<OutboxRow>>,
+}
+
+impl<'a> std::ops::Deref for PgTx<'a> {
+    type Target = Transaction<'a>;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl PgTx<'_> {
+    /// Records `message_id` in the inbox. Returns `false` when it was there already, i.e. the
+    /// message was applied before (by this instance or another) and must not be applied again.
+    pub async fn inbox_first_time(&self, message_id: &str) -> Result<bool, tokio_postgres::Error> {
+        let stmt = self
+            .tx
+            .prepare_cached("INSERT INTO inbox (message_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .await?;
+        Ok(self.tx.execute(&stmt, &[&message_id]).await? == 1)
+    }
+
+    /// Stores `msg` in the outbox, claimed by this instance, to be published after the commit.
+    pub async fn enqueue(&self, msg: &OutgoingMessage) -> Result<(), tokio_postgres::Error> {
+        let stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO outbox (message_id, exchange, routing_key, correlation_id, traceparent,
+                                     body, claimed_by, claimed_until)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
+                 RETURNING id",
+            )
+            .await?;
+        let row = self
+            .tx
+            .query_one(
+                &stmt,
+                &[
+                    &msg.message_id,
+                    &msg.exchange,
+                    &msg.routing_key,
+                    &msg.correlation_id,
+                    &msg.traceparent,
+                    &msg.body,
+                    &self.instance,
+                    &self.lease_secs,
+                ],
+            )
+            .await?;
+        let row = OutboxRow {
+            id: row.get(0),
+            message: OutgoingMessage {
+                reply_to: None,
+                mandatory: true,
+                ..msg.clone()
+            },
+        };
+        if let Ok(mut rows) = self.enqueued.lock() {
+            rows.push(row);
+        }
+        Ok(())
+    }
+}
+
+/// Panics on a list that is not 1, 2, 3, …: that is a programming error caught by any test.
+fn check_migrations(migrations: &[Migration]) {
+    for (i, m) in migrations.iter().enumerate() {
+        assert_eq!(
+            m.version,
+            i as i64 + 1,
+            "migration {:?} is out of sequence",
+            m.name
+        );
+    }
+}
+
+/// The advisory lock key of `service`'s migrations (FNV-1a of its name: stable across builds,
+/// unlike `std`'s hasher).
+fn lock_key(service: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in format!("saga-migrations:{service}").bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// Applies the migrations newer than the database's version, in one transaction holding the
+/// service's advisory lock: a second instance starting at the same moment waits on the lock,
+/// then finds nothing left to apply. Returns how many it applied.
+pub async fn migrate(
+    client: &mut Client,
+    service: &str,
+    migrations: &[Migration],
+) -> Result<usize, DbError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(service)])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version BIGINT PRIMARY KEY,
+             name TEXT NOT NULL,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+    )
+    .await?;
+    let found: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await?
+        .get(0);
+    let known = migrations.last().map_or(0, |m| m.version);
+    if found > known {
+        return Err(DbError::SchemaTooNew { found, known });
+    }
+    let pending: Vec<_> = migrations.iter().filter(|m| m.version > found).collect();
+    for m in &pending {
+        tx.batch_execute(m.sql)
+            .await
+            .map_err(|source| DbError::Migration {
+                version: m.version,
+                name: m.name,
+                source,
+            })?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(pending.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_parsed_and_its_password_never_shown() {
+        let config = PgConfig::parse("postgres://app:s3cret@127.0.0.1:5433/orders").unwrap();
+        assert_eq!(config.pg.get_dbname(), Some("orders"));
+        assert_eq!(config.pg.get_ports(), &[5433]);
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_malformed_url_is_an_error_naming_database_url_without_the_password() {
+        for bad in [
+            "mysql://app:s3cret@host/db",
+            "host=localhost password=s3cret",
+            "postgres://app:s3cret@host:notaport/db",
+            "postgres://app:s3cret@host:5432",
+        ] {
+            let err = PgConfig::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("DATABASE_URL"), "{bad}: {err}");
+            assert!(!err.contains("s3cret"), "{bad}: the password leaked: {err}");
+        }
+    }
+
+    #[test]
+    fn lock_keys_differ_per_service_and_stay_put() {
+        assert_ne!(lock_key("orders"), lock_key("products"));
+        assert_eq!(lock_key("orders"), lock_key("orders"));
+    }
+}
