@@ -23,6 +23,36 @@ const CONFIRMED: usize = 24;
 const REJECTED: usize = 8;
 const LATE: usize = 8;
 const DEADLINE: Duration = Duration::from_millis(1500);
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// Deletes the test's Redis keys (the `processed:` markers live 24 h otherwise).
+async fn delete_keys(redis_url: &str, prefix: &str) {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}
 
 /// A vhost of the test's own on the shared broker (removed at the end).
 struct Vhost {
@@ -154,9 +184,16 @@ async fn two_instances_on_postgres_record_decide_cancel_and_compensate_each_orde
     let db = TestDatabase::create("orders_two_instances").await.unwrap();
     let vhost = Vhost::new("orders-pg").await;
     let queues = format!("{}/api/queues/{}", vhost.management, vhost.name);
-    let scenario = tokio::spawn(scenario(db.url.clone(), vhost.url(), queues));
+    let prefix = format!("test-orders-pg-{}:", uuid::Uuid::new_v4().simple());
+    let scenario = tokio::spawn(scenario(
+        db.url.clone(),
+        vhost.url(),
+        queues,
+        prefix.clone(),
+    ));
     let outcome = scenario.await;
     vhost.delete().await;
+    delete_keys(REDIS_URL, &prefix).await;
     db.drop().await.unwrap();
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
@@ -177,16 +214,15 @@ async fn consumers(queues: &str, queue: &str) -> i64 {
     body["consumers"].as_i64().unwrap_or(0)
 }
 
-async fn scenario(database_url: String, amqp_url: String, queues: String) {
+async fn scenario(database_url: String, amqp_url: String, queues: String, prefix: String) {
     let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("test-orders-pg-{}:", uuid::Uuid::new_v4().simple());
     let mut database = PgConfig::parse(&database_url).unwrap();
     database.pool_size = orders::default_pool_size(16, 16);
     let config = |name: &str| orders::Config {
         common: CommonConfig {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             amqp_url: amqp_url.clone(),
-            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_url: REDIS_URL.into(),
             redis_prefix: prefix.clone(),
             data_dir: dir.path().join(name),
         },
