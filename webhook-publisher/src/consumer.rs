@@ -51,7 +51,9 @@ impl MessageHandler for EventHandler {
     async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
         let (order_id, body) = Self::decode(&msg)?;
         if !self.started.wait(&CancellationToken::new()).await {
-            return Err(HandleError::Retry("the publisher is not started".to_owned()));
+            return Err(HandleError::Retry(
+                "the publisher is not started".to_owned(),
+            ));
         }
         let event = NewEvent {
             message_id: msg.meta.message_id.clone(),

@@ -37,10 +37,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::Started;
 use crate::client::{ClientSettings, Clients};
 use crate::delivery::{self, Sent};
 use crate::schedule::RetrySchedule;
-use crate::Started;
 use crate::storage::{Pass, Store};
 use crate::store::{Job, Next, Settlement, now_ms};
 

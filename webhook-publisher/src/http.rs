@@ -220,11 +220,7 @@ async fn subscription_secret(
 }
 
 async fn list_subscriptions(State(state): State<AppState>) -> Result<Response, Problem> {
-    let list = state
-        .store
-        .list_subscriptions()
-        .await
-        .map_err(internal)?;
+    let list = state.store.list_subscriptions().await.map_err(internal)?;
     Ok(Json(list).into_response())
 }
 
@@ -321,11 +317,7 @@ async fn replay(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let outcome = state
-        .store
-        .replay(id.clone())
-        .await
-        .map_err(internal)?;
+    let outcome = state.store.replay(id.clone()).await.map_err(internal)?;
     match outcome {
         Ok(delivery) => {
             info!(delivery_id = %id, webhook_id = %delivery.webhook_id, "replay requested");

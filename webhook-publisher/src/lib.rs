@@ -30,11 +30,11 @@ use secrecy::{ExposeSecret, SecretString};
 use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
 use messaging::config::{AppEnv, CommonConfig, env_or};
+use messaging::pg::PgConfig;
 use messaging::service::Running;
 use messaging::signature::{Secret, webhook_secret_from_env};
-use messaging::topology::WEBHOOKS_QUEUE;
-use messaging::pg::PgConfig;
 use messaging::store::InboxRetention;
+use messaging::topology::WEBHOOKS_QUEUE;
 use messaging::{Consumer, Db, PgDb};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -258,10 +258,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
 /// instances start together).
 async fn ensure_default(store: &Store, config: &Config) -> anyhow::Result<()> {
     let created = store
-        .ensure_default_subscription(
-            config.notifier_url.clone(),
-            config.webhook_secret.clone(),
-        )
+        .ensure_default_subscription(config.notifier_url.clone(), config.webhook_secret.clone())
         .await?;
     if let Some(default) = created {
         info!(subscription_id = %default.id, url = %default.url, "created the default subscription to the notifier");

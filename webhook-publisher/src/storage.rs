@@ -119,7 +119,10 @@ impl Store {
 
     pub async fn get_subscription(&self, id: String) -> Result<Option<Subscription>, DbError> {
         match self {
-            Self::Sqlite(db) => db.call(move |conn| store::get_subscription(conn, &id)).await,
+            Self::Sqlite(db) => {
+                db.call(move |conn| store::get_subscription(conn, &id))
+                    .await
+            }
             Self::Postgres(pg) => {
                 pg.read(move |c| {
                     Box::pin(async move { store::pg::get_subscription(&**c, &id).await })
@@ -266,7 +269,11 @@ impl Store {
     }
 
     /// Deletes up to `limit` finished deliveries older than `older_than`; returns how many.
-    pub async fn prune_history(&self, older_than: Duration, limit: usize) -> Result<usize, DbError> {
+    pub async fn prune_history(
+        &self,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<usize, DbError> {
         match self {
             Self::Sqlite(db) => {
                 db.write(move |tx| store::prune_history(tx, older_than, limit))
@@ -371,10 +378,7 @@ impl Store {
 
 /// Records every finished attempt, each on its own: one that cannot be written is logged and
 /// attempted again after its lease, the others are kept.
-fn settle_all_sqlite(
-    tx: &deadpool_sqlite::rusqlite::Transaction,
-    settlements: &[Settlement],
-) {
+fn settle_all_sqlite(tx: &deadpool_sqlite::rusqlite::Transaction, settlements: &[Settlement]) {
     for settlement in settlements {
         if let Err(e) = store::settle_in_savepoint(tx, settlement) {
             log_settle_error(settlement, &e);

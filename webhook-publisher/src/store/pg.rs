@@ -29,8 +29,8 @@ use tokio_postgres::{Error, GenericClient, Row};
 
 use super::{
     Attempt, DEFAULT_EVENTS, Delivery, DeliveryFilter, DeliveryStatus, GONE_REASON, Job, Recorded,
-    ReplayRefused, Settlement, Subscription, check_replay, ms_to_rfc3339, now_ms,
-    plan_event, settled_state, webhook_id,
+    ReplayRefused, Settlement, Subscription, check_replay, ms_to_rfc3339, now_ms, plan_event,
+    settled_state, webhook_id,
 };
 
 /// The publisher's schema: the inbox and outbox every service has, then its own tables.
@@ -187,7 +187,9 @@ pub async fn ensure_default_subscription(
         return Ok(None);
     }
     let events = DEFAULT_EVENTS.map(str::to_owned);
-    insert_subscription(tx, url, &events, secret).await.map(Some)
+    insert_subscription(tx, url, &events, secret)
+        .await
+        .map(Some)
 }
 
 pub async fn get_subscription(
@@ -625,7 +627,9 @@ pub async fn replay(tx: &PgTx<'_>, id: &str) -> Result<Result<Delivery, ReplayRe
         &[&id, &now_ms(), &DeliveryStatus::Pending.as_str()],
     )
     .await?;
-    Ok(get_delivery(&***tx, id).await?.ok_or(ReplayRefused::NotFound))
+    Ok(get_delivery(&***tx, id)
+        .await?
+        .ok_or(ReplayRefused::NotFound))
 }
 
 /// Deletes up to `limit` finished deliveries last changed more than `older_than` ago, oldest
