@@ -73,7 +73,7 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_due ON deliveries (subscription_id, next_attempt_at) WHERE status = 'pending';
 CREATE INDEX deliveries_next ON deliveries (next_attempt_at) WHERE status = 'pending';
-CREATE INDEX deliveries_finished ON deliveries (updated_at) WHERE status <> 'pending';
+CREATE INDEX deliveries_finished ON deliveries (updated_at) WHERE status IN ('delivered', 'failed');
 CREATE TABLE attempts (
     id BIGSERIAL PRIMARY KEY,
     delivery_id TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
