@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -37,9 +38,8 @@ pub enum Backend {
     Postgres,
 }
 
-/// How many instances of each service [`System`] starts. More than one of orders or products
-/// needs [`Backend::Postgres`]. Webhook publishers beyond the first each keep their own SQLite
-/// file (they take turns on the same queue).
+/// How many instances of each service [`System`] starts. More than one orders, products or
+/// webhook publisher needs [`Backend::Postgres`] (a SQLite file has one writer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Instances {
     pub gateways: usize,
@@ -145,7 +145,7 @@ pub struct System {
     vhost: String,
     databases: Databases,
     /// Connections for assertions, per service database (PostgreSQL only).
-    readers: [OnceCell<tokio_postgres::Client>; 2],
+    readers: [OnceCell<tokio_postgres::Client>; 3],
 }
 
 impl System {
@@ -218,9 +218,7 @@ impl System {
         }
         .max(1);
         ensure!(
-            n == 1
-                || matches!(service, Service::Gateway | Service::WebhookPublisher)
-                || self.options.backend == Backend::Postgres,
+            n == 1 || service == Service::Gateway || self.options.backend == Backend::Postgres,
             "{service:?} × {n} needs Backend::Postgres (a SQLite file has one writer)"
         );
         Ok(n)
@@ -401,7 +399,8 @@ impl System {
         Ok(())
     }
 
-    /// Starts webhook publisher number `n` (its own data directory) delivering to the notifier.
+    /// Starts webhook publisher number `n` delivering to the notifier (on PostgreSQL all share
+    /// the test's publisher database; the data directory then stays empty).
     async fn start_publisher(
         &mut self,
         n: usize,
@@ -430,6 +429,8 @@ impl System {
             extra_roots: Default::default(),
             history_retention: Duration::from_secs(30 * 86_400),
             prune_every: webhook_publisher::retention::PRUNE_EVERY,
+            // SQLite in its data dir, or the test's publisher database every instance shares.
+            database: self.database("webhook-publisher").await?,
         };
         let publisher = webhook_publisher::spawn(publisher_config).await?;
         let publisher_url = publisher.url();
@@ -480,7 +481,8 @@ impl System {
         if self.options.backend == Backend::Postgres {
             // With DATABASE_URL set a service writes no SQLite file: on PostgreSQL the test
             // really ran on PostgreSQL.
-            for file in ["orders.db", "products.db"] {
+            let webhooks = Path::new("webhook-publisher").join("webhooks.db");
+            for file in [Path::new("orders.db"), Path::new("products.db"), &webhooks] {
                 let path = self.common.data_dir.join(file);
                 assert!(!path.exists(), "{} written on PostgreSQL", path.display());
             }
@@ -607,7 +609,8 @@ impl System {
         let (cell, name) = match service {
             Service::Orders => (&self.readers[0], "orders"),
             Service::Products => (&self.readers[1], "products"),
-            other => anyhow::bail!("{other:?} has no database in the harness"),
+            Service::WebhookPublisher => (&self.readers[2], "webhook-publisher"),
+            Service::Gateway => anyhow::bail!("the gateway keeps no database"),
         };
         cell.get_or_try_init(|| async {
             let db = crate::env::database(&self.databases, &self.vhost, name).await?;

@@ -2,7 +2,8 @@
 //! gateways, three orders, three products, two webhook publishers.
 //!
 //! - 400 orders of 1 through both gateways against 100 in stock: exactly 100 CONFIRMED, 300
-//!   REJECTED, stock 0, each order decided once (one terminal history row, one reservation);
+//!   REJECTED, stock 0, each order decided once (one terminal history row, one reservation, one
+//!   decision webhook delivered to the notifier);
 //! - the same with one orders and one products instance crashed mid-run: still each order
 //!   decided once;
 //! - the deadline with two orders instances and products away: each overdue order cancelled
@@ -134,6 +135,36 @@ async fn four_hundred_orders_through_two_gateways_on_three_instances_each() {
     assert_eq!(count(&statuses, "REJECTED"), 300);
     assert_eq!(system.stock(&product).await.unwrap(), 0);
     decided_once(&system, &statuses).await;
+
+    // The webhook side: the two publishers (one shared database) delivered one decision per
+    // order to the notifier, the one that matches the order's status.
+    let publisher = system.pg(Service::WebhookPublisher).await.unwrap();
+    let delivered = eventually(Duration::from_secs(60), || async {
+        let rows = publisher
+            .query(
+                "SELECT order_id, event_type, status FROM deliveries
+                 WHERE event_type IN ('order.confirmed', 'order.rejected')",
+                &[],
+            )
+            .await
+            .ok()?;
+        let done = rows.len() >= ORDERS && rows.iter().all(|r| r.get::<_, &str>(2) == "delivered");
+        done.then_some(rows)
+    })
+    .await
+    .expect("every decision delivered to the notifier within 60 s");
+    let mut decisions: HashMap<String, Vec<String>> = HashMap::new();
+    for row in &delivered {
+        decisions
+            .entry(row.get(0))
+            .or_default()
+            .push(row.get::<_, String>(1));
+    }
+    assert_eq!(decisions.len(), ORDERS);
+    for (id, status) in &statuses {
+        let expected = format!("order.{}", status.to_lowercase());
+        assert_eq!(decisions[id], [expected], "order {id}: decisions delivered");
+    }
 
     system.stop().await;
     env.cleanup().await;
