@@ -22,6 +22,10 @@ const STOCK: i64 = 100;
 /// Requests in flight at once while placing orders.
 const IN_FLIGHT: usize = 40;
 
+/// One of these tests at a time: each runs up to eight instances with their own pools, and
+/// PostgreSQL's `max_connections` (100 by default) is shared with every other test.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn several() -> Options {
     Options {
         instances: Instances {
@@ -111,6 +115,7 @@ async fn decided_once(system: &System, statuses: &HashMap<String, String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_hundred_orders_through_two_gateways_on_three_instances_each() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let env = TestEnv::new("instances").await.unwrap();
     let mut system = System::start(&env, several()).await.unwrap();
     system.start_realtime().await.unwrap();
@@ -172,6 +177,7 @@ async fn four_hundred_orders_through_two_gateways_on_three_instances_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_orders_and_a_products_instance_crash_mid_run_and_each_order_is_still_decided_once() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let env = TestEnv::new("instances-crash").await.unwrap();
     let mut system = System::start(&env, several()).await.unwrap();
     let product = system.create_product(STOCK).await.unwrap();
@@ -215,6 +221,7 @@ async fn an_orders_and_a_products_instance_crash_mid_run_and_each_order_is_still
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_orders_instances_cancel_each_overdue_order_once_and_compensate_it_once() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     const N: usize = 30;
     let env = TestEnv::new("instances-deadline").await.unwrap();
     let options = Options {
