@@ -58,6 +58,7 @@ async fn the_live_page_shows_events_and_reconnects_by_itself() {
         allowed_networks: webhook_publisher::egress::parse_allowed_networks("127.0.0.0/8").unwrap(),
         extra_roots: Default::default(),
         history_retention: Duration::from_secs(30 * 86_400),
+        database: None,
         prune_every: webhook_publisher::retention::PRUNE_EVERY,
     };
     let publisher = webhook_publisher::spawn(publisher_config).await.unwrap();

@@ -36,6 +36,7 @@ fn publisher_config(env: &TestEnv, notifier_url: &str) -> webhook_publisher::Con
         allowed_networks: webhook_publisher::egress::parse_allowed_networks("127.0.0.0/8").unwrap(),
         extra_roots: Default::default(),
         history_retention: Duration::from_secs(30 * 86_400),
+        database: None,
         prune_every: webhook_publisher::retention::PRUNE_EVERY,
     }
 }
