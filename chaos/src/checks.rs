@@ -69,6 +69,11 @@ pub struct Evidence<'a> {
     /// every quorum queue (`quorum_queues`) at the end.
     pub cluster_nodes: Option<&'a [String]>,
     pub quorum_queues: &'a [&'a str],
+    /// Order id → terminal states in its `order_history` (`None`: could not be read).
+    pub history: Option<&'a HashMap<String, usize>>,
+    /// With `--postgres`: the SQLite files found in the services' data directories (must be
+    /// none: with `DATABASE_URL` set a service writes no SQLite file). `None` on SQLite.
+    pub sqlite_files: Option<&'a [String]>,
 }
 
 const TERMINAL: [&str; 3] = ["CONFIRMED", "REJECTED", "CANCELLED"];
@@ -105,6 +110,19 @@ pub fn run(e: &Evidence) -> (Vec<Check>, Figures) {
     ];
     if let Some(nodes) = e.cluster_nodes {
         checks.push(quorum_members(e.queues, e.quorum_queues, nodes));
+    }
+    checks.push(history(e));
+    if let Some(files) = e.sqlite_files {
+        checks.push(Check {
+            number: 9,
+            name: "with DATABASE_URL no service wrote a SQLite file",
+            passed: files.is_empty(),
+            detail: if files.is_empty() {
+                "no *.db file in any data directory".into()
+            } else {
+                format!("found {}", files.join(", "))
+            },
+        });
     }
     intake(e, &mut figures);
     (checks, figures)
@@ -235,6 +253,46 @@ fn terminal(e: &Evidence, figures: &mut Figures) -> Check {
         number: 1,
         name: "every accepted order reached exactly one terminal state",
         passed,
+        detail,
+    }
+}
+
+/// Every accepted order's history holds exactly one terminal state: no transition out of a
+/// terminal state was applied, and none was applied twice (by two instances, or twice by one).
+fn history(e: &Evidence) -> Check {
+    let name = "every accepted order's history has exactly one terminal state";
+    let Some(history) = e.history else {
+        return Check {
+            number: 8,
+            name,
+            passed: false,
+            detail: "order_history could not be read".into(),
+        };
+    };
+    let mut none = Vec::new();
+    let mut several = Vec::new();
+    for id in e.load.accepted.keys() {
+        match history.get(id).copied().unwrap_or(0) {
+            1 => {}
+            0 => none.push(id.clone()),
+            _ => several.push(id.clone()),
+        }
+    }
+    let mut detail = format!(
+        "{} orders: without a terminal history row {}, with several {}",
+        e.load.accepted.len(),
+        none.len(),
+        several.len()
+    );
+    for (what, ids) in [("none", &none), ("several", &several)] {
+        if !ids.is_empty() {
+            detail.push_str(&format!("; {what} e.g. {}", sample(ids)));
+        }
+    }
+    Check {
+        number: 8,
+        name,
+        passed: none.is_empty() && several.is_empty() && !e.load.accepted.is_empty(),
         detail,
     }
 }
@@ -532,6 +590,8 @@ mod tests {
         actions: Vec<Done>,
         expected_consumers: Vec<(String, String, i64)>,
         expected_connections: Vec<String>,
+        history: HashMap<String, usize>,
+        sqlite_files: Option<Vec<String>>,
     }
 
     fn queue(name: &str, ready: Option<i64>) -> QueueStats {
@@ -615,6 +675,8 @@ mod tests {
             }],
             expected_consumers: vec![("orders_queue".into(), "orders.orders_queue".into(), 32)],
             expected_connections: vec!["orders@h".into()],
+            history: HashMap::from([("o1".into(), 1), ("o2".into(), 1)]),
+            sqlite_files: None,
         }
     }
 
@@ -636,6 +698,8 @@ mod tests {
             ws: None,
             cluster_nodes: None,
             quorum_queues: &[],
+            history: Some(&world.history),
+            sqlite_files: world.sqlite_files.as_deref(),
         }
     }
 
@@ -672,6 +736,25 @@ mod tests {
             .unwrap()
             .insert("order.cancelled".into(), BTreeSet::from(["x".into()]));
         assert!(failed(&two).contains(&1));
+    }
+
+    #[test]
+    fn a_history_without_exactly_one_terminal_state_fails_check_8() {
+        let mut twice = healthy();
+        twice.history.insert("o1".into(), 2);
+        assert_eq!(failed(&twice), vec![8]);
+        let mut none = healthy();
+        none.history.remove("o2");
+        assert_eq!(failed(&none), vec![8]);
+    }
+
+    #[test]
+    fn a_sqlite_file_on_postgres_fails_check_9() {
+        let mut world = healthy();
+        world.sqlite_files = Some(Vec::new());
+        assert_eq!(failed(&world), Vec::<u8>::new());
+        world.sqlite_files = Some(vec!["orders-2/orders.db".into()]);
+        assert_eq!(failed(&world), vec![9]);
     }
 
     #[test]
