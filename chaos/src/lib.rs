@@ -560,6 +560,10 @@ async fn wait_quiescent(
         } else {
             calm = 0;
             if last_report.elapsed() >= Duration::from_secs(10) {
+                let unknown =
+                    |n: String, unreadable: bool| if unreadable { "?".to_owned() } else { n };
+                let pending = unknown(pending.to_string(), pending == usize::MAX);
+                let outboxes = unknown(outboxes.to_string(), outboxes >= i64::MAX / 4);
                 println!(
                     "chaos: waiting for quiescence: {pending} orders pending, {outboxes} in outboxes, {busy} in queues, {deliveries} webhook deliveries pending, {missing} connections missing, {degraded} quorum member problems"
                 );

@@ -167,7 +167,7 @@ impl PgCluster {
     pub async fn start_again(&mut self) -> Result<()> {
         anyhow::ensure!(!self.running, "the private PostgreSQL is already running");
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c max_connections=300 -c fsync=off -c full_page_writes=off",
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c max_connections=400 -c fsync=off -c full_page_writes=off",
             self.port,
             self.socket_dir().display()
         );
