@@ -148,6 +148,23 @@ impl Running {
         info!(service = self.name, "stopped");
     }
 
+    /// Ends the service abruptly, as close to a SIGKILL as one process can get for one of its
+    /// services (tests of several instances crash one this way): every task is aborted where it
+    /// stands — no drain, no relay flush, nothing in flight acked; the consumers' channels close
+    /// with them, so the broker redelivers their unacked messages to the other instances — and
+    /// the database pools are closed (an open PostgreSQL transaction is rolled back by the
+    /// server when its connection drops). Outbox rows this instance had claimed wait for their
+    /// lease to run out.
+    pub async fn kill(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.shutdown.cancel();
+        for db in self.databases.drain(..) {
+            db.close().await;
+        }
+        warn!(service = self.name, "killed");
+    }
+
     /// Runs until Ctrl-C or SIGTERM, then stops cleanly; or until a critical task failed, then
     /// stops and returns why.
     pub async fn run_until_signal(self) -> Result<(), Failed> {

@@ -14,7 +14,6 @@ use tracing::info;
 
 use crate::deadline::now_ms;
 use crate::saga::Saga;
-use crate::store;
 
 /// `orders_intake_queue`: records each new order as PENDING and asks for its stock.
 #[derive(Clone)]
@@ -43,9 +42,9 @@ impl IntakeHandler {
         let created = self
             .saga
             .db
-            .write(move |tx| store::create_order(tx, &cmd, deadline_ms, traceparent.as_deref()))
+            .create_order(cmd, deadline_ms, traceparent)
             .await
-            .map_err(|e| HandleError::Retry(format!("orders.db: {e}")))?;
+            .map_err(|e| HandleError::Retry(format!("orders store: {e}")))?;
         if created {
             info!(%order_id, "order recorded as PENDING; stock requested");
             metrics::counter!("saga_transitions_total", "to" => "PENDING").increment(1);

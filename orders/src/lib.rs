@@ -2,12 +2,14 @@
 //!
 //! It consumes `orders_intake_queue` (`orders.create`) and, on a channel of its own,
 //! `orders_queue` (`product.stockReserved`, `product.stockRejected`), keeps each order's saga
-//! state in `orders.db`, decides behind Redis markers and locks, cancels orders whose deadline
+//! state in `orders.db` (or, with `DATABASE_URL`, in the PostgreSQL database all orders
+//! instances share), decides behind Redis markers and locks, cancels orders whose deadline
 //! passed, and answers `orders.get` and the sales reports (`orders.report.*`) on `orders_rpc`.
 //! Everything it sends goes through the outbox.
 
 pub mod consumer;
 pub mod deadline;
+pub mod decide;
 pub mod rpc;
 pub mod saga;
 pub mod store;
@@ -21,6 +23,7 @@ use messaging::broker::{Broker, BrokerConfig};
 use messaging::config::{CommonConfig, env_or};
 use messaging::idempotency::{Guard, redis_pool};
 use messaging::outbox::Relay;
+use messaging::pg::PgConfig;
 use messaging::service::Running;
 use messaging::topology::{ORDERS_INTAKE_QUEUE, ORDERS_QUEUE, ORDERS_RPC_QUEUE};
 
@@ -36,26 +39,44 @@ pub struct Config {
     pub prefetch: u16,
     /// `ORDERS_INTAKE_PREFETCH`: unacked new orders the `orders_intake_queue` consumer may hold.
     pub intake_prefetch: u16,
+    /// `DATABASE_URL` (with `DATABASE_POOL_SIZE`, `DATABASE_STATEMENT_TIMEOUT_MS`,
+    /// `OUTBOX_LEASE_SECS`): the PostgreSQL database every orders instance shares; `None`
+    /// keeps orders.db in `DATA_DIR`.
+    pub database: Option<PgConfig>,
 }
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
+        let prefetch: u16 = env_or("ORDERS_PREFETCH", 32)?;
+        let intake_prefetch: u16 = env_or("ORDERS_INTAKE_PREFETCH", 32)?;
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             deadline: Duration::from_millis(env_or("ORDER_DEADLINE_MS", 30_000)?),
-            prefetch: env_or("ORDERS_PREFETCH", 32)?,
-            intake_prefetch: env_or("ORDERS_INTAKE_PREFETCH", 32)?,
+            prefetch,
+            intake_prefetch,
+            database: PgConfig::from_env(default_pool_size(intake_prefetch, prefetch))?,
         })
     }
 }
 
-/// Opens `orders.db`, connects to the broker and Redis, and starts the saga.
+/// The default `DATABASE_POOL_SIZE`: one connection for every message the two saga consumers
+/// may hold at once (each handles one message in one transaction), plus 8 for everything else
+/// that takes a connection at the same time: the `orders_rpc` reads (prefetch 16, handled 8 at
+/// a time), the relay's claim and settle, the deadline sweep, the inbox pruning and `/ready`.
+/// A message that finds the pool exhausted waits (up to 10 s) rather than fails.
+pub fn default_pool_size(intake_prefetch: u16, prefetch: u16) -> usize {
+    usize::from(intake_prefetch) + usize::from(prefetch) + 8
+}
+
+/// Opens the store (orders.db in `DATA_DIR`, or PostgreSQL with `DATABASE_URL`: then no file
+/// is written), connects to the broker and Redis, and starts the saga. On PostgreSQL the
+/// consumers start once the schema is migrated; until then `/ready` says false.
 pub async fn spawn(config: Config) -> anyhow::Result<Running> {
-    let db = store::open(&config.common.data_dir.join("orders.db")).await?;
+    let db = store::Store::open(&config.common.data_dir, config.database.as_ref()).await?;
     let redis = redis_pool(&config.common.redis_url)?;
     let guard = Guard::new(redis.clone(), &config.common.redis_prefix);
     let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));
-    let relay = Relay::new(db.clone(), broker.clone())?;
+    let relay = Relay::new(db.backend(), broker.clone())?;
     let saga = saga::Saga {
         db: db.clone(),
         guard,
@@ -86,7 +107,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
             .for_requests(),
     ));
 
-    let ready = messaging::ops::broker_and_redis(broker.clone(), redis);
+    let ready = messaging::ops::broker_redis_and_store(broker.clone(), redis, &db.backend());
     let mut running = Running::start(
         SERVICE,
         config.common.http_addr,
@@ -97,9 +118,8 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         config.deadline,
         (config.deadline / 10).clamp(Duration::from_millis(100), Duration::from_secs(1)),
     );
-    running.spawn(move |stop| broker.run(stop));
+    running.run_broker(broker, db.backend());
     running.spawn(move |stop| relay.run(stop));
     running.spawn(move |stop| deadline::run(saga, deadline, sweep_every, stop));
-    running.close_on_stop(db);
     Ok(running)
 }

@@ -2,7 +2,7 @@
 //!
 //! For a stock answer about order `o`:
 //! `GET processed:o` (seen → ack and ignore) → `SET lock:o <token> NX PX 10000` (held → retry
-//! later) → guarded transition in orders.db with its outbox rows → `SET processed:o EX 86400` →
+//! later) → guarded transition in the store (orders.db, or PostgreSQL with the order row locked) with its outbox rows → `SET processed:o EX 86400` →
 //! compare-and-delete the lock. The two Redis steps before and the two after the transition
 //! each run as one Lua script (`Guard::begin`, `Guard::finish`): two round trips, not four.
 //! The idempotency key of this step is the order id: an order has exactly one stock answer
@@ -15,17 +15,17 @@ use std::time::Duration;
 use messaging::contracts::StockAnswer;
 use messaging::idempotency::{Begin, Guard, GuardError};
 use messaging::topology::keys;
-use messaging::{Db, HandleError, Incoming};
+use messaging::{HandleError, Incoming};
 use tracing::{info, warn};
 
-use crate::store::{self, Applied};
+use crate::store::{Applied, Store};
 
 pub const LOCK_TTL: Duration = Duration::from_secs(10);
 pub const PROCESSED_TTL: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Clone)]
 pub struct Saga {
-    pub db: Db,
+    pub db: Store,
     pub guard: Guard,
 }
 
@@ -52,16 +52,14 @@ impl Saga {
         let traceparent = msg.meta.traceparent.clone();
         let applied = self
             .db
-            .write(move |tx| {
-                store::apply_stock_answer(tx, &answer, reserved, traceparent.as_deref())
-            })
+            .apply_stock_answer(answer, reserved, traceparent)
             .await;
         let applied = match applied {
             Ok(Applied::UnknownOrder) => Err(HandleError::Poison(format!(
                 "stock answer for unknown order {key}"
             ))),
             Ok(applied) => Ok(applied),
-            Err(e) => Err(HandleError::Retry(format!("orders.db: {e}"))),
+            Err(e) => Err(HandleError::Retry(format!("orders store: {e}"))),
         };
         match applied {
             Ok(applied) => {
@@ -92,8 +90,8 @@ impl Saga {
     fn report(order_id: &str, applied: &Applied) {
         match applied {
             Applied::Transitioned(status) => {
-                info!(%order_id, status, "order decided");
-                metrics::counter!("saga_transitions_total", "to" => *status).increment(1);
+                info!(%order_id, status = status.as_str(), "order decided");
+                metrics::counter!("saga_transitions_total", "to" => status.as_str()).increment(1);
             }
             Applied::Compensated => {
                 info!(%order_id, "reservation arrived after the order was cancelled; releasing the stock");
@@ -115,8 +113,7 @@ impl Saga {
         let Some(lock) = self.guard.try_lock(order_id, LOCK_TTL).await? else {
             return Ok(false);
         };
-        let (id, why) = (order_id.to_owned(), reason.to_owned());
-        let cancelled = self.db.write(move |tx| store::cancel(tx, &id, &why)).await;
+        let cancelled = self.db.cancel(order_id, reason).await;
         if let Err(e) = self.guard.release(lock).await {
             warn!(%order_id, error = %e, "could not release the lock; it will expire");
         }

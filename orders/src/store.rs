@@ -8,18 +8,20 @@
 //! The sales reports (`orders.report.*`) are read from the same rows: the unit price and product
 //! name are fixed on the order when products reserved the stock.
 
+pub mod pg;
+
 use std::path::Path;
 
 use deadpool_sqlite::rusqlite::{self, OptionalExtension, Transaction, params};
 use messaging::contracts::{
-    CreateOrder, HistoryEntry, OrderEvent, OrderView, ProductSales, ReleaseStock, ReportQuery,
-    ReserveStock, SalesSummary, SellerSales, SellersReport, StatusCounts, StockAnswer,
-    TOP_PRODUCTS,
+    CreateOrder, HistoryEntry, OrderView, ProductSales, ReportQuery, SalesSummary, SellerSales,
+    SellersReport, StatusCounts, StockAnswer, TOP_PRODUCTS,
 };
-use messaging::store::DbError;
-use messaging::store::outbox_enqueue;
-use messaging::topology::{COMMANDS, EVENTS, keys};
-use messaging::{Db, OutgoingMessage};
+use messaging::store::{Backend, DbError, outbox_enqueue};
+use messaging::{Db, OutgoingMessage, PgDb};
+
+use crate::decide::{self, AnswerDecision};
+pub use crate::decide::{Applied, OrderRow, OrderStatus};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS orders (
@@ -98,21 +100,6 @@ pub fn migrate(tx: &Transaction) -> rusqlite::Result<()> {
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
 
-/// An order's row, as far as the saga needs it.
-#[derive(Debug, Clone)]
-struct OrderRow {
-    id: String,
-    product_id: String,
-    quantity: u32,
-    customer_id: Option<String>,
-    seller_id: Option<String>,
-    status: String,
-    reason: Option<String>,
-    compensated: bool,
-    created_at: String,
-    updated_at: String,
-}
-
 const ORDER_COLUMNS: &str = "id, product_id, quantity, customer_id, seller_id, status, reason, compensated, created_at, updated_at";
 
 fn order_row(row: &rusqlite::Row) -> rusqlite::Result<OrderRow> {
@@ -122,11 +109,18 @@ fn order_row(row: &rusqlite::Row) -> rusqlite::Result<OrderRow> {
         quantity: row.get(2)?,
         customer_id: row.get(3)?,
         seller_id: row.get(4)?,
-        status: row.get(5)?,
+        status: status_column(row, 5)?,
         reason: row.get(6)?,
         compensated: row.get(7)?,
         created_at: row.get(8)?,
         updated_at: row.get(9)?,
+    })
+}
+
+fn status_column(row: &rusqlite::Row, index: usize) -> rusqlite::Result<OrderStatus> {
+    let text: String = row.get(index)?;
+    text.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
     })
 }
 
@@ -141,30 +135,34 @@ pub fn get_order(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Opti
     let Some(o) = load(conn, id)? else {
         return Ok(None);
     };
-    let history = conn
-        .prepare_cached(
-            "SELECT status, at, reason FROM order_history WHERE order_id = ?1 ORDER BY id",
-        )?
-        .query_map(params![id], |r| {
-            Ok(HistoryEntry {
-                status: r.get(0)?,
-                at: r.get(1)?,
-                reason: r.get(2)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    let history = order_history(conn, id)?;
     Ok(Some(OrderView {
         order_id: o.id,
         product_id: o.product_id,
         quantity: o.quantity,
         customer_id: o.customer_id,
         seller_id: o.seller_id,
-        status: o.status,
+        status: o.status.as_str().to_owned(),
         reason: o.reason,
         created_at: o.created_at,
         updated_at: o.updated_at,
         history,
     }))
+}
+
+/// The `order_history` rows of one order, oldest first.
+pub fn order_history(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Vec<HistoryEntry>> {
+    conn.prepare_cached(
+        "SELECT status, at, reason FROM order_history WHERE order_id = ?1 ORDER BY id",
+    )?
+    .query_map(params![id], |r| {
+        Ok(HistoryEntry {
+            status: r.get(0)?,
+            at: r.get(1)?,
+            reason: r.get(2)?,
+        })
+    })?
+    .collect()
 }
 
 /// Records a new PENDING order and queues `product.reserveStock` and `order.created`.
@@ -191,34 +189,9 @@ pub fn create_order(
     if inserted == 0 {
         return Ok(false);
     }
-    let reserve = ReserveStock {
-        order_id: cmd.order_id.clone(),
-        product_id: cmd.product_id.clone(),
-        quantity: cmd.quantity,
-    };
-    enqueue(
-        tx,
-        COMMANDS,
-        keys::RESERVE_STOCK,
-        &cmd.order_id,
-        &reserve,
-        traceparent,
-    )?;
+    enqueue(tx, decide::reserve_message(cmd, traceparent))?;
     transitioned(tx, &cmd.order_id, traceparent)?;
     Ok(true)
-}
-
-/// What a stock answer did to its order.
-#[derive(Debug, PartialEq)]
-pub enum Applied {
-    /// PENDING → CONFIRMED or REJECTED.
-    Transitioned(&'static str),
-    /// The order was cancelled before the reservation landed: `product.releaseStock` queued.
-    Compensated,
-    /// Nothing to do: the order is already in a terminal state (the answer is a duplicate).
-    AlreadyDone(String),
-    /// No such order in orders.db.
-    UnknownOrder,
 }
 
 /// Applies `product.stockReserved` (`reserved = true`) or `product.stockRejected`.
@@ -231,13 +204,8 @@ pub fn apply_stock_answer(
     let Some(order) = load(tx, &answer.order_id)? else {
         return Ok(Applied::UnknownOrder);
     };
-    match order.status.as_str() {
-        "PENDING" => {
-            let (status, reason) = if reserved {
-                ("CONFIRMED", None)
-            } else {
-                ("REJECTED", answer.reason.clone())
-            };
+    match decide::decide_answer(order.status, order.compensated, answer, reserved) {
+        AnswerDecision::Transition { to, reason } => {
             // Products' answer is the truth about the seller; the gateway's lookup only came first.
             let changed = tx.prepare_cached(
                 &format!("UPDATE orders SET status = ?2, reason = ?3, seller_id = COALESCE(?4, seller_id),
@@ -246,7 +214,7 @@ pub fn apply_stock_answer(
             )?
             .execute(params![
                 order.id,
-                status,
+                to.as_str(),
                 reason,
                 answer.seller_id,
                 answer.unit_price_cents,
@@ -256,29 +224,18 @@ pub fn apply_stock_answer(
                 return Ok(Applied::AlreadyDone(order.status));
             }
             transitioned(tx, &order.id, traceparent)?;
-            Ok(Applied::Transitioned(status))
+            Ok(Applied::Transitioned(to))
         }
-        "CANCELLED" if reserved && !order.compensated => {
+        AnswerDecision::Compensate => {
             // The late answer still tells whose product it was, for the seller's reports.
             tx.prepare_cached(
                 "UPDATE orders SET compensated = 1, seller_id = COALESCE(seller_id, ?2) WHERE id = ?1 AND compensated = 0",
             )?
             .execute(params![order.id, answer.seller_id])?;
-            let release = ReleaseStock {
-                order_id: order.id.clone(),
-                product_id: order.product_id.clone(),
-            };
-            enqueue(
-                tx,
-                COMMANDS,
-                keys::RELEASE_STOCK,
-                &order.id,
-                &release,
-                traceparent,
-            )?;
+            enqueue(tx, decide::release_message(&order, traceparent))?;
             Ok(Applied::Compensated)
         }
-        _ => Ok(Applied::AlreadyDone(order.status)),
+        AnswerDecision::AlreadyDone(status) => Ok(Applied::AlreadyDone(status)),
     }
 }
 
@@ -315,45 +272,25 @@ fn transitioned(
     let Some(order) = load(tx, order_id)? else {
         return Ok(());
     };
+    let (history, event) = decide::transition_effects(&order, traceparent)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     tx.prepare_cached(
         "INSERT INTO order_history (order_id, status, reason, at) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![
-        order.id,
-        order.status,
-        order.reason,
-        order.updated_at
+        history.order_id,
+        history.status.as_str(),
+        history.reason,
+        history.at
     ])?;
-    let key = match order.status.as_str() {
-        "PENDING" => keys::ORDER_CREATED,
-        "CONFIRMED" => keys::ORDER_CONFIRMED,
-        "REJECTED" => keys::ORDER_REJECTED,
-        _ => keys::ORDER_CANCELLED,
-    };
-    let event = OrderEvent {
-        order_id: order.id,
-        product_id: order.product_id,
-        quantity: order.quantity,
-        customer_id: order.customer_id,
-        seller_id: order.seller_id,
-        status: order.status,
-        reason: order.reason,
-        occurred_at: order.updated_at,
-    };
-    enqueue(tx, EVENTS, key, order_id, &event, traceparent)
+    enqueue(tx, Ok(event))
 }
 
-fn enqueue<T: serde::Serialize>(
+fn enqueue(
     tx: &Transaction,
-    exchange: &str,
-    key: &str,
-    order_id: &str,
-    body: &T,
-    traceparent: Option<&str>,
+    msg: Result<OutgoingMessage, serde_json::Error>,
 ) -> rusqlite::Result<()> {
-    let msg = OutgoingMessage::json(exchange, key, Some(order_id), body)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?
-        .with_traceparent(traceparent);
+    let msg = msg.map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     outbox_enqueue(tx, &msg)
 }
 
@@ -376,13 +313,7 @@ pub fn sales_summary(
     ))?;
     let mut rows = by_status.query(filter)?;
     while let Some(row) = rows.next()? {
-        let count: i64 = row.get(1)?;
-        match row.get_ref(0)?.as_str()? {
-            "PENDING" => orders.pending = count,
-            "CONFIRMED" => orders.confirmed = count,
-            "REJECTED" => orders.rejected = count,
-            _ => orders.cancelled = count,
-        }
+        decide::count_status(&mut orders, status_column(row, 0)?, row.get(1)?);
     }
     let (units_confirmed, revenue_confirmed_cents) = conn
         .prepare_cached(&format!(
@@ -440,4 +371,140 @@ pub fn sellers_report(
         })?
         .collect::<rusqlite::Result<_>>()?;
     Ok(SellersReport { sellers })
+}
+
+/// The orders' storage interface: orders.db in `DATA_DIR` (SQLite, one instance), or the
+/// PostgreSQL database every orders instance shares (`DATABASE_URL`). The decisions are the
+/// same (`crate::decide`); each backend loads rows and applies the writes they name.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(Db),
+    Postgres(PgDb),
+}
+
+impl Store {
+    /// PostgreSQL when `database` is given (nothing is written to `data_dir` then, and the
+    /// pool connects later: see `PgDb::run`), else orders.db in `data_dir`.
+    pub async fn open(
+        data_dir: &Path,
+        database: Option<&messaging::pg::PgConfig>,
+    ) -> Result<Self, DbError> {
+        match database {
+            Some(config) => Ok(Self::Postgres(PgDb::new(
+                config,
+                crate::SERVICE,
+                &pg::MIGRATIONS,
+                messaging::store::InboxRetention::from_env()?,
+            )?)),
+            None => Ok(Self::Sqlite(open(&data_dir.join("orders.db")).await?)),
+        }
+    }
+
+    /// The database, for the relay, the broker link and the readiness check.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(db) => db.clone().into(),
+            Self::Postgres(db) => db.clone().into(),
+        }
+    }
+
+    /// Records a new PENDING order with its `product.reserveStock` and `order.created`.
+    /// `false`: the order exists already (a replayed create), nothing written.
+    pub async fn create_order(
+        &self,
+        cmd: CreateOrder,
+        deadline_ms: i64,
+        traceparent: Option<String>,
+    ) -> Result<bool, DbError> {
+        match self {
+            Self::Sqlite(db) => {
+                db.write(move |tx| create_order(tx, &cmd, deadline_ms, traceparent.as_deref()))
+                    .await
+            }
+            Self::Postgres(db) => pg::create_order(db, cmd, deadline_ms, traceparent).await,
+        }
+    }
+
+    /// Applies `product.stockReserved` (`reserved`) or `product.stockRejected`.
+    pub async fn apply_stock_answer(
+        &self,
+        answer: StockAnswer,
+        reserved: bool,
+        traceparent: Option<String>,
+    ) -> Result<Applied, DbError> {
+        match self {
+            Self::Sqlite(db) => {
+                db.write(move |tx| {
+                    apply_stock_answer(tx, &answer, reserved, traceparent.as_deref())
+                })
+                .await
+            }
+            Self::Postgres(db) => pg::apply_stock_answer(db, answer, reserved, traceparent).await,
+        }
+    }
+
+    /// Up to `limit` PENDING orders whose deadline (`deadline_ms`) is at or before `now_ms`.
+    pub async fn expired(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, DbError> {
+        match self {
+            Self::Sqlite(db) => db.call(move |conn| expired(conn, now_ms, limit)).await,
+            Self::Postgres(db) => pg::expired(db, now_ms, limit).await,
+        }
+    }
+
+    /// PENDING → CANCELLED with `reason` and `order.cancelled`; whether it happened.
+    pub async fn cancel(&self, order_id: &str, reason: &str) -> Result<bool, DbError> {
+        match self {
+            Self::Sqlite(db) => {
+                let (id, why) = (order_id.to_owned(), reason.to_owned());
+                db.write(move |tx| cancel(tx, &id, &why)).await
+            }
+            Self::Postgres(db) => pg::cancel(db, order_id, reason).await,
+        }
+    }
+
+    /// The order with its history (`orders.get`).
+    pub async fn get_order(&self, id: String) -> Result<Option<OrderView>, DbError> {
+        match self {
+            Self::Sqlite(db) => sqlite_snapshot(db, move |conn| get_order(conn, &id)).await,
+            Self::Postgres(db) => pg::get_order(db, id).await,
+        }
+    }
+
+    /// The `order_history` rows of an order, oldest first.
+    pub async fn order_history(&self, id: String) -> Result<Vec<HistoryEntry>, DbError> {
+        match self {
+            Self::Sqlite(db) => sqlite_snapshot(db, move |conn| order_history(conn, &id)).await,
+            Self::Postgres(db) => pg::order_history(db, id).await,
+        }
+    }
+
+    /// `orders.report.summary`.
+    pub async fn sales_summary(&self, query: ReportQuery) -> Result<SalesSummary, DbError> {
+        match self {
+            Self::Sqlite(db) => sqlite_snapshot(db, move |conn| sales_summary(conn, &query)).await,
+            Self::Postgres(db) => pg::sales_summary(db, query).await,
+        }
+    }
+
+    /// `orders.report.sellers`.
+    pub async fn sellers_report(&self, query: ReportQuery) -> Result<SellersReport, DbError> {
+        match self {
+            Self::Sqlite(db) => sqlite_snapshot(db, move |conn| sellers_report(conn, &query)).await,
+            Self::Postgres(db) => pg::sellers_report(db, query).await,
+        }
+    }
+}
+
+/// Runs `read` in one read transaction, so an order and its history, or the several sums of
+/// a report, come from the same snapshot even while the saga writes.
+async fn sqlite_snapshot<R, F>(db: &Db, read: F) -> Result<R, DbError>
+where
+    R: Send + 'static,
+    F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
+{
+    db.call(move |conn| {
+        let snapshot = conn.transaction()?;
+        read(&snapshot)
+    })
+    .await
 }

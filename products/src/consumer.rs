@@ -2,14 +2,14 @@
 
 use messaging::contracts::{ReleaseStock, ReserveStock};
 use messaging::topology::keys;
-use messaging::{Db, HandleError, Incoming, MessageHandler};
+use messaging::{HandleError, Incoming, MessageHandler};
 use tracing::info;
 
-use crate::store::{self, Reserved};
+use crate::store::{Reserved, Store};
 
 #[derive(Clone)]
 pub struct StockHandler {
-    pub db: Db,
+    pub store: Store,
 }
 
 impl StockHandler {
@@ -20,11 +20,7 @@ impl StockHandler {
         }
         let (order_id, product_id, quantity) =
             (req.order_id.clone(), req.product_id.clone(), req.quantity);
-        let outcome = self
-            .db
-            .write(move |tx| store::reserve(tx, &msg, &req))
-            .await
-            .map_err(retry)?;
+        let outcome = self.store.reserve(msg, req).await.map_err(retry)?;
         let label = match &outcome {
             Reserved::Reserved => {
                 info!(%order_id, %product_id, quantity, "stock reserved");
@@ -46,11 +42,7 @@ impl StockHandler {
     async fn release(&self, msg: Incoming) -> Result<(), HandleError> {
         let req: ReleaseStock = msg.json()?;
         let order_id = req.order_id.clone();
-        let released = self
-            .db
-            .write(move |tx| store::release(tx, &msg, &req))
-            .await
-            .map_err(retry)?;
+        let released = self.store.release(msg, req).await.map_err(retry)?;
         info!(%order_id, released, "stock release handled");
         Ok(())
     }
@@ -70,5 +62,5 @@ impl MessageHandler for StockHandler {
 
 /// A database error is worth retrying (busy, disk full for a while); the message stays.
 fn retry(e: messaging::store::DbError) -> HandleError {
-    HandleError::Retry(format!("products.db: {e}"))
+    HandleError::Retry(format!("products database: {e}"))
 }

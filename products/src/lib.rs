@@ -1,8 +1,9 @@
 //! The products service: the catalogue and its stock.
 //!
 //! It consumes `products_queue` (`product.reserveStock`, `product.releaseStock`) and answers
-//! reads and product creation on `products_rpc`. Every stock change commits in one SQLite
-//! transaction with the inbox row of its message and the outbox row of its answer.
+//! reads and product creation on `products_rpc`. Every stock change commits in one transaction
+//! with the inbox row of its message and the outbox row of its answer: in `products.db`
+//! (SQLite, one instance), or in PostgreSQL when `DATABASE_URL` is set (several instances).
 
 pub mod consumer;
 pub mod rpc;
@@ -14,9 +15,13 @@ use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
 use messaging::config::{CommonConfig, env_or};
 use messaging::outbox::Relay;
+use messaging::pg::PgConfig;
 use messaging::service::Running;
+use messaging::store::InboxRetention;
 use messaging::topology::{PRODUCTS_QUEUE, PRODUCTS_RPC_QUEUE};
-use messaging::{Consumer, Db};
+use messaging::{Consumer, Db, PgDb};
+
+use crate::store::Store;
 
 pub const SERVICE: &str = "products";
 pub const DEFAULT_PORT: u16 = 3001;
@@ -26,30 +31,49 @@ pub struct Config {
     pub common: CommonConfig,
     /// `PRODUCTS_PREFETCH`: unacked deliveries the stock consumer may hold.
     pub prefetch: u16,
+    /// `DATABASE_URL` (and its pool settings): PostgreSQL instead of `DATA_DIR/products.db`.
+    pub database: Option<PgConfig>,
 }
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
+        let prefetch = env_or("PRODUCTS_PREFETCH", 32)?;
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
-            prefetch: env_or("PRODUCTS_PREFETCH", 32)?,
+            prefetch,
+            // The stock consumer's prefetch, plus the RPC consumer and the relay.
+            database: PgConfig::from_env(usize::from(prefetch) + 8)?,
         })
     }
 }
 
-/// Opens `products.db`, connects to the broker and starts serving.
+/// Opens its database (`products.db`, or PostgreSQL with `DATABASE_URL`: no file is written
+/// then), connects to the broker and starts serving.
 pub async fn spawn(config: Config) -> anyhow::Result<Running> {
-    let db = Db::open(&config.common.data_dir.join("products.db"), store::SCHEMA).await?;
+    let store = match &config.database {
+        None => Store::Sqlite(
+            Db::open(&config.common.data_dir.join("products.db"), store::SCHEMA).await?,
+        ),
+        Some(pg) => Store::Postgres(PgDb::new(
+            pg,
+            SERVICE,
+            &store::pg::MIGRATIONS,
+            InboxRetention::from_env()?,
+        )?),
+    };
+    let db = store.backend();
     let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));
     let relay = Relay::new(db.clone(), broker.clone())?;
 
-    let stock = consumer::StockHandler { db: db.clone() };
+    let stock = consumer::StockHandler {
+        store: store.clone(),
+    };
     // Stock changes serialize on SQLite's single writer anyway; a few in flight hide latency.
     let stock_consumer = Consumer::new(PRODUCTS_QUEUE, SERVICE, stock.into_handler())
         .with_prefetch(config.prefetch, usize::from(config.prefetch));
     broker.attach(Arc::new(stock_consumer));
     let reads = rpc::RpcHandler {
-        db: db.clone(),
+        store,
         broker: broker.clone(),
     };
     broker.attach(Arc::new(
@@ -58,10 +82,17 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
             .for_requests(),
     ));
 
-    let ready_broker = broker.clone();
+    let (ready_broker, ready_db) = (broker.clone(), db.clone());
     let ready: messaging::ops::ReadyCheck = Arc::new(move || {
         let connected = ready_broker.is_connected();
-        Box::pin(async move { vec![("broker", connected)] })
+        let db = ready_db.clone();
+        Box::pin(async move {
+            let mut checks = vec![("broker", connected)];
+            if let messaging::Backend::Postgres(pg) = db {
+                checks.push(("postgres", pg.is_ready().await));
+            }
+            checks
+        })
     });
     let mut running = Running::start(
         SERVICE,
@@ -69,8 +100,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         messaging::ops::routes(ready),
     )
     .await?;
-    running.spawn(move |stop| broker.run(stop));
     running.spawn(move |stop| relay.run(stop));
-    running.close_on_stop(db);
+    running.run_broker(broker, db);
     Ok(running)
 }

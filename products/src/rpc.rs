@@ -3,14 +3,14 @@
 use messaging::broker::Broker;
 use messaging::contracts::{CreateProduct, Found, GetById};
 use messaging::topology::keys;
-use messaging::{Db, HandleError, Incoming, MessageHandler};
+use messaging::{HandleError, Incoming, MessageHandler};
 use tracing::info;
 
-use crate::store;
+use crate::store::Store;
 
 #[derive(Clone)]
 pub struct RpcHandler {
-    pub db: Db,
+    pub store: Store,
     pub broker: Broker,
 }
 
@@ -21,11 +21,7 @@ impl MessageHandler for RpcHandler {
         match msg.meta.kind.as_str() {
             keys::PRODUCTS_GET => {
                 let GetById { id } = msg.json()?;
-                let found = self
-                    .db
-                    .call(move |conn| store::get_product(conn, &id))
-                    .await
-                    .map_err(retry)?;
+                let found = self.store.get_product(id).await.map_err(retry)?;
                 messaging::rpc::reply(&self.broker, &msg, &Found { found }).await
             }
             keys::PRODUCTS_CREATE => {
@@ -33,10 +29,8 @@ impl MessageHandler for RpcHandler {
                 let request_id = msg.meta.message_id.clone();
                 let traceparent = msg.meta.traceparent.clone();
                 let product = self
-                    .db
-                    .write(move |tx| {
-                        store::create_product(tx, &request_id, &new, traceparent.as_deref())
-                    })
+                    .store
+                    .create_product(request_id, new, traceparent)
                     .await
                     .map_err(retry)?;
                 info!(product_id = %product.id, stock = product.stock, "product created");
@@ -50,5 +44,5 @@ impl MessageHandler for RpcHandler {
 }
 
 fn retry(e: messaging::store::DbError) -> HandleError {
-    HandleError::Retry(format!("products.db: {e}"))
+    HandleError::Retry(format!("products database: {e}"))
 }

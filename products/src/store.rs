@@ -5,12 +5,20 @@
 //!
 //! Every stock change (creation, reservation, release) also queues `product.stockChanged` in the
 //! same transaction, so the event goes out exactly when the change committed.
+//!
+//! This file is the SQLite backend; `store/pg.rs` is the PostgreSQL one. What both decide (may
+//! this order have the stock, what the answer and the events say) is written once here
+//! ([`refusal`], [`answer`], [`stock_event`]); each backend only reads rows and applies writes.
+//! [`Store`] is the interface the consumers use over either.
+
+pub mod pg;
 
 use deadpool_sqlite::rusqlite::{self, OptionalExtension, Transaction, params};
 use messaging::contracts::{
-    ProductView, ReleaseStock, ReserveStock, StockAnswer, StockChangeReason, StockChanged,
+    CreateProduct, ProductView, ReleaseStock, ReserveStock, StockAnswer, StockChangeReason,
+    StockChanged,
 };
-use messaging::store::{inbox_first_time, outbox_enqueue};
+use messaging::store::{Backend, DbError, inbox_first_time, outbox_enqueue};
 use messaging::topology::{EVENTS, keys};
 use messaging::{Incoming, OutgoingMessage};
 
@@ -103,14 +111,7 @@ pub fn reserve(tx: &Transaction, msg: &Incoming, req: &ReserveStock) -> rusqlite
         return Ok(Reserved::Duplicate);
     }
     let product = get_product(tx, &req.product_id)?;
-    let refusal = match &product {
-        None => Some(format!("unknown product {}", req.product_id)),
-        Some(p) if p.stock < i64::from(req.quantity) => Some(format!(
-            "insufficient stock: requested {}, available {}",
-            req.quantity, p.stock
-        )),
-        Some(_) => None,
-    };
+    let refusal = refusal(product.as_ref(), req);
     let (status, key) = match (&refusal, &product) {
         (None, Some(p)) => {
             tx.prepare_cached("UPDATE products SET stock = stock - ?2 WHERE id = ?1")?
@@ -137,15 +138,7 @@ pub fn reserve(tx: &Transaction, msg: &Incoming, req: &ReserveStock) -> rusqlite
         "INSERT INTO reservations (order_id, product_id, quantity, status, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![req.order_id, req.product_id, req.quantity, status, refusal])?;
-    let answer = StockAnswer {
-        order_id: req.order_id.clone(),
-        product_id: req.product_id.clone(),
-        quantity: req.quantity,
-        unit_price_cents: product.as_ref().map(|p| p.price_cents),
-        product_name: product.as_ref().map(|p| p.name.clone()),
-        seller_id: product.and_then(|p| p.seller_id),
-        reason: refusal.clone(),
-    };
+    let answer = answer(req, product.as_ref(), refusal.as_deref());
     enqueue(
         tx,
         msg.meta.traceparent.as_deref(),
@@ -154,6 +147,62 @@ pub fn reserve(tx: &Transaction, msg: &Incoming, req: &ReserveStock) -> rusqlite
         &answer,
     )?;
     Ok(refusal.map_or(Reserved::Reserved, Reserved::Rejected))
+}
+
+/// The decision of a reserve, for both backends: why `product` cannot give `req.quantity`
+/// (unknown, or not enough stock), or `None` when it can.
+pub fn refusal(product: Option<&ProductView>, req: &ReserveStock) -> Option<String> {
+    match product {
+        None => Some(format!("unknown product {}", req.product_id)),
+        Some(p) if p.stock < i64::from(req.quantity) => Some(format!(
+            "insufficient stock: requested {}, available {}",
+            req.quantity, p.stock
+        )),
+        Some(_) => None,
+    }
+}
+
+/// The answer to a reserve (`product.stockReserved` when `refusal` is `None`, else
+/// `product.stockRejected`), for both backends.
+pub fn answer(
+    req: &ReserveStock,
+    product: Option<&ProductView>,
+    refusal: Option<&str>,
+) -> StockAnswer {
+    StockAnswer {
+        order_id: req.order_id.clone(),
+        product_id: req.product_id.clone(),
+        quantity: req.quantity,
+        unit_price_cents: product.map(|p| p.price_cents),
+        product_name: product.map(|p| p.name.clone()),
+        seller_id: product.and_then(|p| p.seller_id.clone()),
+        reason: refusal.map(str::to_owned),
+    }
+}
+
+/// `product.stockChanged` for `product` as it is after a change of `delta`.
+pub fn stock_event(product: &ProductView, delta: i64, reason: StockChangeReason) -> StockChanged {
+    StockChanged {
+        product_id: product.id.clone(),
+        seller_id: product.seller_id.clone(),
+        stock: product.stock,
+        delta,
+        reason,
+    }
+}
+
+/// The outbox message of an event on `saga.events`, correlated with `correlation_id` (the order
+/// id, or the product id for a creation), carrying the trace of the message that caused it.
+pub fn event_message<T: serde::Serialize>(
+    traceparent: Option<&str>,
+    key: &str,
+    correlation_id: &str,
+    body: &T,
+) -> Result<OutgoingMessage, serde_json::Error> {
+    Ok(
+        OutgoingMessage::json(EVENTS, key, Some(correlation_id), body)?
+            .with_traceparent(traceparent),
+    )
 }
 
 fn reservation_exists(tx: &Transaction, order_id: &str) -> rusqlite::Result<bool> {
@@ -211,13 +260,7 @@ fn stock_changed(
     traceparent: Option<&str>,
     correlation_id: &str,
 ) -> rusqlite::Result<()> {
-    let event = StockChanged {
-        product_id: product.id.clone(),
-        seller_id: product.seller_id.clone(),
-        stock: product.stock,
-        delta,
-        reason,
-    };
+    let event = stock_event(product, delta, reason);
     enqueue(tx, traceparent, keys::STOCK_CHANGED, correlation_id, &event)
 }
 
@@ -230,8 +273,60 @@ fn enqueue<T: serde::Serialize>(
     correlation_id: &str,
     body: &T,
 ) -> rusqlite::Result<()> {
-    let msg = OutgoingMessage::json(EVENTS, key, Some(correlation_id), body)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?
-        .with_traceparent(traceparent);
+    let msg = event_message(traceparent, key, correlation_id, body)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     outbox_enqueue(tx, &msg)
+}
+
+/// The products database on either backend: what the consumers call.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(messaging::Db),
+    Postgres(messaging::PgDb),
+}
+
+impl Store {
+    pub async fn get_product(&self, id: String) -> Result<Option<ProductView>, DbError> {
+        match self {
+            Self::Sqlite(db) => db.call(move |conn| get_product(conn, &id)).await,
+            Self::Postgres(db) => pg::get_product(db, id).await,
+        }
+    }
+
+    pub async fn create_product(
+        &self,
+        request_id: String,
+        new: CreateProduct,
+        traceparent: Option<String>,
+    ) -> Result<ProductView, DbError> {
+        match self {
+            Self::Sqlite(db) => {
+                db.write(move |tx| create_product(tx, &request_id, &new, traceparent.as_deref()))
+                    .await
+            }
+            Self::Postgres(db) => pg::create_product(db, request_id, new, traceparent).await,
+        }
+    }
+
+    pub async fn reserve(&self, msg: Incoming, req: ReserveStock) -> Result<Reserved, DbError> {
+        match self {
+            Self::Sqlite(db) => db.write(move |tx| reserve(tx, &msg, &req)).await,
+            Self::Postgres(db) => pg::reserve(db, msg, req).await,
+        }
+    }
+
+    pub async fn release(&self, msg: Incoming, req: ReleaseStock) -> Result<i64, DbError> {
+        match self {
+            Self::Sqlite(db) => db.write(move |tx| release(tx, &msg, &req)).await,
+            Self::Postgres(db) => pg::release(db, msg, req).await,
+        }
+    }
+
+    /// The database for the relay, the broker link and `/ready`.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(db) => db.clone().into(),
+            Self::Postgres(db) => db.clone().into(),
+        }
+    }
 }
