@@ -196,6 +196,8 @@ impl System {
             extra_roots: Default::default(),
             history_retention: Duration::from_secs(30 * 86_400),
             prune_every: webhook_publisher::retention::PRUNE_EVERY,
+            // SQLite in the data dir.
+            database: None,
         };
         let publisher = webhook_publisher::spawn(publisher_config).await?;
         let publisher_url = publisher.url();

@@ -1,22 +1,28 @@
 //! The `webhooks_queue` consumer: turns each event (`order.*`, `product.stockChanged`) into one
 //! delivery per subscription that wants it.
 //!
-//! The deliveries and the inbox row of the message commit in one transaction, and the message is
+//! The deliveries and the inbox row of the message commit in one transaction (either backend), and the message is
 //! acked only after that commit; a redelivered message finds its inbox row and creates nothing.
 //! Sending happens later, in the dispatcher, so a slow endpoint never holds a broker delivery.
 
 use messaging::contracts::{OrderEvent, StockChanged};
 use messaging::topology::keys;
-use messaging::{Db, HandleError, Incoming, MessageHandler};
+use messaging::{HandleError, Incoming, MessageHandler};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::Started;
 use crate::dispatcher::Dispatcher;
+use crate::storage::{NewEvent, Store};
 use crate::store;
 
 #[derive(Clone)]
 pub struct EventHandler {
-    pub db: Db,
+    pub store: Store,
     pub dispatcher: Dispatcher,
+    /// Set once the default subscription exists: no event is recorded before, or the default
+    /// subscriber would miss it.
+    pub started: Started,
 }
 
 impl EventHandler {
@@ -44,24 +50,23 @@ impl EventHandler {
 impl MessageHandler for EventHandler {
     async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
         let (order_id, body) = Self::decode(&msg)?;
-        let event_type = msg.meta.kind.clone();
-        let message_id = msg.meta.message_id.clone();
-        let traceparent = msg.meta.traceparent.clone();
-        let for_order = order_id.clone();
+        if !self.started.wait(&CancellationToken::new()).await {
+            return Err(HandleError::Retry(
+                "the publisher is not started".to_owned(),
+            ));
+        }
+        let event = NewEvent {
+            message_id: msg.meta.message_id.clone(),
+            event_type: msg.meta.kind.clone(),
+            order_id: order_id.clone(),
+            body,
+            traceparent: msg.meta.traceparent.clone(),
+        };
         let recorded = self
-            .db
-            .write(move |tx| {
-                store::record_event(
-                    tx,
-                    &message_id,
-                    &event_type,
-                    for_order.as_deref(),
-                    &body,
-                    traceparent.as_deref(),
-                )
-            })
+            .store
+            .record_event(event)
             .await
-            .map_err(|e| HandleError::Retry(format!("webhooks.db: {e}")))?;
+            .map_err(|e| HandleError::Retry(format!("{}: {e}", self.store.name())))?;
         let order_id = order_id.unwrap_or_default();
         let Some(recorded) = recorded else {
             info!(%order_id, message_id = %msg.meta.message_id, "event already recorded; duplicate message ignored");

@@ -1,4 +1,5 @@
-//! The dispatcher: finds due deliveries in `webhooks.db` and sends them, endpoint by endpoint.
+//! The dispatcher: finds due deliveries in the store (`webhooks.db`, or the PostgreSQL database
+//! every instance shares) and sends them, endpoint by endpoint.
 //!
 //! Each subscription has its own small pool of permits (`WEBHOOK_ENDPOINT_CONCURRENCY`). A pass
 //! claims, per subscription, at most as many due deliveries as it has free permits, so a slow or
@@ -20,22 +21,28 @@
 //! not yet written keep their lease; if the process dies before the pass commits, they are
 //! attempted again after it, as for a crash mid-attempt. At shutdown the last ones are written
 //! after the in-flight attempts drained.
+//!
+//! With several instances on PostgreSQL each runs this loop; a pass claims deliveries with a
+//! lease (`store/pg.rs`), so every due delivery is taken by one instance, at most one attempt of
+//! it is in flight, and a delivery claimed by an instance that died goes out from another once
+//! the lease runs out. Permits are per instance: an endpoint sees at most
+//! `WEBHOOK_ENDPOINT_CONCURRENCY` requests per instance.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_sqlite::rusqlite::{self, Transaction};
-use messaging::Db;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::Started;
 use crate::client::{ClientSettings, Clients};
 use crate::delivery::{self, Sent};
 use crate::schedule::RetrySchedule;
-use crate::store::{self, Job, Next, Settlement, now_ms};
+use crate::storage::{Pass, Store};
+use crate::store::{Job, Next, Settlement, now_ms};
 
 /// How the dispatcher sends.
 #[derive(Debug, Clone)]
@@ -49,7 +56,7 @@ pub struct Settings {
 
 #[derive(Clone)]
 pub struct Dispatcher {
-    db: Db,
+    store: Store,
     clients: Clients,
     settings: Settings,
     wake: Arc<Notify>,
@@ -96,14 +103,6 @@ impl Endpoints {
     }
 }
 
-/// What one pass found.
-struct Pass {
-    jobs: Vec<Job>,
-    next_due: Option<i64>,
-    /// An endpoint had no more free permits than deliveries due: more may be due now.
-    backlog: bool,
-}
-
 /// What the loop does after a pass.
 struct AfterPass {
     /// The longest wait before the next pass.
@@ -121,9 +120,9 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub const PASS_GAP: Duration = Duration::from_millis(5);
 
 impl Dispatcher {
-    pub fn new(db: Db, settings: Settings) -> anyhow::Result<Self> {
+    pub fn new(store: Store, settings: Settings) -> anyhow::Result<Self> {
         Ok(Self {
-            db,
+            store,
             clients: Clients::new(&settings.client)?,
             endpoints: Arc::new(Endpoints {
                 permits: Mutex::new(HashMap::new()),
@@ -140,13 +139,18 @@ impl Dispatcher {
         self.wake.notify_one();
     }
 
-    /// A claimed delivery that is not settled within this time is taken again.
-    fn lease(&self) -> i64 {
-        i64::try_from((self.settings.client.timeout + Duration::from_secs(5)).as_millis())
-            .unwrap_or(i64::MAX / 2)
+    /// A claimed delivery that is not settled within this time is taken again: longer than
+    /// an attempt may take. (On PostgreSQL at least `OUTBOX_LEASE_SECS`.)
+    fn lease(&self) -> Duration {
+        self.settings.client.timeout + Duration::from_secs(5)
     }
 
-    pub async fn run(self, stop: CancellationToken) {
+    /// Dispatches until `stop`, once the store is ready and the default subscription exists
+    /// (`started`).
+    pub async fn run(self, started: Started, stop: CancellationToken) {
+        if !started.wait(&stop).await {
+            return;
+        }
         let mut in_flight = JoinSet::new();
         loop {
             let started = tokio::time::Instant::now();
@@ -183,15 +187,8 @@ impl Dispatcher {
         if finished.is_empty() {
             return;
         }
-        let written = self
-            .db
-            .write(move |tx| {
-                settle_all(tx, &finished);
-                Ok(())
-            })
-            .await;
-        if let Err(e) = written {
-            error!(error = %e, "could not record the last attempts in webhooks.db; they will be attempted again after their lease");
+        if let Err(e) = self.store.settle(finished).await {
+            error!(error = %e, store = self.store.name(), "could not record the last attempts; they will be attempted again after their lease");
         }
     }
 
@@ -229,7 +226,7 @@ impl Dispatcher {
                 }
             }
             Err(e) => {
-                error!(error = %e, "a dispatcher pass over webhooks.db failed; trying again");
+                error!(error = %e, store = self.store.name(), "a dispatcher pass failed; trying again");
                 self.requeue(Arc::unwrap_or_clone(settlements));
                 AfterPass {
                     pause: IDLE,
@@ -244,26 +241,13 @@ impl Dispatcher {
         &self,
         settlements: Arc<Vec<Settlement>>,
     ) -> Result<Pass, messaging::store::DbError> {
-        let (endpoints, lease) = (self.endpoints.clone(), self.lease());
-        self.db
-            .write(move |tx| {
-                settle_all(tx, &settlements);
-                let now = now_ms();
-                let (mut jobs, mut backlog) = (Vec::new(), false);
-                for (id, free) in endpoints.room(store::active_subscription_ids(tx)?) {
-                    if free > 0 {
-                        let due = store::claim_due(tx, &id, now, now + lease, free)?;
-                        backlog |= due.len() == free;
-                        jobs.extend(due);
-                    }
-                }
-                let next_due = store::next_due_after(tx, now)?;
-                Ok(Pass {
-                    jobs,
-                    next_due,
-                    backlog,
-                })
-            })
+        let endpoints = self.endpoints.clone();
+        self.store
+            .pass(
+                settlements,
+                move |active| endpoints.room(active),
+                self.lease(),
+            )
             .await
     }
 
@@ -300,21 +284,6 @@ impl Dispatcher {
             .push(settlement);
         self.wake();
     }
-}
-
-/// Records every finished attempt, each on its own: one that cannot be written is logged and
-/// attempted again after its lease, the others are kept.
-fn settle_all(tx: &Transaction, settlements: &[Settlement]) {
-    for settlement in settlements {
-        if let Err(e) = store::settle_in_savepoint(tx, settlement) {
-            log_settle_error(settlement, &e);
-        }
-    }
-}
-
-fn log_settle_error(settlement: &Settlement, e: &rusqlite::Error) {
-    error!(delivery_id = %settlement.delivery_id, error = %e,
-        "could not record the attempt in webhooks.db; the delivery will be attempted again after its lease");
 }
 
 fn log_outcome(job: &Job, sent: &Sent, next: &Next) {

@@ -17,7 +17,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use messaging::Db;
 use messaging::auth::TokenVerifier;
 use messaging::problem::{FieldError, Problem};
 use messaging::signature::Secret;
@@ -29,11 +28,12 @@ use tracing::{error, info};
 use crate::auth::{Admin, require_admin};
 use crate::dispatcher::Dispatcher;
 use crate::egress::{self, Policy};
+use crate::storage::Store;
 use crate::store::{self, DeliveryFilter, EVENT_TYPES, ReplayRefused};
 
 #[derive(Clone)]
 pub struct AppState {
-    pub db: Db,
+    pub store: Store,
     pub dispatcher: Dispatcher,
     /// Checks the ADMIN token of every request.
     pub verifier: TokenVerifier,
@@ -63,7 +63,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 fn internal(e: messaging::store::DbError) -> Problem {
-    error!(error = %e, "webhooks.db failed while serving a request");
+    error!(error = %e, "the delivery database failed while serving a request");
     Problem::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal",
@@ -170,8 +170,8 @@ async fn create_subscription(
     let secret = Secret::generate();
     let shown = secret.clone();
     let created = state
-        .db
-        .write(move |tx| store::insert_subscription(tx, &new.url, &new.events, &secret))
+        .store
+        .insert_subscription(new.url, new.events, secret)
         .await
         .map_err(internal)?;
     info!(subscription_id = %created.id, url = %created.url, events = ?created.events, by = %admin.0, "subscription created");
@@ -189,10 +189,9 @@ async fn get_subscription(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let key = id.clone();
     let found = state
-        .db
-        .call(move |conn| store::get_subscription(conn, &key))
+        .store
+        .get_subscription(id.clone())
         .await
         .map_err(internal)?;
     match found {
@@ -207,10 +206,9 @@ async fn subscription_secret(
     Extension(admin): Extension<Admin>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let key = id.clone();
     let secret = state
-        .db
-        .call(move |conn| store::subscription_secret(conn, &key))
+        .store
+        .subscription_secret(id.clone())
         .await
         .map_err(internal)?
         .ok_or_else(|| Problem::not_found("subscription", &id))?;
@@ -222,11 +220,7 @@ async fn subscription_secret(
 }
 
 async fn list_subscriptions(State(state): State<AppState>) -> Result<Response, Problem> {
-    let list = state
-        .db
-        .call(|conn| store::list_subscriptions(conn))
-        .await
-        .map_err(internal)?;
+    let list = state.store.list_subscriptions().await.map_err(internal)?;
     Ok(Json(list).into_response())
 }
 
@@ -234,10 +228,9 @@ async fn delete_subscription(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let key = id.clone();
     let deleted = state
-        .db
-        .write(move |tx| store::delete_subscription(tx, &key))
+        .store
+        .delete_subscription(id.clone())
         .await
         .map_err(internal)?;
     if !deleted {
@@ -295,8 +288,8 @@ async fn list_deliveries(
         limit,
     };
     let list = state
-        .db
-        .call(move |conn| store::list_deliveries(conn, &filter))
+        .store
+        .list_deliveries(filter)
         .await
         .map_err(internal)?;
     Ok(Json(list).into_response())
@@ -306,17 +299,9 @@ async fn get_delivery(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let key = id.clone();
     let found = state
-        .db
-        .call(move |conn| {
-            let Some(delivery) = store::get_delivery(conn, &key)? else {
-                return Ok(None);
-            };
-            let attempts = store::list_attempts(conn, &key)?;
-            let payload = store::delivery_payload(conn, &key)?;
-            Ok(Some((delivery, attempts, payload)))
-        })
+        .store
+        .delivery_detail(id.clone())
         .await
         .map_err(internal)?;
     let Some((delivery, attempts, payload)) = found else {
@@ -332,12 +317,7 @@ async fn replay(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let key = id.clone();
-    let outcome = state
-        .db
-        .write(move |tx| store::replay(tx, &key))
-        .await
-        .map_err(internal)?;
+    let outcome = state.store.replay(id.clone()).await.map_err(internal)?;
     match outcome {
         Ok(delivery) => {
             info!(delivery_id = %id, webhook_id = %delivery.webhook_id, "replay requested");

@@ -1,7 +1,8 @@
 //! The webhook publisher: delivers every `order.*` event to the HTTP endpoints that subscribed.
 //!
-//! It consumes `webhooks_queue`, records one delivery per matching subscription in
-//! `webhooks.db` (acking the message only after that commit), and a dispatcher sends them as
+//! It consumes `webhooks_queue`, records one delivery per matching subscription in its store
+//! (`webhooks.db`, or with `DATABASE_URL` a PostgreSQL database shared by several instances;
+//! `storage.rs`) (acking the message only after that commit), and a dispatcher sends them as
 //! Standard Webhooks requests with a durable retry schedule and per-endpoint concurrency. The HTTP
 //! API (ADMIN only) manages subscriptions and shows the delivery history; deliveries go only to
 //! allowed addresses, over rustls, and finished ones are deleted after the retention period. See
@@ -16,6 +17,7 @@ pub mod egress;
 pub mod http;
 pub mod retention;
 pub mod schedule;
+pub mod storage;
 pub mod store;
 
 use std::path::PathBuf;
@@ -28,15 +30,20 @@ use secrecy::{ExposeSecret, SecretString};
 use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
 use messaging::config::{AppEnv, CommonConfig, env_or};
+use messaging::pg::PgConfig;
 use messaging::service::Running;
 use messaging::signature::{Secret, webhook_secret_from_env};
+use messaging::store::InboxRetention;
 use messaging::topology::WEBHOOKS_QUEUE;
-use messaging::{Consumer, Db};
-use tracing::{error, info};
+use messaging::{Consumer, Db, PgDb};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
 use crate::client::{ClientSettings, TlsRoots};
 use crate::dispatcher::{Dispatcher, Settings};
 use crate::schedule::RetrySchedule;
+use crate::storage::Store;
 
 pub const SERVICE: &str = "webhook-publisher";
 pub const DEFAULT_PORT: u16 = 3003;
@@ -69,6 +76,18 @@ pub struct Config {
     /// How often the history is pruned: [`retention::PRUNE_EVERY`]; not an environment
     /// variable (tests shorten it).
     pub prune_every: Duration,
+    /// `DATABASE_URL` (with `DATABASE_POOL_SIZE`, `DATABASE_STATEMENT_TIMEOUT_MS`,
+    /// `OUTBOX_LEASE_SECS`): the PostgreSQL database every instance shares; `None` keeps
+    /// `webhooks.db` in `DATA_DIR`. The pool defaults to [`default_pool_size`].
+    pub database: Option<PgConfig>,
+}
+
+/// Connections the publisher may use at once by default: one per event the consumer may be
+/// recording (`WEBHOOKS_PREFETCH`), one for the dispatcher's pass (attempts in flight hold no
+/// connection: they are written by the next pass), one for the history pruning, and four for
+/// the HTTP API and `/ready`.
+pub fn default_pool_size(prefetch: u16) -> usize {
+    usize::from(prefetch) + 6
 }
 
 impl Config {
@@ -81,6 +100,7 @@ impl Config {
         )?;
         let schedule = RetrySchedule::parse_ms(&schedule_text, jitter / 100.0)
             .map_err(|e| anyhow::anyhow!("WEBHOOK_RETRY_SCHEDULE_MS: {e}"))?;
+        let prefetch = env_or("WEBHOOKS_PREFETCH", 32)?;
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             notifier_url: env_or("NOTIFIER_URL", DEFAULT_NOTIFIER_URL.to_owned())?,
@@ -89,7 +109,7 @@ impl Config {
             schedule,
             timeout: Duration::from_millis(env_or("WEBHOOK_TIMEOUT_MS", 10_000)?),
             endpoint_concurrency: env_or("WEBHOOK_ENDPOINT_CONCURRENCY", 32)?,
-            prefetch: env_or("WEBHOOKS_PREFETCH", 32)?,
+            prefetch,
             allowed_networks: egress::parse_allowed_networks(&env_or(
                 "WEBHOOK_ALLOWED_NETWORKS",
                 String::new(),
@@ -103,6 +123,7 @@ impl Config {
             history_retention: days(env_or("WEBHOOK_HISTORY_RETENTION_DAYS", 30)?)
                 .map_err(|e| anyhow::anyhow!("WEBHOOK_HISTORY_RETENTION_DAYS: {e}"))?,
             prune_every: retention::PRUNE_EVERY,
+            database: PgConfig::from_env(default_pool_size(prefetch))?,
         })
     }
 }
@@ -117,21 +138,60 @@ fn days(n: u64) -> Result<Duration, String> {
         .ok_or_else(|| format!("{n} days is too long"))
 }
 
-/// Opens `webhooks.db`, makes sure a subscription exists, connects to the broker and starts
-/// consuming, dispatching and serving.
-pub async fn spawn(config: Config) -> anyhow::Result<Running> {
-    let db = Db::open(&config.common.data_dir.join("webhooks.db"), store::SCHEMA).await?;
-    let (url, secret) = (config.notifier_url.clone(), config.webhook_secret.clone());
-    let created = db
-        .write(move |tx| store::ensure_default_subscription(tx, &url, &secret))
-        .await?;
-    if let Some(default) = created {
-        info!(subscription_id = %default.id, url = %default.url, "created the default subscription to the notifier");
+/// Whether the publisher has started: its store is ready and the default subscription exists.
+/// Events are recorded, deliveries dispatched and history pruned only then.
+#[derive(Clone)]
+pub struct Started(watch::Receiver<bool>);
+
+impl Started {
+    /// Resolves `true` once started, `false` if `stop` (or the end of the startup task)
+    /// came first.
+    pub async fn wait(&self, stop: &CancellationToken) -> bool {
+        let mut started = self.0.clone();
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            r = started.wait_for(|s| *s) => r.is_ok(),
+        }
     }
-    report_corrupt_filters(&db).await?;
+
+    pub fn is_started(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// Opens the store (`webhooks.db`, or the PostgreSQL pool without connecting), makes sure a
+/// subscription exists, connects to the broker and starts consuming, dispatching and serving.
+///
+/// On SQLite the default subscription is made before this returns. On PostgreSQL, which may
+/// not be reachable yet, a task waits for the schema (`PgDb::run`, a critical task of
+/// `Running::run_broker`), then makes it (retrying while PostgreSQL is away); until then
+/// `/ready` is false and nothing is recorded, dispatched or pruned.
+pub async fn spawn(config: Config) -> anyhow::Result<Running> {
+    let store = match &config.database {
+        None => Store::Sqlite(
+            Db::open(&config.common.data_dir.join("webhooks.db"), store::SCHEMA).await?,
+        ),
+        Some(pg) => Store::Postgres(PgDb::new(
+            pg,
+            SERVICE,
+            &store::pg::MIGRATIONS,
+            InboxRetention::from_env()?,
+        )?),
+    };
+    let (started_tx, started_rx) = watch::channel(false);
+    let started = Started(started_rx);
+    let mut startup = None;
+    match &store {
+        Store::Sqlite(_) => {
+            ensure_default(&store, &config).await?;
+            report_corrupt_filters(&store).await?;
+            started_tx.send_replace(true);
+        }
+        Store::Postgres(_) => startup = Some(started_tx),
+    }
     let policy = Arc::new(egress::Policy::new(config.allowed_networks.clone()));
     let dispatcher = Dispatcher::new(
-        db.clone(),
+        store.clone(),
         Settings {
             schedule: config.schedule.clone(),
             endpoint_concurrency: config.endpoint_concurrency,
@@ -145,22 +205,32 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     )?;
     let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));
     let events = consumer::EventHandler {
-        db: db.clone(),
+        store: store.clone(),
         dispatcher: dispatcher.clone(),
+        started: started.clone(),
     };
-    // Recording an event is one short SQLite transaction; a few in flight hide its latency.
+    // Recording an event is one short transaction; a few in flight hide its latency.
     broker.attach(Arc::new(
         Consumer::new(WEBHOOKS_QUEUE, SERVICE, events.into_handler())
             .with_prefetch(config.prefetch, usize::from(config.prefetch)),
     ));
 
-    let ready_broker = broker.clone();
+    let (ready_broker, ready_store, ready_started) =
+        (broker.clone(), store.clone(), started.clone());
     let ready: messaging::ops::ReadyCheck = Arc::new(move || {
         let connected = ready_broker.is_connected();
-        Box::pin(async move { vec![("broker", connected)] })
+        let (store, started) = (ready_store.clone(), ready_started.clone());
+        Box::pin(async move {
+            let mut checks = vec![("broker", connected)];
+            if let Store::Postgres(pg) = &store {
+                // Schema up to date, answering, and the default subscription made.
+                checks.push(("postgres", started.is_started() && pg.is_ready().await));
+            }
+            checks
+        })
     });
     let app = http::router(http::AppState {
-        db: db.clone(),
+        store: store.clone(),
         dispatcher: dispatcher.clone(),
         verifier: messaging::auth::TokenVerifier::new(config.jwt_secret.expose_secret().as_bytes()),
         policy,
@@ -171,19 +241,69 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     .fallback(messaging::problem::no_route)
     .method_not_allowed_fallback(messaging::problem::wrong_method);
     let mut running = Running::start(SERVICE, config.common.http_addr, app).await?;
-    running.spawn(move |stop| broker.run(stop));
-    running.spawn(move |stop| dispatcher.run(stop));
+    if let Some(started_tx) = startup {
+        let (store, config) = (store.clone(), config.clone());
+        running.spawn(move |stop| start_on_postgres(store, config, started_tx, stop));
+    }
+    running.run_broker(broker, store.backend());
+    let dispatched = started.clone();
+    running.spawn(move |stop| dispatcher.run(dispatched, stop));
     let (retention, every) = (config.history_retention, config.prune_every);
-    let pruned = db.clone();
-    running.spawn(move |stop| retention::run(pruned, retention, every, stop));
-    running.close_on_stop(db);
+    let pruned = store.clone();
+    running.spawn(move |stop| retention::run(pruned, started, retention, every, stop));
     Ok(running)
+}
+
+/// Creates the default subscription unless any subscription exists (once, however many
+/// instances start together).
+async fn ensure_default(store: &Store, config: &Config) -> anyhow::Result<()> {
+    let created = store
+        .ensure_default_subscription(config.notifier_url.clone(), config.webhook_secret.clone())
+        .await?;
+    if let Some(default) = created {
+        info!(subscription_id = %default.id, url = %default.url, "created the default subscription to the notifier");
+    }
+    Ok(())
+}
+
+/// The PostgreSQL startup: once the schema is ready, the default subscription, retried while
+/// PostgreSQL is away; then `started`. Dropping `started` on stop releases whoever waits.
+async fn start_on_postgres(
+    store: Store,
+    config: Config,
+    started: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
+    if !store.wait_ready(&stop).await {
+        return;
+    }
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let done = async {
+            ensure_default(&store, &config).await?;
+            report_corrupt_filters(&store).await
+        };
+        match done.await {
+            Ok(()) => break,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?pause, "could not make sure the default subscription exists; trying again");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    started.send_replace(true);
+    // Keep the sender until the stop, so waiters see `true` rather than a closed channel.
+    stop.cancelled().await;
 }
 
 /// Logs an error for each subscription whose stored event filter is corrupt: it gets no event
 /// until repaired (each event is recorded for it as a failed delivery instead).
-async fn report_corrupt_filters(db: &Db) -> anyhow::Result<()> {
-    let subscriptions = db.call(|conn| store::list_subscriptions(conn)).await?;
+async fn report_corrupt_filters(store: &Store) -> anyhow::Result<()> {
+    let subscriptions = store.list_subscriptions().await?;
     for subscription in subscriptions {
         if let Some(reason) = subscription.filter_error {
             error!(subscription_id = %subscription.id, url = %subscription.url, %reason,

@@ -4,16 +4,17 @@
 //! Every [`PRUNE_EVERY`] the task deletes in batches of [`BATCH`], one short write transaction
 //! each, so consumer and dispatcher writes interleave and never wait long behind it. Only
 //! delivered and failed deliveries go, by the time of their last change (a replayed delivery
-//! starts a new period); a pending delivery is never deleted, however old.
+//! starts a new period); a pending delivery is never deleted, however old. With several
+//! instances on PostgreSQL each prunes; rows one is deleting are skipped by the others.
 
 use std::time::Duration;
 
-use messaging::Db;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::store;
+use crate::Started;
+use crate::storage::Store;
 
 /// Deliveries deleted per transaction.
 pub const BATCH: usize = 500;
@@ -21,7 +22,16 @@ pub const BATCH: usize = 500;
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Prunes every `every` until `stop`.
-pub async fn run(db: Db, retention: Duration, every: Duration, stop: CancellationToken) {
+pub async fn run(
+    store: Store,
+    started: Started,
+    retention: Duration,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    if !started.wait(&stop).await {
+        return;
+    }
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -29,18 +39,15 @@ pub async fn run(db: Db, retention: Duration, every: Duration, stop: Cancellatio
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        prune(&db, retention, &stop).await;
+        prune(&store, retention, &stop).await;
     }
 }
 
 /// Deletes what is due, batch after batch. Returns how many deliveries went.
-pub async fn prune(db: &Db, retention: Duration, stop: &CancellationToken) -> usize {
+pub async fn prune(store: &Store, retention: Duration, stop: &CancellationToken) -> usize {
     let mut deleted = 0;
     loop {
-        match db
-            .write(move |tx| store::prune_history(tx, retention, BATCH))
-            .await
-        {
+        match store.prune_history(retention, BATCH).await {
             Ok(n) => {
                 deleted += n;
                 if n < BATCH || stop.is_cancelled() {
@@ -48,7 +55,7 @@ pub async fn prune(db: &Db, retention: Duration, stop: &CancellationToken) -> us
                 }
             }
             Err(e) => {
-                error!(error = %e, "could not delete old delivery history from webhooks.db; trying again at the next round");
+                error!(error = %e, store = store.name(), "could not delete old delivery history; trying again at the next round");
                 break;
             }
         }

@@ -6,6 +6,14 @@
 //! claiming a delivery pushes it forward by a lease, so an attempt interrupted by a crash is simply
 //! tried again once the lease runs out. Everything the retry schedule needs is in this file, which
 //! is why pending retries survive a restart.
+//!
+//! This file is the SQLite backend and what both backends share: the rows (`Subscription`,
+//! `Delivery`, `Job`, …) and the **decisions** — which subscriptions get a delivery of an event
+//! ([`plan_event`]), where a delivery goes after an attempt ([`settled_state`]), whether a
+//! delivery may be replayed ([`check_replay`]). `store/pg.rs` is the PostgreSQL backend; it
+//! loads rows and applies writes with the same decisions. `storage.rs` picks one of the two.
+
+pub mod pg;
 
 use deadpool_sqlite::rusqlite::{self, Connection, OptionalExtension, Row, Transaction, params};
 use messaging::signature::Secret;
@@ -128,19 +136,69 @@ pub struct Subscription {
 const SUBSCRIPTION_COLUMNS: &str = "id, url, events, status, disabled_reason, created_at";
 
 fn subscription_row(row: &Row) -> rusqlite::Result<Subscription> {
-    let (events, filter_error) = match parse_stored_filter(&row.get::<_, String>(2)?) {
-        Ok(events) => (events, None),
-        Err(e) => (Vec::new(), Some(e)),
-    };
-    Ok(Subscription {
-        id: row.get(0)?,
-        url: row.get(1)?,
-        events,
-        status: row.get(3)?,
-        disabled_reason: row.get(4)?,
-        created_at: row.get(5)?,
-        filter_error,
-    })
+    Ok(Subscription::from_stored(
+        row.get(0)?,
+        row.get(1)?,
+        &row.get::<_, String>(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
+}
+
+impl Subscription {
+    /// A subscription as stored (either backend): its event filter is read strictly, a corrupt
+    /// one is kept as `filter_error`.
+    pub fn from_stored(
+        id: String,
+        url: String,
+        events: &str,
+        status: String,
+        disabled_reason: Option<String>,
+        created_at: String,
+    ) -> Self {
+        let (events, filter_error) = match parse_stored_filter(events) {
+            Ok(events) => (events, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        Self {
+            id,
+            url,
+            events,
+            status,
+            disabled_reason,
+            created_at,
+            filter_error,
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.status == SUBSCRIPTION_ACTIVE
+    }
+}
+
+/// `subscriptions.status` of a subscription that gets events.
+pub const SUBSCRIPTION_ACTIVE: &str = "active";
+
+/// The state of a delivery (`deliveries.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// To be attempted at `next_attempt_at`.
+    Pending,
+    /// An attempt got a 2xx.
+    Delivered,
+    /// Retries exhausted, 410, subscription removed or filter corrupt; may be replayed.
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 pub fn insert_subscription(
@@ -275,6 +333,59 @@ pub struct Recorded {
     pub unsendable: Vec<(String, String)>,
 }
 
+/// A delivery to create for one event: its subscription and first state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    pub subscription_id: String,
+    pub status: DeliveryStatus,
+    pub next_attempt_at: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// Decides which of `subscriptions` get a delivery of an event of `event_type` (both
+/// backends): every active one whose filter takes it, pending from `now`; every active one
+/// whose stored filter is corrupt, failed at once (so the event is not silently lost for it).
+pub fn plan_event(
+    subscriptions: Vec<Subscription>,
+    event_type: &str,
+    now: i64,
+) -> (Vec<Planned>, Recorded) {
+    let mut recorded = Recorded::default();
+    let mut planned = Vec::new();
+    for subscription in subscriptions {
+        if !subscription.is_active() {
+            continue;
+        }
+        let (status, next_attempt_at, error) = match &subscription.filter_error {
+            Some(reason) => {
+                let error = format!(
+                    "not sent: the subscription's event filter is corrupt ({reason}); repair its events column, then replay"
+                );
+                recorded
+                    .unsendable
+                    .push((subscription.id.clone(), reason.clone()));
+                (DeliveryStatus::Failed, None, Some(error))
+            }
+            None if subscription
+                .events
+                .iter()
+                .any(|f| filter_matches(f, event_type)) =>
+            {
+                recorded.created += 1;
+                (DeliveryStatus::Pending, Some(now), None)
+            }
+            None => continue,
+        };
+        planned.push(Planned {
+            subscription_id: subscription.id,
+            status,
+            next_attempt_at,
+            error,
+        });
+    }
+    (planned, recorded)
+}
+
 /// Records one delivery of `body` (see [`webhook_body`]) per active subscription that wants
 /// `event_type`, unless this message was recorded before (`None` for a duplicate message).
 pub fn record_event(
@@ -288,50 +399,26 @@ pub fn record_event(
     if !messaging::store::inbox_first_time(tx, message_id)? {
         return Ok(None);
     }
-    let now = now_ms();
+    let (planned, recorded) = plan_event(list_subscriptions(tx)?, event_type, now_ms());
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO deliveries
          (id, webhook_id, subscription_id, message_id, event_type, order_id, payload, status,
           next_attempt_at, traceparent, last_error)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
-    let mut recorded = Recorded::default();
-    for subscription in list_subscriptions(tx)? {
-        if subscription.status != "active" {
-            continue;
-        }
-        let (status, next_at, error) = match &subscription.filter_error {
-            Some(reason) => {
-                let error = format!(
-                    "not sent: the subscription's event filter is corrupt ({reason}); repair its events column, then replay"
-                );
-                recorded
-                    .unsendable
-                    .push((subscription.id.clone(), reason.clone()));
-                ("failed", None, Some(error))
-            }
-            None if subscription
-                .events
-                .iter()
-                .any(|f| filter_matches(f, event_type)) =>
-            {
-                recorded.created += 1;
-                ("pending", Some(now), None)
-            }
-            None => continue,
-        };
+    for delivery in planned {
         insert.execute(params![
             uuid::Uuid::now_v7().to_string(),
             webhook_id(message_id),
-            subscription.id,
+            delivery.subscription_id,
             message_id,
             event_type,
             order_id,
             body,
-            status,
-            next_at,
+            delivery.status.as_str(),
+            delivery.next_attempt_at,
             traceparent,
-            error
+            delivery.error
         ])?;
     }
     Ok(Some(recorded))
@@ -479,21 +566,9 @@ pub fn settle_in_savepoint(tx: &Transaction, settlement: &Settlement) -> rusqlit
 /// Writes the attempt row and moves the delivery on, in one transaction.
 pub fn settle_attempt(tx: &Transaction, settlement: &Settlement) -> rusqlite::Result<()> {
     insert_attempt(tx, settlement)?;
-    // The subscription may have been deleted or disabled while this attempt was in flight: then
-    // nobody will take a retry, so the delivery ends here instead of staying pending forever.
-    let next = match &settlement.next {
-        Next::RetryAt(_) if !subscription_active(tx, &settlement.subscription_id)? => {
-            &Next::Failed("the subscription was deleted or disabled".to_owned())
-        }
-        other => other,
-    };
-    let record = &settlement.record;
-    let (status, next_at, error) = match next {
-        Next::Delivered => ("delivered", None, None),
-        Next::RetryAt(at) => ("pending", Some(*at), record.error.clone()),
-        Next::Failed(reason) => ("failed", None, Some(reason.clone())),
-        Next::Gone => ("failed", None, Some(GONE_REASON.to_owned())),
-    };
+    let state = settled_state(settlement, || {
+        subscription_active(tx, &settlement.subscription_id)
+    })?;
     // `updated_at` as in `NOW`, spelt out so that the statement is a constant for the cache.
     tx.prepare_cached(
         "UPDATE deliveries SET status = ?2, next_attempt_at = ?3, last_error = ?4, last_status_code = ?5,
@@ -504,16 +579,60 @@ pub fn settle_attempt(tx: &Transaction, settlement: &Settlement) -> rusqlite::Re
     )?
     .execute(params![
         settlement.delivery_id,
-        status,
-        next_at,
-        error,
-        record.status_code,
+        state.status.as_str(),
+        state.next_attempt_at,
+        state.error,
+        settlement.record.status_code,
         i64::from(!settlement.manual)
     ])?;
-    if *next == Next::Gone {
+    if state.disable_subscription {
         disable_subscription(tx, &settlement.subscription_id, GONE_REASON)?;
     }
     Ok(())
+}
+
+/// Where a delivery goes after an attempt, as written (both backends).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettledState {
+    pub status: DeliveryStatus,
+    pub next_attempt_at: Option<i64>,
+    pub error: Option<String>,
+    /// 410 Gone: the subscription is disabled (and its other pending deliveries failed).
+    pub disable_subscription: bool,
+}
+
+/// Decides the delivery's state after an attempt (both backends). `subscription_active` is
+/// asked only for a retry: the subscription may have been deleted or disabled while this
+/// attempt was in flight, and then nobody will take the retry, so the delivery ends here
+/// instead of staying pending forever.
+pub fn settled_state<E>(
+    settlement: &Settlement,
+    subscription_active: impl FnOnce() -> Result<bool, E>,
+) -> Result<SettledState, E> {
+    let state = |status, next_attempt_at, error: Option<String>| SettledState {
+        status,
+        next_attempt_at,
+        error,
+        disable_subscription: false,
+    };
+    Ok(match &settlement.next {
+        Next::Delivered => state(DeliveryStatus::Delivered, None, None),
+        Next::RetryAt(_) if !subscription_active()? => state(
+            DeliveryStatus::Failed,
+            None,
+            Some("the subscription was deleted or disabled".to_owned()),
+        ),
+        Next::RetryAt(at) => state(
+            DeliveryStatus::Pending,
+            Some(*at),
+            settlement.record.error.clone(),
+        ),
+        Next::Failed(reason) => state(DeliveryStatus::Failed, None, Some(reason.clone())),
+        Next::Gone => SettledState {
+            disable_subscription: true,
+            ..state(DeliveryStatus::Failed, None, Some(GONE_REASON.to_owned()))
+        },
+    })
 }
 
 fn insert_attempt(tx: &Transaction, settlement: &Settlement) -> rusqlite::Result<()> {
@@ -591,7 +710,7 @@ fn delivery_row(row: &Row) -> rusqlite::Result<Delivery> {
     })
 }
 
-fn ms_to_rfc3339(ms: i64) -> Option<String> {
+pub(crate) fn ms_to_rfc3339(ms: i64) -> Option<String> {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()?
         .format(&time::format_description::well_known::Rfc3339)
@@ -690,16 +809,30 @@ pub enum ReplayRefused {
     SubscriptionInactive,
 }
 
+/// Whether `delivery` may be replayed (both backends): only a failed one, and only while its
+/// subscription is active (`subscription_active` is asked only then).
+pub fn check_replay<E>(
+    delivery: &Delivery,
+    subscription_active: impl FnOnce() -> Result<bool, E>,
+) -> Result<Result<(), ReplayRefused>, E> {
+    if delivery.status != DeliveryStatus::Failed.as_str() {
+        return Ok(Err(ReplayRefused::NotFailed(delivery.status.clone())));
+    }
+    if !subscription_active()? {
+        return Ok(Err(ReplayRefused::SubscriptionInactive));
+    }
+    Ok(Ok(()))
+}
+
 /// Puts a failed delivery back in line for one manual attempt, now.
 pub fn replay(tx: &Transaction, id: &str) -> rusqlite::Result<Result<Delivery, ReplayRefused>> {
     let Some(delivery) = get_delivery(tx, id)? else {
         return Ok(Err(ReplayRefused::NotFound));
     };
-    if delivery.status != "failed" {
-        return Ok(Err(ReplayRefused::NotFailed(delivery.status)));
-    }
-    if !subscription_active(tx, &delivery.subscription_id)? {
-        return Ok(Err(ReplayRefused::SubscriptionInactive));
+    if let Err(refused) = check_replay(&delivery, || {
+        subscription_active(tx, &delivery.subscription_id)
+    })? {
+        return Ok(Err(refused));
     }
     tx.execute(
         &format!(

@@ -1,6 +1,7 @@
 //! The publisher on the real broker and real HTTP endpoints: signed requests, the retry
 //! schedule, replay, isolation of a dead endpoint, restarts, 410 and Retry-After.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -10,15 +11,26 @@ use e2e::TestEnv;
 use e2e::amqp::TestClient;
 use messaging::topology::{WEBHOOKS_QUEUE, dlq, keys};
 
-#[tokio::test]
-async fn an_endpoint_failing_twice_gets_three_signed_attempts_and_one_delivery() {
+on_both_backends!(
+    an_endpoint_failing_twice_gets_three_signed_attempts_and_one_delivery,
+    an_endpoint_always_failing_fails_after_six_attempts_and_replay_delivers,
+    a_dead_endpoint_does_not_delay_a_healthy_one,
+    pending_retries_resume_after_a_restart,
+    gone_disables_the_subscription_and_retry_after_is_honoured,
+    subscriptions_api_validates_and_a_bad_event_goes_to_the_dlq,
+    timeouts_and_long_answers_are_recorded_in_the_history,
+    a_publisher_killed_mid_attempt_retries_after_the_lease,
+);
+
+async fn an_endpoint_failing_twice_gets_three_signed_attempts_and_one_delivery(kind: Kind) {
     let env = TestEnv::new("wh-three").await.unwrap();
+    let store = TestStore::new(kind, "wh-three").await;
     let endpoint = Endpoint::start(
         vec![Answer::Status(500), Answer::Redirect],
         Answer::Status(204),
     )
     .await;
-    let publisher = start(config(&env, &endpoint.url(), "100,200,400,800,1600")).await;
+    let publisher = start(store.apply(config(&env, &endpoint.url(), "100,200,400,800,1600"))).await;
     let base = publisher.url();
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
 
@@ -75,14 +87,15 @@ async fn an_endpoint_failing_twice_gets_three_signed_attempts_and_one_delivery()
     );
 
     publisher.stop().await;
+    store.finish(&env).await;
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn an_endpoint_always_failing_fails_after_six_attempts_and_replay_delivers() {
+async fn an_endpoint_always_failing_fails_after_six_attempts_and_replay_delivers(kind: Kind) {
     let env = TestEnv::new("wh-six").await.unwrap();
+    let store = TestStore::new(kind, "wh-six").await;
     let endpoint = Endpoint::start(vec![], Answer::Status(500)).await;
-    let publisher = start(config(&env, &endpoint.url(), "50,50,50,50,50")).await;
+    let publisher = start(store.apply(config(&env, &endpoint.url(), "50,50,50,50,50"))).await;
     let base = publisher.url();
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
 
@@ -132,15 +145,16 @@ async fn an_endpoint_always_failing_fails_after_six_attempts_and_replay_delivers
     assert_eq!(unknown.status(), 404);
 
     publisher.stop().await;
+    store.finish(&env).await;
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_dead_endpoint_does_not_delay_a_healthy_one() {
+async fn a_dead_endpoint_does_not_delay_a_healthy_one(kind: Kind) {
     let env = TestEnv::new("wh-dead").await.unwrap();
+    let store = TestStore::new(kind, "wh-dead").await;
     let dead = Endpoint::start(vec![], Answer::Hang).await;
     let healthy = Endpoint::start(vec![], Answer::Status(200)).await;
-    let mut cfg = config(&env, &dead.url(), "100,100,100,100,100");
+    let mut cfg = store.apply(config(&env, &dead.url(), "100,100,100,100,100"));
     // Longer than this test waits: no attempt to the dead endpoint can finish meanwhile.
     cfg.timeout = Duration::from_secs(60);
     let publisher = start(cfg).await;
@@ -192,14 +206,15 @@ async fn a_dead_endpoint_does_not_delay_a_healthy_one() {
 
     dead.release();
     publisher.stop().await;
+    store.finish(&env).await;
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn pending_retries_resume_after_a_restart() {
+async fn pending_retries_resume_after_a_restart(kind: Kind) {
     let env = TestEnv::new("wh-restart").await.unwrap();
+    let store = TestStore::new(kind, "wh-restart").await;
     let endpoint = Endpoint::start(vec![], Answer::Status(503)).await;
-    let cfg = config(&env, &endpoint.url(), "300,300,300,300,300");
+    let cfg = store.apply(config(&env, &endpoint.url(), "300,300,300,300,300"));
     let publisher = start(cfg.clone()).await;
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
     publish(&client, keys::ORDER_CANCELLED, "order-r").await;
@@ -234,15 +249,16 @@ async fn pending_retries_resume_after_a_restart() {
     assert_eq!(client.ready_count(&dlq(WEBHOOKS_QUEUE)).await.unwrap(), 0);
 
     publisher.stop().await;
+    store.finish(&env).await;
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn gone_disables_the_subscription_and_retry_after_is_honoured() {
+async fn gone_disables_the_subscription_and_retry_after_is_honoured(kind: Kind) {
     let env = TestEnv::new("wh-gone").await.unwrap();
+    let store = TestStore::new(kind, "wh-gone").await;
     let gone = Endpoint::start(vec![], Answer::Status(410)).await;
     let busy = Endpoint::start(vec![Answer::RetryAfter(429, 1)], Answer::Status(200)).await;
-    let publisher = start(config(&env, &gone.url(), "50,50,2000")).await;
+    let publisher = start(store.apply(config(&env, &gone.url(), "50,50,2000"))).await;
     let base = publisher.url();
     let busy_sub = subscribe(&base, &busy.url(), &["order.created"]).await;
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
@@ -300,14 +316,15 @@ async fn gone_disables_the_subscription_and_retry_after_is_honoured() {
     );
 
     publisher.stop().await;
+    store.finish(&env).await;
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn subscriptions_api_validates_and_a_bad_event_goes_to_the_dlq() {
+async fn subscriptions_api_validates_and_a_bad_event_goes_to_the_dlq(kind: Kind) {
     let env = TestEnv::new("wh-api").await.unwrap();
+    let store = TestStore::new(kind, "wh-api").await;
     let endpoint = Endpoint::start(vec![], Answer::Status(200)).await;
-    let publisher = start(config(&env, &endpoint.url(), "50")).await;
+    let publisher = start(store.apply(config(&env, &endpoint.url(), "50"))).await;
     let base = publisher.url();
     let http = api();
 
@@ -399,15 +416,16 @@ async fn subscriptions_api_validates_and_a_bad_event_goes_to_the_dlq() {
     assert!(deliveries(&base, "").await.is_empty());
 
     publisher.stop().await;
+    store.finish(&env).await;
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn timeouts_and_long_answers_are_recorded_in_the_history() {
+async fn timeouts_and_long_answers_are_recorded_in_the_history(kind: Kind) {
     let env = TestEnv::new("wh-history").await.unwrap();
+    let store = TestStore::new(kind, "wh-history").await;
     let slow = Endpoint::start(vec![], Answer::Hang).await;
     let chatty = Endpoint::start(vec![], Answer::Big(500, 5000)).await;
-    let mut cfg = config(&env, &slow.url(), "50");
+    let mut cfg = store.apply(config(&env, &slow.url(), "50"));
     cfg.timeout = Duration::from_millis(300);
     let publisher = start(cfg).await;
     let base = publisher.url();
@@ -446,15 +464,16 @@ async fn timeouts_and_long_answers_are_recorded_in_the_history() {
 
     slow.release();
     publisher.stop().await;
+    store.finish(&env).await;
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_publisher_killed_mid_attempt_retries_after_the_lease() {
+async fn a_publisher_killed_mid_attempt_retries_after_the_lease(kind: Kind) {
     let env = TestEnv::new("wh-kill").await.unwrap();
+    let store = TestStore::new(kind, "wh-kill").await;
     let endpoint =
         Endpoint::start(vec![Answer::Status(503), Answer::Status(503)], Answer::Hang).await;
-    let mut cfg = config(&env, &endpoint.url(), "100,100,100,100,100");
+    let mut cfg = store.apply(config(&env, &endpoint.url(), "100,100,100,100,100"));
     // The lease of a claimed delivery is the timeout + 5 s: keep it short for the test.
     cfg.timeout = Duration::from_secs(1);
     let publisher = start(cfg.clone()).await;
@@ -495,5 +514,6 @@ async fn a_publisher_killed_mid_attempt_retries_after_the_lease() {
     );
 
     publisher.stop().await;
+    store.finish(&env).await;
     env.cleanup().await;
 }

@@ -3,18 +3,24 @@
 //! registration and at delivery), TLS with a private CA, bounded history, and a corrupt event
 //! filter that fails loudly.
 
+#[macro_use]
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use deadpool_sqlite::rusqlite;
 use e2e::TestEnv;
 use e2e::amqp::TestClient;
 use messaging::auth::Role;
 use messaging::topology::keys;
 use serde_json::{Value, json};
+
+on_both_backends!(
+    a_secret_is_shown_at_creation_and_on_request_only,
+    a_delivery_is_refused_when_its_address_became_forbidden,
+    finished_history_is_deleted_after_the_retention_and_pending_is_kept,
+    a_corrupt_event_filter_fails_loudly,
+);
 
 /// A problem+json answer with `status`.
 async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
@@ -114,11 +120,11 @@ async fn the_api_needs_an_admin_token_and_health_does_not() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_secret_is_shown_at_creation_and_on_request_only() {
+async fn a_secret_is_shown_at_creation_and_on_request_only(kind: Kind) {
     let env = TestEnv::new("wh-secret").await.unwrap();
+    let store = TestStore::new(kind, "wh-secret").await;
     let endpoint = Endpoint::start(vec![], Answer::Status(200)).await;
-    let publisher = start(config(&env, &endpoint.url(), "50")).await;
+    let publisher = start(store.apply(config(&env, &endpoint.url(), "50"))).await;
     let base = publisher.url();
     let admin = api();
 
@@ -169,6 +175,7 @@ async fn a_secret_is_shown_at_creation_and_on_request_only() {
     assert_problem(unknown, 404).await;
 
     publisher.stop().await;
+    store.finish(&env).await;
     env.cleanup().await;
 }
 
@@ -268,13 +275,13 @@ async fn subscription_of(base: &str, url: &str) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn a_delivery_is_refused_when_its_address_became_forbidden() {
+async fn a_delivery_is_refused_when_its_address_became_forbidden(kind: Kind) {
     let env = TestEnv::new("wh-ssrf-late").await.unwrap();
+    let store = TestStore::new(kind, "wh-ssrf-late").await;
     let notifier = Endpoint::start(vec![], Answer::Status(200)).await;
     let target = Endpoint::start(vec![], Answer::Status(200)).await;
     // Registered while loopback was allowed ...
-    let mut cfg = config(&env, &notifier.url(), "50");
+    let mut cfg = store.apply(config(&env, &notifier.url(), "50"));
     cfg.allowed_networks =
         webhook_publisher::egress::parse_allowed_networks("127.0.0.0/8,::1/128").unwrap();
     let publisher = start(cfg.clone()).await;
@@ -318,6 +325,7 @@ async fn a_delivery_is_refused_when_its_address_became_forbidden() {
     assert_eq!(notifier.received().len(), 1);
 
     publisher.stop().await;
+    store.finish(&env).await;
     env.cleanup().await;
 }
 
@@ -370,28 +378,20 @@ async fn https_deliveries_trust_the_ca_file_and_record_certificate_errors() {
     env.cleanup().await;
 }
 
-/// The one number `sql` reads from the publisher's database.
-fn count(db: &Path, sql: &str) -> i64 {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn.query_row(sql, [], |r| r.get(0)).unwrap()
-}
-
-#[tokio::test]
-async fn finished_history_is_deleted_after_the_retention_and_pending_is_kept() {
+async fn finished_history_is_deleted_after_the_retention_and_pending_is_kept(kind: Kind) {
     let env = TestEnv::new("wh-retention").await.unwrap();
+    let store = TestStore::new(kind, "wh-retention").await;
     let ok = Endpoint::start(vec![], Answer::Status(200)).await;
     let broken = Endpoint::start(vec![], Answer::Status(500)).await;
     let hanging = Endpoint::start(vec![], Answer::Hang).await;
     // 50 ms before the only retry: the broken endpoint's delivery fails quickly.
-    let mut cfg = config(&env, &ok.url(), "50");
+    let mut cfg = store.apply(config(&env, &ok.url(), "50"));
     let retention = Duration::from_secs(2);
     cfg.history_retention = retention;
     cfg.prune_every = Duration::from_millis(100);
     // Longer than the test: the hanging endpoint's delivery stays pending throughout.
     cfg.timeout = Duration::from_secs(60);
-    let db = cfg.common.data_dir.join("webhooks.db");
-    let publisher = start(cfg).await;
+    let publisher = start(cfg.clone()).await;
     let base = publisher.url();
     subscribe(&base, &broken.url(), &["order.*"]).await;
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
@@ -403,7 +403,7 @@ async fn finished_history_is_deleted_after_the_retention_and_pending_is_kept() {
     })
     .await
     .expect("both deliveries should finish");
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM attempts"), 3);
+    assert_eq!(store.count(&cfg, "SELECT COUNT(*) FROM attempts").await, 3);
 
     // A subscription whose endpoint never answers: its delivery stays pending.
     let waiting = subscribe(&base, &hanging.url(), &["order.*"]).await;
@@ -434,36 +434,35 @@ async fn finished_history_is_deleted_after_the_retention_and_pending_is_kept() {
     assert_eq!(left[0]["orderId"], "order-pending");
     assert_eq!(hanging.received().len(), 1);
     assert_eq!(
-        count(&db, "SELECT COUNT(*) FROM attempts"),
+        store.count(&cfg, "SELECT COUNT(*) FROM attempts").await,
         0,
         "attempts of deleted deliveries are left"
     );
 
     hanging.release();
     publisher.stop().await;
+    store.finish(&env).await;
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_corrupt_event_filter_fails_loudly() {
+async fn a_corrupt_event_filter_fails_loudly(kind: Kind) {
     let env = TestEnv::new("wh-filter").await.unwrap();
+    let store = TestStore::new(kind, "wh-filter").await;
     let endpoint = Endpoint::start(vec![], Answer::Status(200)).await;
     let other = Endpoint::start(vec![], Answer::Status(200)).await;
-    let cfg = config(&env, &endpoint.url(), "50");
-    let db = cfg.common.data_dir.join("webhooks.db");
-    let publisher = start(cfg).await;
+    let cfg = store.apply(config(&env, &endpoint.url(), "50"));
+    let publisher = start(cfg.clone()).await;
     let base = publisher.url();
     let sub = subscribe(&base, &other.url(), &["order.created"]).await;
     let id = sub["id"].as_str().unwrap();
     // Written by hand (or by a bug): not a JSON list.
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn.execute(
-        "UPDATE subscriptions SET events = 'order.created' WHERE id = ?1",
-        [id],
-    )
-    .unwrap();
-    drop(conn);
+    store
+        .execute(
+            &cfg,
+            "UPDATE subscriptions SET events = 'order.created' WHERE id = $1",
+            id,
+        )
+        .await;
 
     let shown = get_json(&format!("{base}/subscriptions/{id}")).await;
     let reason = shown["filterError"].as_str().expect("no filterError shown");
@@ -505,5 +504,6 @@ async fn a_corrupt_event_filter_fails_loudly() {
     );
 
     publisher.stop().await;
+    store.finish(&env).await;
     env.cleanup().await;
 }

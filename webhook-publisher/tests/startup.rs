@@ -1,4 +1,4 @@
-//! A bad setting of the egress guard, the TLS roots or the retention stops the publisher binary
+//! A bad setting of the egress guard, the TLS roots, the retention or `DATABASE_URL` stops the publisher binary
 //! at start with a message naming the variable (before it touches the broker or the disk).
 
 use std::process::Stdio;
@@ -57,9 +57,24 @@ async fn bad_settings_stop_the_start_naming_the_variable() {
             [("WEBHOOK_HISTORY_RETENTION_DAYS", "a month")],
             "WEBHOOK_HISTORY_RETENTION_DAYS",
         ),
+        (
+            [("DATABASE_URL", "mysql://app:s3cret@127.0.0.1/webhooks")],
+            "DATABASE_URL",
+        ),
+        (
+            [(
+                "DATABASE_URL",
+                "postgres://app:s3cret@127.0.0.1:notaport/webhooks",
+            )],
+            "DATABASE_URL",
+        ),
     ] {
         let stderr = refused_start(&vars).await;
         assert!(stderr.contains(expected), "{vars:?}: {stderr}");
+        assert!(
+            !stderr.contains("s3cret"),
+            "a password was printed: {stderr}"
+        );
         if vars[0].1 == not_pem {
             assert!(stderr.contains("WEBHOOK_CA_FILE"), "{stderr}");
         }

@@ -334,6 +334,118 @@ pub fn config(env: &TestEnv, default_url: &str, schedule_ms: &str) -> Config {
         extra_roots: TlsRoots::default(),
         history_retention: Duration::from_secs(30 * 86_400),
         prune_every: Duration::from_secs(60),
+        database: None,
+    }
+}
+
+/// Runs each named `async fn(Kind)` as two tests, `<name>::sqlite` and `<name>::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::common::Kind::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name($crate::common::Kind::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// Which store a test runs the publisher on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// The store of one test: `webhooks.db` in the env's data dir, or a PostgreSQL database of
+/// its own (dropped by [`TestStore::drop`]).
+pub struct TestStore {
+    pub kind: Kind,
+    pub pg: Option<testkit::TestDatabase>,
+}
+
+impl TestStore {
+    pub async fn new(kind: Kind, hint: &str) -> Self {
+        let pg = match kind {
+            Kind::Sqlite => None,
+            Kind::Postgres => Some(testkit::TestDatabase::create(hint).await.unwrap()),
+        };
+        Self { kind, pg }
+    }
+
+    /// `cfg` on this store: with PostgreSQL a small pool (tests share the server's
+    /// connections) and a one-second lease (the delivery lease is then the timeout + 5 s,
+    /// as on SQLite).
+    pub fn apply(&self, mut cfg: Config) -> Config {
+        cfg.database = self.pg.as_ref().map(|db| {
+            let mut pg = messaging::pg::PgConfig::parse(&db.url).unwrap();
+            pg.pool_size = 6;
+            pg.lease = Duration::from_secs(1);
+            pg
+        });
+        cfg
+    }
+
+    /// The one number `sql` reads from the publisher's tables (the same SQL on both).
+    pub async fn count(&self, cfg: &Config, sql: &str) -> i64 {
+        match &self.pg {
+            None => {
+                let db = cfg.common.data_dir.join("webhooks.db");
+                let sql = sql.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    let conn = deadpool_sqlite::rusqlite::Connection::open(db).unwrap();
+                    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+                    conn.query_row(&sql, [], |r| r.get(0)).unwrap()
+                })
+                .await
+                .unwrap()
+            }
+            Some(db) => {
+                let client = db.connect().await.unwrap();
+                client.query_one(sql, &[]).await.unwrap().get(0)
+            }
+        }
+    }
+
+    /// Runs `sql` with one text parameter (`?1` on SQLite, `$1` on PostgreSQL).
+    pub async fn execute(&self, cfg: &Config, sql: &str, param: &str) {
+        match &self.pg {
+            None => {
+                let db = cfg.common.data_dir.join("webhooks.db");
+                let (sql, param) = (sql.replace("$1", "?1"), param.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    let conn = deadpool_sqlite::rusqlite::Connection::open(db).unwrap();
+                    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+                    conn.execute(&sql, [param]).unwrap();
+                })
+                .await
+                .unwrap()
+            }
+            Some(db) => {
+                let client = db.connect().await.unwrap();
+                client.execute(sql, &[&param]).await.unwrap();
+            }
+        }
+    }
+
+    /// Ends the test's store (before `env.cleanup()`): on PostgreSQL, checks that the
+    /// publisher wrote no SQLite file, and drops the database. (For SQLite the env's temp dir
+    /// goes with the env.)
+    pub async fn finish(self, env: &TestEnv) {
+        if let Some(db) = self.pg {
+            let file = env.data_dir("webhook-publisher").join("webhooks.db");
+            assert!(
+                !file.exists(),
+                "with DATABASE_URL set the publisher wrote {}",
+                file.display()
+            );
+            db.drop().await.unwrap();
+        }
     }
 }
 

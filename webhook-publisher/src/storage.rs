@@ -1,0 +1,408 @@
+//! The publisher's one storage interface over its two backends: `webhooks.db` (SQLite, one
+//! instance, `store.rs`) or a PostgreSQL database shared by every instance (`DATABASE_URL`,
+//! `store/pg.rs`). The consumer, the dispatcher, the retention task and the HTTP API only talk
+//! to [`Store`]; the decisions (which subscriptions get an event, where a delivery goes after an
+//! attempt, what may be replayed) are the shared functions of `store.rs`, so both backends make
+//! them the same way.
+
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::Duration;
+
+use messaging::signature::Secret;
+use messaging::store::{Backend, DbError};
+use messaging::{Db, PgDb};
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::store::pg::{Claimant, Settled};
+use crate::store::{
+    self, Attempt, Delivery, DeliveryFilter, Job, Recorded, ReplayRefused, Settlement,
+    Subscription, now_ms,
+};
+
+/// Where the publisher keeps subscriptions, deliveries and attempts. Cheap to clone.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(Db),
+    Postgres(PgDb),
+}
+
+/// One event to record (see [`store::record_event`]).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub message_id: String,
+    pub event_type: String,
+    pub order_id: Option<String>,
+    pub body: Vec<u8>,
+    pub traceparent: Option<String>,
+}
+
+/// What one dispatcher pass found.
+pub struct Pass {
+    pub jobs: Vec<Job>,
+    pub next_due: Option<i64>,
+    /// An endpoint had no more free permits than deliveries due: more may be due now.
+    pub backlog: bool,
+}
+
+impl Store {
+    /// The database as the service life cycle sees it (`Running::run_broker`, readiness).
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(db) => db.clone().into(),
+            Self::Postgres(pg) => pg.clone().into(),
+        }
+    }
+
+    /// Names the store in log messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "webhooks.db",
+            Self::Postgres(_) => "the PostgreSQL database",
+        }
+    }
+
+    /// Resolves `true` once the schema is up to date (at once for SQLite), `false` if `stop`
+    /// came first.
+    pub async fn wait_ready(&self, stop: &CancellationToken) -> bool {
+        match self {
+            Self::Sqlite(_) => true,
+            Self::Postgres(pg) => pg.wait_ready(stop).await,
+        }
+    }
+
+    pub async fn ensure_default_subscription(
+        &self,
+        url: String,
+        secret: Secret,
+    ) -> Result<Option<Subscription>, DbError> {
+        match self {
+            Self::Sqlite(db) => {
+                db.write(move |tx| store::ensure_default_subscription(tx, &url, &secret))
+                    .await
+            }
+            Self::Postgres(pg) => {
+                pg.write(move |tx| {
+                    Box::pin(async move {
+                        store::pg::ensure_default_subscription(tx, &url, &secret).await
+                    })
+                })
+                .await
+            }
+        }
+    }
+
+    pub async fn insert_subscription(
+        &self,
+        url: String,
+        events: Vec<String>,
+        secret: Secret,
+    ) -> Result<Subscription, DbError> {
+        match self {
+            Self::Sqlite(db) => {
+                db.write(move |tx| store::insert_subscription(tx, &url, &events, &secret))
+                    .await
+            }
+            Self::Postgres(pg) => {
+                pg.write(move |tx| {
+                    Box::pin(async move {
+                        store::pg::insert_subscription(tx, &url, &events, &secret).await
+                    })
+                })
+                .await
+            }
+        }
+    }
+
+    pub async fn get_subscription(&self, id: String) -> Result<Option<Subscription>, DbError> {
+        match self {
+            Self::Sqlite(db) => {
+                db.call(move |conn| store::get_subscription(conn, &id))
+                    .await
+            }
+            Self::Postgres(pg) => {
+                pg.read(move |c| {
+                    Box::pin(async move { store::pg::get_subscription(&**c, &id).await })
+                })
+                .await
+            }
+        }
+    }
+
+    pub async fn subscription_secret(&self, id: String) -> Result<Option<SecretString>, DbError> {
+        match self {
+            Self::Sqlite(db) => {
+                db.call(move |conn| store::subscription_secret(conn, &id))
+                    .await
+            }
+            Self::Postgres(pg) => {
+                pg.read(move |c| {
+                    Box::pin(async move { store::pg::subscription_secret(&**c, &id).await })
+                })
+                .await
+            }
+        }
+    }
+
+    pub async fn list_subscriptions(&self) -> Result<Vec<Subscription>, DbError> {
+        match self {
+            Self::Sqlite(db) => db.call(|conn| store::list_subscriptions(conn)).await,
+            Self::Postgres(pg) => {
+                pg.read(|c| Box::pin(async move { store::pg::list_subscriptions(&**c).await }))
+                    .await
+            }
+        }
+    }
+
+    /// Deletes a subscription and fails its pending deliveries; `false` if there was none.
+    pub async fn delete_subscription(&self, id: String) -> Result<bool, DbError> {
+        match self {
+            Self::Sqlite(db) => {
+                db.write(move |tx| store::delete_subscription(tx, &id))
+                    .await
+            }
+            Self::Postgres(pg) => {
+                pg.write(move |tx| {
+                    Box::pin(async move { store::pg::delete_subscription(tx, &id).await })
+                })
+                .await
+            }
+        }
+    }
+
+    /// Records the deliveries of one event with its inbox row, in one transaction; `None` for
+    /// a message recorded before.
+    pub async fn record_event(&self, event: NewEvent) -> Result<Option<Recorded>, DbError> {
+        match self {
+            Self::Sqlite(db) => {
+                db.write(move |tx| {
+                    store::record_event(
+                        tx,
+                        &event.message_id,
+                        &event.event_type,
+                        event.order_id.as_deref(),
+                        &event.body,
+                        event.traceparent.as_deref(),
+                    )
+                })
+                .await
+            }
+            Self::Postgres(pg) => {
+                pg.write(move |tx| {
+                    Box::pin(async move {
+                        store::pg::record_event(
+                            tx,
+                            &event.message_id,
+                            &event.event_type,
+                            event.order_id.as_deref(),
+                            &event.body,
+                            event.traceparent.as_deref(),
+                        )
+                        .await
+                    })
+                })
+                .await
+            }
+        }
+    }
+
+    pub async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, DbError> {
+        match self {
+            Self::Sqlite(db) => {
+                db.call(move |conn| store::list_deliveries(conn, &filter))
+                    .await
+            }
+            Self::Postgres(pg) => {
+                pg.read(move |c| {
+                    Box::pin(async move { store::pg::list_deliveries(&**c, &filter).await })
+                })
+                .await
+            }
+        }
+    }
+
+    /// A delivery with every attempt and its request body.
+    pub async fn delivery_detail(
+        &self,
+        id: String,
+    ) -> Result<Option<(Delivery, Vec<Attempt>, Option<Value>)>, DbError> {
+        match self {
+            Self::Sqlite(db) => {
+                db.call(move |conn| {
+                    let Some(delivery) = store::get_delivery(conn, &id)? else {
+                        return Ok(None);
+                    };
+                    let attempts = store::list_attempts(conn, &id)?;
+                    let payload = store::delivery_payload(conn, &id)?;
+                    Ok(Some((delivery, attempts, payload)))
+                })
+                .await
+            }
+            Self::Postgres(pg) => {
+                pg.read(move |c| {
+                    Box::pin(async move {
+                        let Some(delivery) = store::pg::get_delivery(&**c, &id).await? else {
+                            return Ok(None);
+                        };
+                        let attempts = store::pg::list_attempts(&**c, &id).await?;
+                        let payload = store::pg::delivery_payload(&**c, &id).await?;
+                        Ok(Some((delivery, attempts, payload)))
+                    })
+                })
+                .await
+            }
+        }
+    }
+
+    /// Puts a failed delivery back in line for one manual attempt.
+    pub async fn replay(&self, id: String) -> Result<Result<Delivery, ReplayRefused>, DbError> {
+        match self {
+            Self::Sqlite(db) => db.write(move |tx| store::replay(tx, &id)).await,
+            Self::Postgres(pg) => {
+                pg.write(move |tx| Box::pin(async move { store::pg::replay(tx, &id).await }))
+                    .await
+            }
+        }
+    }
+
+    /// Deletes up to `limit` finished deliveries older than `older_than`; returns how many.
+    pub async fn prune_history(
+        &self,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<usize, DbError> {
+        match self {
+            Self::Sqlite(db) => {
+                db.write(move |tx| store::prune_history(tx, older_than, limit))
+                    .await
+            }
+            Self::Postgres(pg) => {
+                pg.write(move |tx| Box::pin(store::pg::prune_history(tx, older_than, limit)))
+                    .await
+            }
+        }
+    }
+
+    /// Writes finished attempts, each on its own (the dispatcher's last write at shutdown).
+    pub async fn settle(&self, settlements: Vec<Settlement>) -> Result<(), DbError> {
+        match self {
+            Self::Sqlite(db) => {
+                db.write(move |tx| {
+                    settle_all_sqlite(tx, &settlements);
+                    Ok(())
+                })
+                .await
+            }
+            Self::Postgres(pg) => {
+                let instance = pg.instance().to_owned();
+                pg.write(move |tx| {
+                    Box::pin(async move {
+                        settle_all_pg(tx, &instance, &settlements).await;
+                        Ok(())
+                    })
+                })
+                .await
+            }
+        }
+    }
+
+    /// One dispatcher pass, one write transaction: record the finished attempts, then claim
+    /// per active subscription as many due deliveries as `room` says it has free permits, for
+    /// `lease` (on PostgreSQL at least `OUTBOX_LEASE_SECS`), then read the next due time.
+    pub async fn pass<R>(
+        &self,
+        settlements: Arc<Vec<Settlement>>,
+        room: R,
+        lease: Duration,
+    ) -> Result<Pass, DbError>
+    where
+        R: Fn(Vec<String>) -> Vec<(String, usize)> + Send + Sync + 'static,
+    {
+        match self {
+            Self::Sqlite(db) => {
+                let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+                db.write(move |tx| {
+                    settle_all_sqlite(tx, &settlements);
+                    let now = now_ms();
+                    let (mut jobs, mut backlog) = (Vec::new(), false);
+                    for (id, free) in room(store::active_subscription_ids(tx)?) {
+                        if free > 0 {
+                            let due = store::claim_due(tx, &id, now, now + lease, free)?;
+                            backlog |= due.len() == free;
+                            jobs.extend(due);
+                        }
+                    }
+                    let next_due = store::next_due_after(tx, now)?;
+                    Ok(Pass {
+                        jobs,
+                        next_due,
+                        backlog,
+                    })
+                })
+                .await
+            }
+            Self::Postgres(pg) => {
+                let claimant = Claimant {
+                    instance: pg.instance().to_owned(),
+                    lease: lease.max(pg.lease()),
+                };
+                pg.write(move |tx| {
+                    Box::pin(async move {
+                        settle_all_pg(tx, &claimant.instance, &settlements).await;
+                        let now = now_ms();
+                        let (mut jobs, mut backlog) = (Vec::new(), false);
+                        for (id, free) in room(store::pg::active_subscription_ids(tx).await?) {
+                            if free > 0 {
+                                let due =
+                                    store::pg::claim_due(tx, &claimant, &id, now, free).await?;
+                                backlog |= due.len() == free;
+                                jobs.extend(due);
+                            }
+                        }
+                        let next_due = store::pg::next_due_after(tx, now).await?;
+                        Ok(Pass {
+                            jobs,
+                            next_due,
+                            backlog,
+                        })
+                    })
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// Records every finished attempt, each on its own: one that cannot be written is logged and
+/// attempted again after its lease, the others are kept.
+fn settle_all_sqlite(tx: &deadpool_sqlite::rusqlite::Transaction, settlements: &[Settlement]) {
+    for settlement in settlements {
+        if let Err(e) = store::settle_in_savepoint(tx, settlement) {
+            log_settle_error(settlement, &e);
+        }
+    }
+}
+
+/// [`settle_all_sqlite`] on PostgreSQL, where an attempt whose claim this instance lost is
+/// not recorded (the instance holding the claim records its own).
+async fn settle_all_pg(tx: &messaging::pg::PgTx<'_>, instance: &str, settlements: &[Settlement]) {
+    for settlement in settlements {
+        match store::pg::settle_in_savepoint(tx, instance, settlement).await {
+            Ok(Settled::Written) => {}
+            Ok(Settled::ClaimLost) => {
+                warn!(delivery_id = %settlement.delivery_id, attempt = settlement.number,
+                    "an attempt finished after this instance's claim on the delivery ran out; another instance holds it now, so this attempt is not recorded");
+                metrics::counter!("webhook_claims_lost_total").increment(1);
+            }
+            Err(e) => log_settle_error(settlement, &e),
+        }
+    }
+}
+
+fn log_settle_error(settlement: &Settlement, e: &dyn Display) {
+    error!(delivery_id = %settlement.delivery_id, error = %e,
+        "could not record the attempt; the delivery will be attempted again after its lease");
+}

@@ -1,0 +1,655 @@
+//! The publisher's tables on PostgreSQL (`DATABASE_URL`), shared by every instance.
+//!
+//! The same rows as `webhooks.db` and the same decisions (`plan_event`, `settled_state`,
+//! `check_replay` in `store.rs`); what differs is how several instances stay out of each
+//! other's way:
+//! - a due delivery is **claimed** (`claimed_by` = this instance, `claimed_until` = now + the
+//!   lease) with `FOR UPDATE SKIP LOCKED`, so two instances never take the same one and at most
+//!   one attempt of it is in flight; a claim whose lease ran out (its instance died) is taken by
+//!   the next pass of any instance;
+//! - an attempt is recorded only by the instance that still holds the claim (the delivery row
+//!   is locked and its `claimed_by` checked), so a late settlement of a lost claim changes
+//!   nothing;
+//! - events lock the subscriptions they read (`FOR SHARE`), so a subscription deleted or
+//!   disabled meanwhile never gets a pending delivery nobody would take;
+//! - the default subscription is created under a table lock, once however many instances
+//!   start together.
+//!
+//! `next_attempt_at` is Unix milliseconds of the instances' clocks, as in SQLite (the retry
+//! schedule is computed there); leases are the server's clock (`now()`), so a lease never
+//! depends on two instances agreeing on the time.
+
+use std::time::Duration;
+
+use messaging::pg::{INBOX_OUTBOX, Migration, PgTx};
+use messaging::signature::Secret;
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio_postgres::{Error, GenericClient, Row};
+
+use super::{
+    Attempt, DEFAULT_EVENTS, Delivery, DeliveryFilter, DeliveryStatus, GONE_REASON, Job, Recorded,
+    ReplayRefused, Settlement, Subscription, check_replay, ms_to_rfc3339, now_ms, plan_event,
+    settled_state, webhook_id,
+};
+
+/// The publisher's schema: the inbox and outbox every service has, then its own tables.
+pub static MIGRATIONS: [Migration; 2] = [
+    INBOX_OUTBOX,
+    Migration {
+        version: 2,
+        name: "webhook subscriptions, deliveries with claims, attempts",
+        sql: "
+CREATE TABLE subscriptions (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'disabled')),
+    disabled_reason TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE deliveries (
+    id TEXT PRIMARY KEY,
+    webhook_id TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    order_id TEXT,
+    traceparent TEXT,
+    payload BYTEA NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempt_count BIGINT NOT NULL DEFAULT 0,
+    scheduled_attempts BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT,
+    manual_next BOOLEAN NOT NULL DEFAULT false,
+    last_status_code INTEGER,
+    last_error TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    claimed_by TEXT,
+    claimed_until TIMESTAMPTZ,
+    UNIQUE (message_id, subscription_id)
+);
+CREATE INDEX deliveries_due ON deliveries (subscription_id, next_attempt_at) WHERE status = 'pending';
+CREATE INDEX deliveries_next ON deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX deliveries_finished ON deliveries (updated_at) WHERE status <> 'pending';
+CREATE TABLE attempts (
+    id BIGSERIAL PRIMARY KEY,
+    delivery_id TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    number BIGINT NOT NULL,
+    trigger TEXT NOT NULL CHECK (trigger IN ('scheduled', 'manual')),
+    status_code INTEGER,
+    latency_ms BIGINT NOT NULL,
+    error TEXT,
+    response_body TEXT,
+    attempted_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX attempts_by_delivery ON attempts (delivery_id);
+",
+    },
+];
+
+/// Timestamps are shown exactly as SQLite's `strftime('%Y-%m-%dT%H:%M:%fZ')` writes them.
+macro_rules! text_time {
+    ($column:literal) => {
+        concat!(
+            "to_char(",
+            $column,
+            " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+        )
+    };
+}
+
+const SUBSCRIPTION_COLUMNS: &str = concat!(
+    "id, url, events, status, disabled_reason, ",
+    text_time!("created_at")
+);
+
+const DELIVERY_COLUMNS: &str = concat!(
+    "id, webhook_id, subscription_id, message_id, event_type, order_id, status, attempt_count, ",
+    "next_attempt_at, last_status_code, last_error, ",
+    text_time!("created_at"),
+    ", ",
+    text_time!("updated_at")
+);
+
+fn subscription_row(row: &Row) -> Subscription {
+    Subscription::from_stored(
+        row.get(0),
+        row.get(1),
+        row.get::<_, &str>(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+    )
+}
+
+fn status_code(code: Option<i32>) -> Option<u16> {
+    code.and_then(|c| u16::try_from(c).ok())
+}
+
+fn delivery_row(row: &Row) -> Delivery {
+    let next: Option<i64> = row.get(8);
+    Delivery {
+        id: row.get(0),
+        webhook_id: row.get(1),
+        subscription_id: row.get(2),
+        message_id: row.get(3),
+        event_type: row.get(4),
+        order_id: row.get(5),
+        status: row.get(6),
+        attempt_count: row.get(7),
+        next_attempt_at: next.and_then(ms_to_rfc3339),
+        last_status_code: status_code(row.get(9)),
+        last_error: row.get(10),
+        created_at: row.get(11),
+        updated_at: row.get(12),
+    }
+}
+
+pub async fn insert_subscription(
+    tx: &PgTx<'_>,
+    url: &str,
+    events: &[String],
+    secret: &Secret,
+) -> Result<Subscription, Error> {
+    let id = uuid::Uuid::now_v7().to_string();
+    // A list of strings always encodes.
+    let events_json = serde_json::to_string(events).unwrap_or_else(|_| "[]".to_owned());
+    let row = tx
+        .query_one(
+            &format!(
+                "INSERT INTO subscriptions (id, url, events, secret) VALUES ($1, $2, $3, $4)
+                 RETURNING {SUBSCRIPTION_COLUMNS}"
+            ),
+            &[&id, &url, &events_json, &secret.expose()],
+        )
+        .await?;
+    Ok(subscription_row(&row))
+}
+
+/// Creates the default subscription unless any subscription exists; returns it when created.
+/// The table lock (which only blocks other writers of `subscriptions`, for this short
+/// transaction) makes instances that start together create it once.
+pub async fn ensure_default_subscription(
+    tx: &PgTx<'_>,
+    url: &str,
+    secret: &Secret,
+) -> Result<Option<Subscription>, Error> {
+    tx.batch_execute("LOCK TABLE subscriptions IN SHARE ROW EXCLUSIVE MODE")
+        .await?;
+    let count: i64 = tx
+        .query_one("SELECT COUNT(*) FROM subscriptions", &[])
+        .await?
+        .get(0);
+    if count > 0 {
+        return Ok(None);
+    }
+    let events = DEFAULT_EVENTS.map(str::to_owned);
+    insert_subscription(tx, url, &events, secret)
+        .await
+        .map(Some)
+}
+
+pub async fn get_subscription(
+    client: &impl GenericClient,
+    id: &str,
+) -> Result<Option<Subscription>, Error> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1"),
+            &[&id],
+        )
+        .await?;
+    Ok(row.as_ref().map(subscription_row))
+}
+
+pub async fn subscription_secret(
+    client: &impl GenericClient,
+    id: &str,
+) -> Result<Option<SecretString>, Error> {
+    let row = client
+        .query_opt("SELECT secret FROM subscriptions WHERE id = $1", &[&id])
+        .await?;
+    Ok(row.map(|r| SecretString::from(r.get::<_, String>(0))))
+}
+
+pub async fn list_subscriptions(client: &impl GenericClient) -> Result<Vec<Subscription>, Error> {
+    let rows = client
+        .query(
+            &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY created_at, id"),
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(subscription_row).collect())
+}
+
+/// Deletes a subscription and fails its pending deliveries. Returns whether it existed.
+pub async fn delete_subscription(tx: &PgTx<'_>, id: &str) -> Result<bool, Error> {
+    let deleted = tx
+        .execute("DELETE FROM subscriptions WHERE id = $1", &[&id])
+        .await?;
+    if deleted == 1 {
+        fail_pending_of(tx, id, "the subscription was deleted").await?;
+    }
+    Ok(deleted == 1)
+}
+
+/// Disables a subscription (410 Gone) and fails its pending deliveries.
+async fn disable_subscription(tx: &PgTx<'_>, id: &str, reason: &str) -> Result<(), Error> {
+    tx.execute(
+        "UPDATE subscriptions SET status = 'disabled', disabled_reason = $2 WHERE id = $1",
+        &[&id, &reason],
+    )
+    .await?;
+    fail_pending_of(tx, id, reason).await
+}
+
+/// Fails the pending deliveries of a subscription. Their claims are left as they are: an
+/// attempt in flight is still recorded by the instance that holds it.
+async fn fail_pending_of(tx: &PgTx<'_>, subscription_id: &str, reason: &str) -> Result<(), Error> {
+    tx.execute(
+        "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, last_error = $2,
+                updated_at = now()
+         WHERE subscription_id = $1 AND status = 'pending'",
+        &[&subscription_id, &reason],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records one delivery per active subscription that wants `event_type` (see
+/// [`plan_event`]), unless this message was recorded before (`None`). The subscriptions read
+/// are share-locked until the commit, so a concurrent delete or disable waits for it (and then
+/// fails the deliveries made here) instead of leaving them pending for nobody.
+pub async fn record_event(
+    tx: &PgTx<'_>,
+    message_id: &str,
+    event_type: &str,
+    order_id: Option<&str>,
+    body: &[u8],
+    traceparent: Option<&str>,
+) -> Result<Option<Recorded>, Error> {
+    if !tx.inbox_first_time(message_id).await? {
+        return Ok(None);
+    }
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE status = 'active'
+             ORDER BY created_at, id FOR SHARE"
+        ))
+        .await?;
+    let subscriptions = tx.query(&stmt, &[]).await?;
+    let subscriptions = subscriptions.iter().map(subscription_row).collect();
+    let (planned, recorded) = plan_event(subscriptions, event_type, now_ms());
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO deliveries
+             (id, webhook_id, subscription_id, message_id, event_type, order_id, payload, status,
+              next_attempt_at, traceparent, last_error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (message_id, subscription_id) DO NOTHING",
+        )
+        .await?;
+    let webhook_id = webhook_id(message_id);
+    for delivery in planned {
+        tx.execute(
+            &insert,
+            &[
+                &uuid::Uuid::now_v7().to_string(),
+                &webhook_id,
+                &delivery.subscription_id,
+                &message_id,
+                &event_type,
+                &order_id,
+                &body,
+                &delivery.status.as_str(),
+                &delivery.next_attempt_at,
+                &traceparent,
+                &delivery.error,
+            ],
+        )
+        .await?;
+    }
+    Ok(Some(recorded))
+}
+
+/// The ids of active subscriptions (the dispatcher's endpoints).
+pub async fn active_subscription_ids(tx: &PgTx<'_>) -> Result<Vec<String>, Error> {
+    let stmt = tx
+        .prepare_cached("SELECT id FROM subscriptions WHERE status = 'active'")
+        .await?;
+    Ok(tx
+        .query(&stmt, &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Who claims, and for how long.
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    /// `PgDb::instance()`.
+    pub instance: String,
+    pub lease: Duration,
+}
+
+/// Claims up to `limit` due deliveries of one subscription for `claimant`: pending, due by
+/// `now`, and not claimed by a live lease. Rows another pass is claiming at the same moment are
+/// skipped (`SKIP LOCKED`), never waited for or taken twice.
+pub async fn claim_due(
+    tx: &PgTx<'_>,
+    claimant: &Claimant,
+    subscription_id: &str,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<Job>, Error> {
+    let stmt = tx
+        .prepare_cached(
+            "WITH due AS (
+                 SELECT d.id FROM deliveries d
+                 WHERE d.subscription_id = $1 AND d.status = 'pending' AND d.next_attempt_at <= $2
+                       AND (d.claimed_until IS NULL OR d.claimed_until < now())
+                 ORDER BY d.next_attempt_at, d.id LIMIT $3
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE deliveries d
+                SET claimed_by = $4, claimed_until = now() + make_interval(secs => $5)
+             FROM due, subscriptions s
+             WHERE d.id = due.id AND s.id = d.subscription_id AND s.status = 'active'
+             RETURNING d.id, d.webhook_id, d.subscription_id, s.url, s.secret, d.payload,
+                       d.event_type, d.order_id, d.attempt_count, d.scheduled_attempts,
+                       d.manual_next, d.traceparent, d.next_attempt_at",
+        )
+        .await?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &subscription_id,
+                &now,
+                &(limit as i64),
+                &claimant.instance,
+                &claimant.lease.as_secs_f64(),
+            ],
+        )
+        .await?;
+    let mut jobs: Vec<(i64, Job)> = rows
+        .iter()
+        .map(|r| {
+            let job = Job {
+                delivery_id: r.get(0),
+                webhook_id: r.get(1),
+                subscription_id: r.get(2),
+                url: r.get(3),
+                secret: SecretString::from(r.get::<_, String>(4)),
+                payload: r.get(5),
+                event_type: r.get(6),
+                order_id: r.get(7),
+                number: r.get::<_, i64>(8) + 1,
+                scheduled_attempts: r.get(9),
+                manual: r.get(10),
+                traceparent: r.get(11),
+            };
+            (r.get::<_, Option<i64>>(12).unwrap_or(0), job)
+        })
+        .collect();
+    jobs.sort_by(|a, b| (a.0, &a.1.delivery_id).cmp(&(b.0, &b.1.delivery_id)));
+    Ok(jobs.into_iter().map(|(_, job)| job).collect())
+}
+
+/// The earliest future attempt time of a pending delivery, to know how long to sleep.
+pub async fn next_due_after(tx: &PgTx<'_>, now: i64) -> Result<Option<i64>, Error> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT MIN(next_attempt_at) FROM deliveries
+             WHERE status = 'pending' AND next_attempt_at > $1",
+        )
+        .await?;
+    Ok(tx.query_one(&stmt, &[&now]).await?.get(0))
+}
+
+/// What writing one settlement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The attempt is recorded and the delivery moved on.
+    Written,
+    /// This instance no longer holds the claim (its lease ran out and another instance took
+    /// the delivery, or it is gone): nothing was written, the holder records its own attempt.
+    ClaimLost,
+}
+
+/// Writes one finished attempt under a savepoint of its own: when it fails, only its own
+/// changes are undone (the delivery is attempted again after its lease) and the pass goes on.
+pub async fn settle_in_savepoint(
+    tx: &PgTx<'_>,
+    instance: &str,
+    settlement: &Settlement,
+) -> Result<Settled, Error> {
+    tx.batch_execute("SAVEPOINT settle").await?;
+    match settle_attempt(tx, instance, settlement).await {
+        Ok(settled) => {
+            tx.batch_execute("RELEASE SAVEPOINT settle").await?;
+            Ok(settled)
+        }
+        Err(e) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT settle; RELEASE SAVEPOINT settle")
+                .await?;
+            Err(e)
+        }
+    }
+}
+
+/// Records the attempt and moves the delivery on ([`settled_state`]), if `instance` still
+/// holds its claim. Locks in the order a delete takes them (subscription, then delivery), so
+/// the two never deadlock.
+async fn settle_attempt(
+    tx: &PgTx<'_>,
+    instance: &str,
+    settlement: &Settlement,
+) -> Result<Settled, Error> {
+    let active = tx
+        .prepare_cached("SELECT status = 'active' FROM subscriptions WHERE id = $1 FOR SHARE")
+        .await?;
+    let active: bool = tx
+        .query_opt(&active, &[&settlement.subscription_id])
+        .await?
+        .is_some_and(|r| r.get(0));
+    let held = tx
+        .prepare_cached("SELECT 1 FROM deliveries WHERE id = $1 AND claimed_by = $2 FOR UPDATE")
+        .await?;
+    if tx
+        .query_opt(&held, &[&settlement.delivery_id, &instance])
+        .await?
+        .is_none()
+    {
+        return Ok(Settled::ClaimLost);
+    }
+    let record = &settlement.record;
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO attempts (delivery_id, number, trigger, status_code, latency_ms, error,
+                                   response_body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .await?;
+    let trigger = if settlement.manual {
+        "manual"
+    } else {
+        "scheduled"
+    };
+    tx.execute(
+        &insert,
+        &[
+            &settlement.delivery_id,
+            &settlement.number,
+            &trigger,
+            &record.status_code.map(i32::from),
+            &record.latency_ms,
+            &record.error,
+            &record.response_body,
+        ],
+    )
+    .await?;
+    let state = settled_state(settlement, || Ok::<_, Error>(active))?;
+    let update = tx
+        .prepare_cached(
+            "UPDATE deliveries SET status = $2, next_attempt_at = $3, last_error = $4,
+                    last_status_code = $5, attempt_count = attempt_count + 1,
+                    scheduled_attempts = scheduled_attempts + $6, manual_next = false,
+                    updated_at = now(), claimed_by = NULL, claimed_until = NULL
+             WHERE id = $1",
+        )
+        .await?;
+    tx.execute(
+        &update,
+        &[
+            &settlement.delivery_id,
+            &state.status.as_str(),
+            &state.next_attempt_at,
+            &state.error,
+            &record.status_code.map(i32::from),
+            &i64::from(!settlement.manual),
+        ],
+    )
+    .await?;
+    if state.disable_subscription {
+        disable_subscription(tx, &settlement.subscription_id, GONE_REASON).await?;
+    }
+    Ok(Settled::Written)
+}
+
+/// Deliveries matching `filter`, newest first.
+pub async fn list_deliveries(
+    client: &impl GenericClient,
+    filter: &DeliveryFilter,
+) -> Result<Vec<Delivery>, Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR event_type = $2)
+                       AND ($3::text IS NULL OR subscription_id = $3)
+                 ORDER BY id DESC LIMIT $4"
+            ),
+            &[
+                &filter.status,
+                &filter.event,
+                &filter.subscription,
+                &(filter.limit as i64),
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(delivery_row).collect())
+}
+
+pub async fn get_delivery(
+    client: &impl GenericClient,
+    id: &str,
+) -> Result<Option<Delivery>, Error> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1"),
+            &[&id],
+        )
+        .await?;
+    Ok(row.as_ref().map(delivery_row))
+}
+
+/// The request body of a delivery, for the detail view.
+pub async fn delivery_payload(
+    client: &impl GenericClient,
+    id: &str,
+) -> Result<Option<Value>, Error> {
+    let row = client
+        .query_opt("SELECT payload FROM deliveries WHERE id = $1", &[&id])
+        .await?;
+    Ok(row.and_then(|r| serde_json::from_slice(r.get::<_, &[u8]>(0)).ok()))
+}
+
+pub async fn list_attempts(
+    client: &impl GenericClient,
+    delivery_id: &str,
+) -> Result<Vec<Attempt>, Error> {
+    let rows = client
+        .query(
+            concat!(
+                "SELECT number, trigger, status_code, latency_ms, error, response_body, ",
+                text_time!("attempted_at"),
+                " FROM attempts WHERE delivery_id = $1 ORDER BY id"
+            ),
+            &[&delivery_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Attempt {
+            number: r.get(0),
+            trigger: r.get(1),
+            status_code: status_code(r.get(2)),
+            latency_ms: r.get(3),
+            error: r.get(4),
+            response_body: r.get(5),
+            attempted_at: r.get(6),
+        })
+        .collect())
+}
+
+/// Puts a failed delivery back in line for one manual attempt, now ([`check_replay`]). The
+/// delivery row is locked, so two replays of it (through two instances) make one attempt.
+pub async fn replay(tx: &PgTx<'_>, id: &str) -> Result<Result<Delivery, ReplayRefused>, Error> {
+    let Some(delivery) = tx
+        .query_opt(
+            &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1 FOR UPDATE"),
+            &[&id],
+        )
+        .await?
+        .as_ref()
+        .map(delivery_row)
+    else {
+        return Ok(Err(ReplayRefused::NotFound));
+    };
+    let active = tx
+        .query_opt(
+            "SELECT 1 FROM subscriptions WHERE id = $1 AND status = 'active' FOR SHARE",
+            &[&delivery.subscription_id],
+        )
+        .await?
+        .is_some();
+    if let Err(refused) = check_replay(&delivery, || Ok::<_, Error>(active))? {
+        return Ok(Err(refused));
+    }
+    tx.execute(
+        "UPDATE deliveries SET status = $3, manual_next = true, next_attempt_at = $2,
+                updated_at = now(), claimed_by = NULL, claimed_until = NULL
+         WHERE id = $1",
+        &[&id, &now_ms(), &DeliveryStatus::Pending.as_str()],
+    )
+    .await?;
+    Ok(get_delivery(&***tx, id)
+        .await?
+        .ok_or(ReplayRefused::NotFound))
+}
+
+/// Deletes up to `limit` finished deliveries last changed more than `older_than` ago, oldest
+/// first, with their attempts (`ON DELETE CASCADE`). Rows another instance's pruning holds are
+/// skipped. Returns how many deliveries went.
+pub async fn prune_history(
+    tx: &PgTx<'_>,
+    older_than: Duration,
+    limit: usize,
+) -> Result<usize, Error> {
+    let deleted = tx
+        .execute(
+            "DELETE FROM deliveries WHERE id IN (
+                 SELECT id FROM deliveries
+                 WHERE status IN ('delivered', 'failed')
+                       AND updated_at < now() - make_interval(secs => $1)
+                 ORDER BY updated_at, id LIMIT $2
+                 FOR UPDATE SKIP LOCKED)",
+            &[&older_than.as_secs_f64(), &(limit as i64)],
+        )
+        .await?;
+    Ok(deleted as usize)
+}

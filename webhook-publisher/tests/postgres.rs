@@ -1,0 +1,238 @@
+//! The publisher's PostgreSQL store up close: the claim and lease rules of due deliveries
+//! between two instances, and a publisher started while PostgreSQL is unreachable.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use e2e::TestEnv;
+use e2e::amqp::TestClient;
+use messaging::PgDb;
+use messaging::pg::PgConfig;
+use messaging::signature::Secret;
+use messaging::store::InboxRetention;
+use messaging::topology::keys;
+use testkit::TestDatabase;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use webhook_publisher::storage::{NewEvent, Store};
+use webhook_publisher::store::{AttemptRecord, Job, Next, Settlement};
+
+/// An instance's store on `db`, its schema migrated.
+async fn instance(db: &TestDatabase, stop: &CancellationToken) -> Store {
+    let mut config = PgConfig::parse(&db.url).unwrap();
+    config.pool_size = 3;
+    config.lease = Duration::from_secs(1);
+    let pg = PgDb::new(
+        &config,
+        webhook_publisher::SERVICE,
+        &webhook_publisher::store::pg::MIGRATIONS,
+        InboxRetention::default(),
+    )
+    .unwrap();
+    tokio::spawn(pg.clone().run(stop.clone()));
+    assert!(
+        tokio::time::timeout(LONG, pg.wait_ready(stop))
+            .await
+            .unwrap()
+    );
+    Store::Postgres(pg)
+}
+
+/// Claims what is due for every subscription (ten at most each) with `lease`.
+async fn claim(store: &Store, lease: Duration) -> Vec<Job> {
+    let room =
+        |ids: Vec<String>| -> Vec<(String, usize)> { ids.into_iter().map(|id| (id, 10)).collect() };
+    store
+        .pass(Arc::new(Vec::new()), room, lease)
+        .await
+        .unwrap()
+        .jobs
+}
+
+fn delivered(job: &Job) -> Settlement {
+    let record = AttemptRecord {
+        status_code: Some(200),
+        latency_ms: 3,
+        ..Default::default()
+    };
+    Settlement::of(job, record, Next::Delivered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_holds_until_its_lease_runs_out_and_only_the_holder_records() {
+    let db = TestDatabase::create("wh_claims").await.unwrap();
+    let stop = CancellationToken::new();
+    let a = instance(&db, &stop).await;
+    let b = instance(&db, &stop).await;
+    let made = a
+        .ensure_default_subscription(
+            "http://127.0.0.1:9/hook".to_owned(),
+            Secret::parse(SECRET).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(made.is_some());
+    assert!(
+        b.ensure_default_subscription(
+            "http://127.0.0.1:9/other".to_owned(),
+            Secret::parse(SECRET).unwrap()
+        )
+        .await
+        .unwrap()
+        .is_none(),
+        "a second default subscription"
+    );
+    let event = NewEvent {
+        message_id: uuid::Uuid::now_v7().to_string(),
+        event_type: keys::ORDER_CREATED.to_owned(),
+        order_id: Some("order-claim".to_owned()),
+        body: br#"{"type":"order.created"}"#.to_vec(),
+        traceparent: None,
+    };
+    let recorded = a.record_event(event.clone()).await.unwrap().unwrap();
+    assert_eq!(recorded.created, 1);
+    assert!(
+        b.record_event(event).await.unwrap().is_none(),
+        "the same message recorded twice"
+    );
+
+    // A claims the delivery for 2 s (longer than the store's 1 s lease, so 2 s it is).
+    let lease = Duration::from_secs(2);
+    let claimed_at = std::time::Instant::now();
+    let by_a = claim(&a, lease).await;
+    assert_eq!(by_a.len(), 1);
+    assert_eq!(by_a[0].number, 1);
+    // Neither B nor A's own next pass takes it again while the lease runs.
+    assert!(claim(&b, lease).await.is_empty());
+    assert!(claim(&a, lease).await.is_empty());
+
+    // A "dies": its lease runs out and B takes the delivery.
+    let by_b = e2e::eventually(LONG, || async {
+        let jobs = claim(&b, lease).await;
+        (!jobs.is_empty()).then_some(jobs)
+    })
+    .await
+    .unwrap();
+    assert!(claimed_at.elapsed() >= lease - Duration::from_millis(100));
+    assert_eq!(by_b.len(), 1);
+    assert_eq!(by_b[0].delivery_id, by_a[0].delivery_id);
+    assert_eq!(by_b[0].number, 1);
+
+    let detail =
+        |store: Store, id: String| async move { store.delivery_detail(id).await.unwrap().unwrap() };
+    // A's attempt finishing late is not recorded: B holds the claim.
+    a.settle(vec![delivered(&by_a[0])]).await.unwrap();
+    let (delivery, attempts, _) = detail(a.clone(), by_a[0].delivery_id.clone()).await;
+    assert_eq!(delivery.status, "pending");
+    assert!(attempts.is_empty());
+    // B's is.
+    b.settle(vec![delivered(&by_b[0])]).await.unwrap();
+    let (delivery, attempts, payload) = detail(b.clone(), by_b[0].delivery_id.clone()).await;
+    assert_eq!(delivery.status, "delivered");
+    assert_eq!(delivery.attempt_count, 1);
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status_code, Some(200));
+    assert_eq!(payload.unwrap()["type"], "order.created");
+    // Nothing is left to claim by anyone.
+    assert!(claim(&a, lease).await.is_empty());
+    assert!(claim(&b, lease).await.is_empty());
+
+    stop.cancel();
+    db.drop().await.unwrap();
+}
+
+/// A TCP port that refuses PostgreSQL clients until opened, then forwards them to the server.
+struct Gate {
+    port: u16,
+    open: Arc<AtomicBool>,
+}
+
+impl Gate {
+    async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(false));
+        let is_open = open.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !is_open.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is closed at once
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self { port, open }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_while_postgres_is_unreachable_it_waits_not_ready_then_works() {
+    let env = TestEnv::new("wh-pg-late").await.unwrap();
+    let store = TestStore::new(Kind::Postgres, "wh_pg_late").await;
+    let db = store.pg.as_ref().unwrap();
+    let real = PgConfig::parse(&db.url).unwrap();
+    let host = match &real.pg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        other => panic!("a TCP host is expected, not {other:?}"),
+    };
+    let gate = Gate::start(format!("{host}:{}", real.pg.get_ports()[0])).await;
+    let endpoint = Endpoint::start(vec![], Answer::Status(200)).await;
+    let mut cfg = store.apply(config(&env, &endpoint.url(), "100"));
+    let real_port = format!(":{}/", real.pg.get_ports()[0]);
+    assert!(db.url.contains(&real_port), "{}", db.url);
+    let gated_url = db.url.replace(&real_port, &format!(":{}/", gate.port));
+    let mut through_gate = PgConfig::parse(&gated_url).unwrap();
+    let shared = cfg.database.clone().unwrap();
+    through_gate.pool_size = shared.pool_size;
+    through_gate.lease = shared.lease;
+    cfg.database = Some(through_gate);
+
+    let publisher = webhook_publisher::spawn(cfg.clone()).await.unwrap();
+    let base = publisher.url();
+    // Up (health) but not ready, and it stays so while PostgreSQL cannot be reached.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready = http.get(format!("{base}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("postgres"), "{body}");
+    // The API answers, with a problem, rather than hanging.
+    let listed = api()
+        .get(format!("{base}/subscriptions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 500);
+
+    gate.open.store(true, Ordering::SeqCst);
+    e2e::wait_ready(&base, LONG)
+        .await
+        .expect("the publisher never became ready once PostgreSQL was reachable");
+    // The schema is made, the default subscription too, and events are delivered.
+    let client = TestClient::connect(&env.amqp_url).await.unwrap();
+    publish(&client, keys::ORDER_CREATED, "order-late").await;
+    wait_for_status(&base, "order-late", "delivered").await;
+    let subscriptions = get_json(&format!("{base}/subscriptions")).await;
+    assert_eq!(subscriptions.as_array().unwrap().len(), 1);
+
+    publisher.stop().await;
+    store.finish(&env).await;
+    env.cleanup().await;
+}
