@@ -470,22 +470,32 @@ fn broker(e: &Evidence) -> Check {
             ));
         }
     }
-    let missing: Vec<_> = e
-        .expected_connections
-        .iter()
-        .filter(|name| !e.connections.contains(name))
-        .cloned()
-        .collect();
+    // One entry per instance: with several instances, each must be back.
+    let missing: Vec<_> = missing_connections(e.expected_connections, e.connections);
     if !missing.is_empty() {
         problems.push(format!("connections missing: {}", missing.join(", ")));
     }
+    let mut wanted: BTreeMap<(&str, &str), (i64, usize)> = BTreeMap::new();
     for (queue, tag, prefetch) in e.expected_consumers {
-        match e.consumers.iter().find(|(q, t, _)| q == queue && t == tag) {
-            None => problems.push(format!("no consumer {tag} on {queue}")),
-            Some((_, _, p)) if p != prefetch => {
-                problems.push(format!("{tag} has prefetch {p}, not {prefetch}"))
-            }
-            Some(_) => {}
+        wanted.entry((queue, tag)).or_insert((*prefetch, 0)).1 += 1;
+    }
+    for ((queue, tag), (prefetch, instances)) in &wanted {
+        let found: Vec<i64> = e
+            .consumers
+            .iter()
+            .filter(|(q, t, _)| q == queue && t == tag)
+            .map(|(_, _, p)| *p)
+            .collect();
+        if found.is_empty() {
+            problems.push(format!("no consumer {tag} on {queue}"));
+        } else if found.len() < *instances {
+            problems.push(format!(
+                "{} consumer(s) {tag} on {queue}, {instances} expected (one per instance)",
+                found.len()
+            ));
+        }
+        if let Some(p) = found.iter().find(|p| *p != prefetch) {
+            problems.push(format!("{tag} has prefetch {p}, not {prefetch}"));
         }
     }
     let detail = format!(
@@ -496,9 +506,13 @@ fn broker(e: &Evidence) -> Check {
         } else {
             "empty"
         },
-        e.expected_consumers
+        wanted
             .iter()
-            .map(|(_, tag, p)| format!("{tag}={p}"))
+            .map(|((_, tag), (p, n))| if *n > 1 {
+                format!("{tag}={p}×{n}")
+            } else {
+                format!("{tag}={p}")
+            })
             .collect::<Vec<_>>()
             .join(" "),
         e.expected_connections.join(" "),
@@ -561,6 +575,28 @@ fn recovery(e: &Evidence, figures: &mut Figures) -> Check {
         passed,
         detail: parts.join(", "),
     }
+}
+
+/// The expected connection names (one entry per instance) that are not all back: a name
+/// expected twice needs two connections of that name.
+pub fn missing_connections(expected: &[String], connections: &[String]) -> Vec<String> {
+    let mut wanted: BTreeMap<&str, usize> = BTreeMap::new();
+    for name in expected {
+        *wanted.entry(name).or_default() += 1;
+    }
+    wanted
+        .into_iter()
+        .filter_map(|(name, n)| {
+            let have = connections.iter().filter(|c| *c == name).count();
+            (have < n).then(|| {
+                if n > 1 {
+                    format!("{name} ({have} of {n})")
+                } else {
+                    name.to_owned()
+                }
+            })
+        })
+        .collect()
 }
 
 fn sample(ids: &[String]) -> String {
@@ -736,6 +772,23 @@ mod tests {
             .unwrap()
             .insert("order.cancelled".into(), BTreeSet::from(["x".into()]));
         assert!(failed(&two).contains(&1));
+    }
+
+    #[test]
+    fn a_second_instance_without_its_consumer_or_connection_fails_check_4() {
+        let mut world = healthy();
+        world
+            .expected_consumers
+            .push(("orders_queue".into(), "orders.orders_queue".into(), 32));
+        assert_eq!(failed(&world), vec![4]);
+        world
+            .consumers
+            .push(("orders_queue".into(), "orders.orders_queue".into(), 32));
+        assert_eq!(failed(&world), Vec::<u8>::new());
+        world.expected_connections.push("orders@h".into());
+        assert_eq!(failed(&world), vec![4]);
+        world.connections.push("orders@h".into());
+        assert_eq!(failed(&world), Vec::<u8>::new());
     }
 
     #[test]

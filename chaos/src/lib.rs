@@ -315,9 +315,10 @@ pub async fn run(options: Options) -> Result<Outcome> {
     // Quiescence.
     let mgmt = system.broker.management(http.clone());
     let host = messaging::config::hostname();
+    // One entry per instance.
     let expected_connections: Vec<String> = system
-        .services
-        .keys()
+        .all_services()
+        .map(|p| p.service)
         .filter(|s| s.uses_broker())
         .map(|s| format!("{}@{host}", s.name()))
         .collect();
@@ -373,9 +374,8 @@ pub async fn run(options: Options) -> Result<Outcome> {
     let connections = mgmt.connection_names().await.unwrap_or_default();
     let consumers = mgmt.consumers().await.unwrap_or_default();
     let expected_consumers: Vec<(String, String, i64)> = system
-        .services
-        .keys()
-        .filter_map(|s| s.work_queue())
+        .all_services()
+        .filter_map(|p| p.service.work_queue())
         .map(|(queue, tag)| (queue.to_owned(), tag, services::PREFETCH))
         .collect();
     let evidence = checks::Evidence {
@@ -523,10 +523,7 @@ async fn wait_quiescent(
             })
             .sum();
         let connections = mgmt.connection_names().await.unwrap_or_default();
-        let missing = expected_connections
-            .iter()
-            .filter(|c| !connections.contains(c))
-            .count();
+        let missing = checks::missing_connections(expected_connections, &connections).len();
         let deliveries = if system.services.contains_key(&Service::WebhookPublisher) {
             system
                 .pending_deliveries()
