@@ -1,3 +1,7 @@
+//! The orders' storage interface, [`Store`]: `orders.db` (SQLite, this file) or the PostgreSQL
+//! database every orders instance shares ([`pg`], with `DATABASE_URL`). Both apply the same
+//! decisions (`crate::decide`); they differ only in how they load, lock and write rows.
+//!
 //! `orders.db`: the saga state of every order, and the transitions between states.
 //!
 //! Every transition is a guarded `UPDATE … WHERE status = 'PENDING'` committed together with the

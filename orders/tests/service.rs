@@ -23,6 +23,36 @@ const CONFIRMED: usize = 24;
 const REJECTED: usize = 8;
 const LATE: usize = 8;
 const DEADLINE: Duration = Duration::from_millis(1500);
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// Deletes the test's Redis keys (the `processed:` markers live 24 h otherwise).
+async fn delete_keys(redis_url: &str, prefix: &str) {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}
 
 /// A vhost of the test's own on the shared broker (removed at the end).
 struct Vhost {
@@ -154,9 +184,16 @@ async fn two_instances_on_postgres_record_decide_cancel_and_compensate_each_orde
     let db = TestDatabase::create("orders_two_instances").await.unwrap();
     let vhost = Vhost::new("orders-pg").await;
     let queues = format!("{}/api/queues/{}", vhost.management, vhost.name);
-    let scenario = tokio::spawn(scenario(db.url.clone(), vhost.url(), queues));
+    let prefix = format!("test-orders-pg-{}:", uuid::Uuid::new_v4().simple());
+    let scenario = tokio::spawn(scenario(
+        db.url.clone(),
+        vhost.url(),
+        queues,
+        prefix.clone(),
+    ));
     let outcome = scenario.await;
     vhost.delete().await;
+    delete_keys(REDIS_URL, &prefix).await;
     db.drop().await.unwrap();
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
@@ -177,16 +214,15 @@ async fn consumers(queues: &str, queue: &str) -> i64 {
     body["consumers"].as_i64().unwrap_or(0)
 }
 
-async fn scenario(database_url: String, amqp_url: String, queues: String) {
+async fn scenario(database_url: String, amqp_url: String, queues: String, prefix: String) {
     let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("test-orders-pg-{}:", uuid::Uuid::new_v4().simple());
     let mut database = PgConfig::parse(&database_url).unwrap();
     database.pool_size = orders::default_pool_size(16, 16);
     let config = |name: &str| orders::Config {
         common: CommonConfig {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             amqp_url: amqp_url.clone(),
-            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_url: REDIS_URL.into(),
             redis_prefix: prefix.clone(),
             data_dir: dir.path().join(name),
         },
@@ -350,5 +386,185 @@ async fn scenario(database_url: String, amqp_url: String, queues: String) {
             !dir.path().join(name).exists(),
             "an instance on PostgreSQL created its DATA_DIR"
         );
+    }
+}
+
+/// A free local port for a binary's `HTTP_ADDR`.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the orders binary as one instance; killed (SIGKILL) when dropped.
+fn orders_binary(
+    port: u16,
+    database_url: &str,
+    amqp_url: &str,
+    prefix: &str,
+    data_dir: &std::path::Path,
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_orders"))
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", database_url)
+        .env("AMQP_URL", amqp_url)
+        .env("REDIS_URL", REDIS_URL)
+        .env("REDIS_KEY_PREFIX", prefix)
+        .env("DATA_DIR", data_dir)
+        .env("OUTBOX_LEASE_SECS", "2")
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .env_remove("DATABASE_POOL_SIZE")
+        .env_remove("ORDER_DEADLINE_MS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_mid_run_leaves_every_order_decided_once() {
+    let db = TestDatabase::create("orders_instance_killed")
+        .await
+        .unwrap();
+    let vhost = Vhost::new("orders-pg-kill").await;
+    let prefix = format!("test-orders-pg-{}:", uuid::Uuid::new_v4().simple());
+    let scenario = tokio::spawn(killed_scenario(db.url.clone(), vhost.url(), prefix.clone()));
+    let outcome = scenario.await;
+    vhost.delete().await;
+    delete_keys(REDIS_URL, &prefix).await;
+    db.drop().await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn killed_scenario(database_url: String, amqp_url: String, prefix: String) {
+    const TOTAL: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let mut instances: Vec<_> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            orders_binary(
+                *port,
+                &database_url,
+                &amqp_url,
+                &prefix,
+                &dir.path().join(format!("data-{i}")),
+            )
+        })
+        .collect();
+    for port in ports {
+        let url = format!("http://127.0.0.1:{port}");
+        let up = tokio::time::timeout(Duration::from_secs(60), async {
+            while ready(&url).await.is_none() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        assert!(up.is_ok(), "instance on port {port} not ready within 60 s");
+    }
+
+    let stop = CancellationToken::new();
+    let broker = Broker::new(BrokerConfig::new(&amqp_url, "products"));
+    let received = Arc::new(Mutex::new(Received::default()));
+    let products = FakeProducts {
+        broker: broker.clone(),
+        received: received.clone(),
+    };
+    broker.attach(Arc::new(Consumer::new(
+        PRODUCTS_QUEUE,
+        "products",
+        products.into_handler(),
+    )));
+    tokio::spawn(broker.clone().run(stop.clone()));
+    assert!(broker.wait_connected(Duration::from_secs(20)).await);
+
+    let mut expected = HashMap::new();
+    for i in 0..TOTAL {
+        let product = if i % 4 == 0 { "p-out" } else { "p-ok" };
+        let cmd = CreateOrder {
+            order_id: format!("k-{i}-{}", uuid::Uuid::now_v7()),
+            product_id: product.into(),
+            quantity: 1,
+            customer_id: None,
+            idempotency_key: None,
+            seller_id: None,
+        };
+        let msg = OutgoingMessage::json(COMMANDS, keys::ORDERS_CREATE, Some(&cmd.order_id), &cmd)
+            .unwrap();
+        broker.publish(&msg).await.unwrap();
+        expected.insert(
+            cmd.order_id,
+            if product == "p-ok" {
+                "CONFIRMED"
+            } else {
+                "REJECTED"
+            },
+        );
+        if i == TOTAL / 2 {
+            // The first instance dies mid-run, holding whatever it had.
+            instances[0].start_kill().unwrap();
+            instances[0].wait().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let (client, connection) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let settled = tokio::time::timeout(Duration::from_secs(90), async {
+        loop {
+            let row = client
+                .query_one(
+                    "SELECT (SELECT COUNT(*) FROM orders WHERE status <> 'PENDING'),
+                            (SELECT COUNT(*) FROM outbox)",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let (decided, outbox): (i64, i64) = (row.get(0), row.get(1));
+            if decided as usize == TOTAL && outbox == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "not every order was decided and published within 90 s of the kill"
+    );
+    for row in client
+        .query(
+            "SELECT o.id, o.status, array_agg(h.status ORDER BY h.id)
+             FROM orders o JOIN order_history h ON h.order_id = o.id GROUP BY o.id, o.status",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let (id, status, history): (String, String, Vec<String>) =
+            (row.get(0), row.get(1), row.get(2));
+        assert_eq!(Some(&status.as_str()), expected.get(&id), "{id}");
+        assert_eq!(history, ["PENDING", status.as_str()], "{id}: decided once");
+    }
+    // Every order asked for its stock (a copy more only where the dead instance published a
+    // row whose deletion it did not commit: at-least-once, absorbed by products' inbox).
+    assert_eq!(received.lock().unwrap().reserve.len(), TOTAL);
+
+    stop.cancel();
+    for mut instance in instances {
+        let _ = instance.start_kill();
+        let _ = instance.wait().await;
+    }
+    for i in 0..2 {
+        assert!(!dir.path().join(format!("data-{i}")).exists());
     }
 }

@@ -3,10 +3,11 @@
 //! The same tables as orders.db (`orders`, `order_history`), the same decisions
 //! (`crate::decide`), and the same JSON out; what differs is how two instances are kept from
 //! both applying one decision:
-//! - a stock answer locks its order (`SELECT … FOR UPDATE`) before deciding, and its
-//!   transition is still a guarded `UPDATE … WHERE status = 'PENDING'`, so of two instances
-//!   applying the same answer (or an answer and the deadline) one transitions and the other
-//!   finds the order decided;
+//! - a stock answer's transition is a guarded `UPDATE … WHERE status = 'PENDING'` (what the
+//!   shared decision does to a PENDING order, applied only to one); when it changes nothing the
+//!   order is locked (`SELECT … FOR UPDATE`) and the decision taken on the row as it is, so of
+//!   two instances applying the same answer (or an answer and the deadline) one transitions
+//!   and the other finds the order decided;
 //! - a compensation is a guarded `UPDATE … SET compensated = true WHERE NOT compensated` and
 //!   queues `product.releaseStock` only if it changed the row;
 //! - the deadline sweep's cancel is a guarded `UPDATE … WHERE status = 'PENDING' RETURNING …`;
@@ -24,7 +25,7 @@ use messaging::contracts::{
 use messaging::pg::{INBOX_OUTBOX, Migration, PgTx, Row};
 use messaging::store::DbError;
 use messaging::{OutgoingMessage, PgDb};
-use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::types::{FromSql, ToSql, Type};
 
 use crate::decide::{self, AnswerDecision, Applied, OrderRow, OrderStatus};
 
@@ -172,8 +173,13 @@ pub async fn create_order(
     .await
 }
 
-/// Applies `product.stockReserved` (`reserved = true`) or `product.stockRejected`, with the
-/// order locked for the transaction.
+/// Applies `product.stockReserved` (`reserved = true`) or `product.stockRejected`.
+///
+/// The common case goes first: what the shared decision does with this answer to a PENDING
+/// order is applied by a guarded `UPDATE … WHERE status = 'PENDING'` (one statement, which
+/// waits for any other instance's change of the row). If that changed nothing the order is
+/// locked (`SELECT … FOR UPDATE`) and the decision taken on what it is now: already decided,
+/// cancelled (compensation), or unknown.
 pub async fn apply_stock_answer(
     db: &PgDb,
     answer: StockAnswer,
@@ -182,6 +188,10 @@ pub async fn apply_stock_answer(
 ) -> Result<Applied, DbError> {
     db.write(move |tx| {
         Box::pin(async move {
+            let tp = traceparent.as_deref();
+            if let Some(applied) = transition_if_pending(tx, &answer, reserved, tp).await? {
+                return Ok(applied);
+            }
             let stmt = tx
                 .prepare_cached(&format!(
                     "SELECT {} FROM orders WHERE id = $1 FOR UPDATE",
@@ -193,37 +203,10 @@ pub async fn apply_stock_answer(
             };
             let order = order_row(&row)?;
             match decide::decide_answer(order.status, order.compensated, &answer, reserved) {
-                AnswerDecision::Transition { to, reason } => {
-                    // Products' answer is the truth about the seller; the gateway's lookup
-                    // only came first.
-                    let stmt = tx
-                        .prepare_cached(&format!(
-                            "UPDATE orders SET status = $2, reason = $3,
-                                    seller_id = COALESCE($4, seller_id),
-                                    unit_price_cents = $5, product_name = $6, updated_at = {NOW}
-                             WHERE id = $1 AND status = 'PENDING'
-                             RETURNING {}",
-                            order_columns()
-                        ))
-                        .await?;
-                    let changed = tx
-                        .query_opt(
-                            &stmt,
-                            &[
-                                &order.id,
-                                &to.as_str(),
-                                &reason,
-                                &answer.seller_id,
-                                &answer.unit_price_cents,
-                                &answer.product_name,
-                            ],
-                        )
-                        .await?;
-                    let Some(row) = changed else {
-                        return Ok(Applied::AlreadyDone(order.status));
-                    };
-                    transitioned(tx, &order_row(&row)?, traceparent.as_deref()).await?;
-                    Ok(Applied::Transitioned(to))
+                AnswerDecision::Transition { .. } => {
+                    // Created since the first statement looked; the row is locked now.
+                    let applied = transition_if_pending(tx, &answer, reserved, tp).await?;
+                    Ok(applied.unwrap_or(Applied::AlreadyDone(order.status)))
                 }
                 AnswerDecision::Compensate => {
                     // The late answer still tells whose product it was, for the seller's
@@ -239,7 +222,7 @@ pub async fn apply_stock_answer(
                     if changed == 0 {
                         return Ok(Applied::AlreadyDone(order.status));
                     }
-                    let release = built(decide::release_message(&order, traceparent.as_deref()));
+                    let release = built(decide::release_message(&order, tp));
                     tx.enqueue(&release).await?;
                     Ok(Applied::Compensated)
                 }
@@ -248,6 +231,49 @@ pub async fn apply_stock_answer(
         })
     })
     .await
+}
+
+/// The transition the shared decision makes for a PENDING order, applied only if the order
+/// is PENDING (guarded `UPDATE`), with its history row and event. `None`: it was not.
+async fn transition_if_pending(
+    tx: &PgTx<'_>,
+    answer: &StockAnswer,
+    reserved: bool,
+    traceparent: Option<&str>,
+) -> Result<Option<Applied>, tokio_postgres::Error> {
+    let AnswerDecision::Transition { to, reason } =
+        decide::decide_answer(OrderStatus::Pending, false, answer, reserved)
+    else {
+        return Ok(None);
+    };
+    // Products' answer is the truth about the seller; the gateway's lookup only came first.
+    let stmt = tx
+        .prepare_cached(&format!(
+            "UPDATE orders SET status = $2, reason = $3, seller_id = COALESCE($4, seller_id),
+                    unit_price_cents = $5, product_name = $6, updated_at = {NOW}
+             WHERE id = $1 AND status = 'PENDING'
+             RETURNING {}",
+            order_columns()
+        ))
+        .await?;
+    let changed = tx
+        .query_opt(
+            &stmt,
+            &[
+                &answer.order_id,
+                &to.as_str(),
+                &reason,
+                &answer.seller_id,
+                &answer.unit_price_cents,
+                &answer.product_name,
+            ],
+        )
+        .await?;
+    let Some(row) = changed else {
+        return Ok(None);
+    };
+    transitioned(tx, &order_row(&row)?, traceparent).await?;
+    Ok(Some(Applied::Transitioned(to)))
 }
 
 /// PENDING orders whose deadline has passed, oldest first.
@@ -305,17 +331,12 @@ async fn transitioned(
              VALUES ($1, $2, $3, $4::text::timestamptz)",
         )
         .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &history.order_id,
-            &history.status.as_str(),
-            &history.reason,
-            &history.at,
-        ],
-    )
-    .await?;
-    tx.enqueue(&event).await
+    let status = history.status.as_str();
+    let params: [&(dyn ToSql + Sync); 4] =
+        [&history.order_id, &status, &history.reason, &history.at];
+    // Pipelined: both go out before either answer is awaited (one round trip, not two).
+    tokio::try_join!(tx.execute(&stmt, &params), tx.enqueue(&event))?;
+    Ok(())
 }
 
 fn built_pair<T>(effects: Result<(T, OutgoingMessage), serde_json::Error>) -> (T, OutgoingMessage) {
