@@ -1,6 +1,11 @@
-//! [`TestEnv`]: a private vhost on the shared broker, a Redis key prefix and a temp directory.
+//! [`TestEnv`]: a private vhost on the shared broker, a Redis key prefix, a temp directory, and
+//! (for tests on PostgreSQL) a database of its own per service.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use testkit::TestDatabase;
 use uuid::Uuid;
 
 /// Where the shared broker's management API is (the test command enables the plugin).
@@ -23,9 +28,14 @@ pub struct TestEnv {
     pub redis_url: String,
     pub redis_prefix: String,
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL databases made for this test, by service (see [`TestEnv::database`]).
+    databases: Databases,
     http: reqwest::Client,
     cleaned: bool,
 }
+
+/// A test's PostgreSQL databases by service, shared with the [`crate::System`] that asks for them.
+pub type Databases = Arc<tokio::sync::Mutex<HashMap<String, TestDatabase>>>;
 
 impl TestEnv {
     /// Creates a fresh vhost named after the test, grants guest on it, and a temp dir.
@@ -57,6 +67,7 @@ impl TestEnv {
             redis_prefix: format!("{vhost}:"),
             vhost,
             dir: tempfile::tempdir()?,
+            databases: Databases::default(),
             http,
             cleaned: false,
         })
@@ -67,10 +78,22 @@ impl TestEnv {
         self.dir.path().join(service)
     }
 
-    /// Deletes the vhost (and so every queue of the test) and the test's Redis keys. Call at
-    /// the end of a test.
+    /// The databases of this test, for a [`crate::System`] to create them in.
+    pub fn databases(&self) -> Databases {
+        self.databases.clone()
+    }
+
+    /// The PostgreSQL database of `service` in this test, created on first use (every instance
+    /// of the service shares it); dropped by [`TestEnv::cleanup`].
+    pub async fn database(&self, service: &str) -> Result<TestDatabase> {
+        database(&self.databases, &self.vhost, service).await
+    }
+
+    /// Deletes the vhost (and so every queue of the test), the test's Redis keys and its
+    /// PostgreSQL databases. Call at the end of a test.
     pub async fn cleanup(mut self) {
         self.cleaned = true;
+        drop_databases(&self.databases).await;
         let url = format!("{}/api/vhosts/{}", management_url(), self.vhost);
         let _ = self
             .http
@@ -80,6 +103,32 @@ impl TestEnv {
             .await;
         if let Err(e) = delete_keys(&self.redis_url, &self.redis_prefix).await {
             tracing::warn!(error = %e, prefix = %self.redis_prefix, "could not delete the test's Redis keys");
+        }
+    }
+}
+
+/// The database of `service` in `databases`, created on first use, named after the test.
+pub async fn database(databases: &Databases, vhost: &str, service: &str) -> Result<TestDatabase> {
+    let mut databases = databases.lock().await;
+    if let Some(db) = databases.get(service) {
+        return Ok(db.clone());
+    }
+    // `test-<name>-<id>` → `<name>_<service>`: the database says which test made it.
+    let test = vhost
+        .trim_start_matches("test-")
+        .rsplit_once('-')
+        .map_or(vhost, |(name, _)| name);
+    let db = TestDatabase::create(&format!("{test}_{service}")).await?;
+    databases.insert(service.to_owned(), db.clone());
+    Ok(db)
+}
+
+async fn drop_databases(databases: &Databases) {
+    let all: Vec<TestDatabase> = databases.lock().await.drain().map(|(_, db)| db).collect();
+    for db in all {
+        let name = db.name.clone();
+        if let Err(e) = db.drop().await {
+            tracing::warn!(error = %e, database = %name, "could not drop the test's database");
         }
     }
 }
@@ -115,10 +164,11 @@ impl Drop for TestEnv {
         if self.cleaned {
             return;
         }
-        let (vhost, redis_url, prefix) = (
+        let (vhost, redis_url, prefix, databases) = (
             self.vhost.clone(),
             self.redis_url.clone(),
             self.redis_prefix.clone(),
+            self.databases.clone(),
         );
         let done = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -135,6 +185,7 @@ impl Drop for TestEnv {
                     .send()
                     .await;
                 let _ = delete_keys(&redis_url, &prefix).await;
+                drop_databases(&databases).await;
             });
         });
         let _ = done.join();

@@ -11,7 +11,33 @@ pub mod system;
 pub mod ws;
 
 pub use env::TestEnv;
-pub use system::{Options, System};
+pub use system::{Backend, Instances, Options, Service, System};
+
+/// Runs each scenario (an `async fn(Backend)`) as two tests: `test` on SQLite, under the name the
+/// test always had, and `postgres::test` on PostgreSQL.
+///
+/// ```ignore
+/// e2e::on_both_backends! { three_orders_fit_the_fourth_is_rejected => three_orders_fit }
+/// ```
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($test:ident => $scenario:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                $scenario($crate::Backend::Sqlite).await
+            }
+        )*
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$scenario($crate::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
 
 /// Polls `check` every 50 ms until it returns `Some`, at most `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, mut check: F) -> Option<T>

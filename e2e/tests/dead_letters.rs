@@ -3,17 +3,16 @@
 use std::time::Duration;
 
 use e2e::amqp::TestClient;
-use e2e::{Options, System, TestEnv, eventually};
+use e2e::{Backend, Options, System, TestEnv, eventually};
 use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use messaging::OutgoingMessage;
 use messaging::contracts::CreateOrder;
 use messaging::deadletter;
 use messaging::topology::{COMMANDS, ORDERS_INTAKE_QUEUE, dlq, keys};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dead_letter_is_listed_with_its_reason_and_replayed_with_its_id() {
+async fn dead_letter_replayed(backend: Backend) {
     let env = TestEnv::new("dlq-replay").await.unwrap();
-    let mut system = System::empty(&env, Options::default());
+    let mut system = System::empty(&env, Options::on(backend));
     // Products first so the topology exists; orders is not running yet.
     system.start_products().await.unwrap();
     system.start_gateway().await.unwrap();
@@ -125,4 +124,8 @@ async fn a_dead_letter_is_listed_with_its_reason_and_replayed_with_its_id() {
 
     system.stop().await;
     env.cleanup().await;
+}
+
+e2e::on_both_backends! {
+    a_dead_letter_is_listed_with_its_reason_and_replayed_with_its_id => dead_letter_replayed,
 }

@@ -3,36 +3,23 @@
 use std::time::Duration;
 
 use e2e::amqp::TestClient;
-use e2e::{Options, System, TestEnv, eventually};
+use e2e::{Backend, Options, System, TestEnv, eventually};
 use messaging::OutgoingMessage;
 use messaging::contracts::{ReserveStock, StockAnswer};
 use messaging::topology::{COMMANDS, EVENTS, ORDERS_QUEUE, WEBHOOKS_QUEUE, keys};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_same_stock_reserved_five_times_confirms_once() {
+async fn stock_reserved_five_times(backend: Backend) {
     let env = TestEnv::new("dup-reply").await.unwrap();
     // No products service: the order stays PENDING until we answer for products ourselves.
-    let mut system = System::empty(&env, Options::default());
+    let mut system = System::empty(&env, Options::on(backend));
     system.start_orders().await.unwrap();
     system.start_gateway().await.unwrap();
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
 
     let order_id = system.accepted_order("product-x", 2).await.unwrap();
-    let db = system.orders_db().await.unwrap();
-    let id = order_id.clone();
-    let recorded = eventually(Duration::from_secs(10), || {
-        let (db, id) = (db.clone(), id.clone());
-        async move {
-            let n: i64 = db
-                .call(move |c| {
-                    c.query_row("SELECT COUNT(*) FROM orders WHERE id = ?1", [id], |r| {
-                        r.get(0)
-                    })
-                })
-                .await
-                .ok()?;
-            (n == 1).then_some(())
-        }
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let all = system.order_statuses().await.ok()?;
+        all.contains_key(&order_id).then_some(())
     })
     .await;
     assert!(recorded.is_some(), "order never recorded");
@@ -111,11 +98,10 @@ async fn the_same_stock_reserved_five_times_confirms_once() {
     env.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_same_reserve_stock_twice_decrements_once() {
+async fn reserve_stock_twice(backend: Backend) {
     let env = TestEnv::new("dup-reserve").await.unwrap();
     // No orders service: the answers stay in orders_queue where the test can count them.
-    let mut system = System::empty(&env, Options::default());
+    let mut system = System::empty(&env, Options::on(backend));
     system.start_products().await.unwrap();
     system.start_gateway().await.unwrap();
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
@@ -161,4 +147,9 @@ async fn the_same_reserve_stock_twice_decrements_once() {
 
     system.stop().await;
     env.cleanup().await;
+}
+
+e2e::on_both_backends! {
+    the_same_stock_reserved_five_times_confirms_once => stock_reserved_five_times,
+    the_same_reserve_stock_twice_decrements_once => reserve_stock_twice,
 }

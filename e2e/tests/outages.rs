@@ -6,7 +6,7 @@ use std::time::Duration;
 use e2e::amqp::TestClient;
 use e2e::redis_server::RedisServer;
 use e2e::system::count;
-use e2e::{Options, System, TestEnv, eventually};
+use e2e::{Backend, Options, System, TestEnv, eventually};
 use messaging::contracts::OrderEvent;
 use messaging::topology::{WEBHOOKS_QUEUE, keys};
 
@@ -96,12 +96,11 @@ async fn orders_wait_for_redis_and_are_decided_once_it_returns() {
     env.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_late_reservation_after_the_deadline_is_released() {
+async fn late_reservation_released(backend: Backend) {
     let env = TestEnv::new("deadline").await.unwrap();
     let options = Options {
         deadline: Duration::from_millis(1500),
-        ..Options::default()
+        ..Options::on(backend)
     };
     let mut system = System::start(&env, options).await.unwrap();
     let product = system.create_product(5).await.unwrap();
@@ -124,24 +123,9 @@ async fn a_late_reservation_after_the_deadline_is_released() {
 
     // Products comes back, reserves for the cancelled order, and orders gives the stock back.
     system.start_products().await.unwrap();
-    let products_db = messaging::Db::open(&env.dir.path().join("products.db"), "")
-        .await
-        .unwrap();
-    let released = eventually(Duration::from_secs(30), || {
-        let (db, id) = (products_db.clone(), id.clone());
-        async move {
-            let status: String = db
-                .call(move |c| {
-                    c.query_row(
-                        "SELECT status FROM reservations WHERE order_id = ?1",
-                        [id],
-                        |r| r.get(0),
-                    )
-                })
-                .await
-                .ok()?;
-            (status == "RELEASED").then_some(())
-        }
+    let released = eventually(Duration::from_secs(30), || async {
+        let status = system.reservation_status(&id).await.ok()??;
+        (status == "RELEASED").then_some(())
     })
     .await;
     assert!(
@@ -154,4 +138,8 @@ async fn a_late_reservation_after_the_deadline_is_released() {
 
     system.stop().await;
     env.cleanup().await;
+}
+
+e2e::on_both_backends! {
+    a_late_reservation_after_the_deadline_is_released => late_reservation_released,
 }

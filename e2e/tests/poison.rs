@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use e2e::amqp::TestClient;
-use e2e::{Options, System, TestEnv, eventually};
+use e2e::{Backend, Options, System, TestEnv, eventually};
 use lapin::BasicProperties;
 use messaging::topology::{
     COMMANDS, EVENTS, ORDERS_INTAKE_QUEUE, ORDERS_QUEUE, PRODUCTS_QUEUE, dlq, keys,
@@ -20,10 +20,9 @@ fn props(message_id: Option<&str>, kind: &str) -> BasicProperties {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn poison_messages_are_dead_lettered_and_service_goes_on() {
+async fn poison_dead_lettered(backend: Backend) {
     let env = TestEnv::new("poison").await.unwrap();
-    let system = System::start(&env, Options::default()).await.unwrap();
+    let system = System::start(&env, Options::on(backend)).await.unwrap();
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
 
     // orders_intake_queue: not JSON; no message id; wrong shape. orders_queue: a stock answer
@@ -130,4 +129,8 @@ async fn poison_messages_are_dead_lettered_and_service_goes_on() {
 
     system.stop().await;
     env.cleanup().await;
+}
+
+e2e::on_both_backends! {
+    poison_messages_are_dead_lettered_and_service_goes_on => poison_dead_lettered,
 }

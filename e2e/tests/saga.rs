@@ -3,12 +3,11 @@
 use std::time::Duration;
 
 use e2e::system::count;
-use e2e::{Options, System, TestEnv};
+use e2e::{Backend, Options, System, TestEnv};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_orders_fit_the_fourth_is_rejected() {
+async fn three_orders_fit(backend: Backend) {
     let env = TestEnv::new("stock10").await.unwrap();
-    let system = System::start(&env, Options::default()).await.unwrap();
+    let system = System::start(&env, Options::on(backend)).await.unwrap();
     let product = system.create_product(10).await.unwrap();
 
     let mut ids = Vec::new();
@@ -42,10 +41,9 @@ async fn three_orders_fit_the_fourth_is_rejected() {
     env.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_hundred_concurrent_orders_against_fifty_in_stock() {
+async fn two_hundred_against_fifty(backend: Backend) {
     let env = TestEnv::new("concurrent").await.unwrap();
-    let system = System::start(&env, Options::default()).await.unwrap();
+    let system = System::start(&env, Options::on(backend)).await.unwrap();
     let product = system.create_product(50).await.unwrap();
 
     let placing = (0..200).map(|_| system.accepted_order(&product, 1));
@@ -64,4 +62,9 @@ async fn two_hundred_concurrent_orders_against_fifty_in_stock() {
 
     system.stop().await;
     env.cleanup().await;
+}
+
+e2e::on_both_backends! {
+    three_orders_fit_the_fourth_is_rejected => three_orders_fit,
+    two_hundred_concurrent_orders_against_fifty_in_stock => two_hundred_against_fifty,
 }

@@ -936,6 +936,127 @@ mod tests {
         assert_eq!(left("deliveries", "id"), ["old-pending"]);
     }
 
+    fn subscription(id: &str, events: &str, status: &str) -> Subscription {
+        Subscription::from_stored(
+            id.to_owned(),
+            format!("http://127.0.0.1:9/{id}"),
+            events,
+            status.to_owned(),
+            None,
+            "2026-12-02T00:00:00.000Z".to_owned(),
+        )
+    }
+
+    #[test]
+    fn an_event_is_planned_for_active_matching_subscriptions_and_fails_for_corrupt_filters() {
+        let subscriptions = vec![
+            subscription("all", r#"["*"]"#, "active"),
+            subscription("confirmed", r#"["order.confirmed"]"#, "active"),
+            subscription("off", r#"["*"]"#, "disabled"),
+            subscription("corrupt", "order.created", "active"),
+        ];
+        let (planned, recorded) = plan_event(subscriptions, "order.created", 42);
+        assert_eq!(recorded.created, 1);
+        assert_eq!(recorded.unsendable.len(), 1);
+        assert_eq!(recorded.unsendable[0].0, "corrupt");
+        assert_eq!(planned.len(), 2);
+        assert_eq!(
+            planned[0],
+            Planned {
+                subscription_id: "all".to_owned(),
+                status: DeliveryStatus::Pending,
+                next_attempt_at: Some(42),
+                error: None,
+            }
+        );
+        assert_eq!(planned[1].subscription_id, "corrupt");
+        assert_eq!(planned[1].status, DeliveryStatus::Failed);
+        assert_eq!(planned[1].next_attempt_at, None);
+        assert!(planned[1].error.as_deref().unwrap().starts_with("not sent"));
+    }
+
+    fn settlement(next: Next) -> Settlement {
+        Settlement {
+            delivery_id: "d".to_owned(),
+            subscription_id: "s".to_owned(),
+            number: 2,
+            manual: false,
+            record: AttemptRecord {
+                status_code: Some(503),
+                latency_ms: 5,
+                error: Some("the endpoint answered 503".to_owned()),
+                response_body: None,
+            },
+            next,
+        }
+    }
+
+    #[test]
+    fn the_state_after_an_attempt_is_decided_once_for_both_backends() {
+        let asked = std::cell::Cell::new(0);
+        let active = |answer: bool| {
+            let asked = &asked;
+            move || {
+                asked.set(asked.get() + 1);
+                Ok::<_, ()>(answer)
+            }
+        };
+        let retry = settled_state(&settlement(Next::RetryAt(7)), active(true)).unwrap();
+        assert_eq!(retry.status, DeliveryStatus::Pending);
+        assert_eq!(retry.next_attempt_at, Some(7));
+        assert_eq!(retry.error.as_deref(), Some("the endpoint answered 503"));
+        assert!(!retry.disable_subscription);
+        let orphan = settled_state(&settlement(Next::RetryAt(7)), active(false)).unwrap();
+        assert_eq!(orphan.status, DeliveryStatus::Failed);
+        assert_eq!(orphan.next_attempt_at, None);
+        assert_eq!(asked.get(), 2);
+        // Only a retry asks whether the subscription is still active.
+        let done = settled_state(&settlement(Next::Delivered), active(false)).unwrap();
+        assert_eq!((done.status, done.error), (DeliveryStatus::Delivered, None));
+        let gone = settled_state(&settlement(Next::Gone), active(true)).unwrap();
+        assert_eq!(gone.status, DeliveryStatus::Failed);
+        assert!(gone.disable_subscription);
+        assert_eq!(gone.error.as_deref(), Some(GONE_REASON));
+        let failed = settled_state(
+            &settlement(Next::Failed("gave up".to_owned())),
+            active(true),
+        )
+        .unwrap();
+        assert_eq!(failed.status, DeliveryStatus::Failed);
+        assert_eq!(failed.error.as_deref(), Some("gave up"));
+        assert_eq!(asked.get(), 2);
+    }
+
+    #[test]
+    fn only_a_failed_delivery_of_an_active_subscription_is_replayed() {
+        let delivery = |status: &str| Delivery {
+            id: "d".to_owned(),
+            webhook_id: "w".to_owned(),
+            subscription_id: "s".to_owned(),
+            message_id: "m".to_owned(),
+            event_type: "order.created".to_owned(),
+            order_id: None,
+            status: status.to_owned(),
+            attempt_count: 6,
+            next_attempt_at: None,
+            last_status_code: None,
+            last_error: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        let yes = || Ok::<_, ()>(true);
+        let no = || Ok::<_, ()>(false);
+        assert_eq!(check_replay(&delivery("failed"), yes), Ok(Ok(())));
+        assert_eq!(
+            check_replay(&delivery("failed"), no),
+            Ok(Err(ReplayRefused::SubscriptionInactive))
+        );
+        assert_eq!(
+            check_replay(&delivery("delivered"), yes),
+            Ok(Err(ReplayRefused::NotFailed("delivered".to_owned())))
+        );
+    }
+
     #[test]
     fn stored_filters_are_read_strictly() {
         assert_eq!(

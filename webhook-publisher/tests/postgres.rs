@@ -1,10 +1,11 @@
 //! The publisher's PostgreSQL store up close: the claim and lease rules of due deliveries
-//! between two instances, and a publisher started while PostgreSQL is unreachable.
+//! between two instances, and a publisher started while PostgreSQL is unreachable, or losing it
+//! mid-run.
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -14,7 +15,7 @@ use messaging::PgDb;
 use messaging::pg::PgConfig;
 use messaging::signature::Secret;
 use messaging::store::InboxRetention;
-use messaging::topology::keys;
+use messaging::topology::{WEBHOOKS_QUEUE, dlq, keys};
 use testkit::TestDatabase;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -145,10 +146,25 @@ async fn a_claim_holds_until_its_lease_runs_out_and_only_the_holder_records() {
     db.drop().await.unwrap();
 }
 
-/// A TCP port that refuses PostgreSQL clients until opened, then forwards them to the server.
+/// A TCP port that refuses PostgreSQL clients until opened, then forwards them to the server;
+/// closing it again cuts every forwarded connection (PostgreSQL lost mid-run).
 struct Gate {
     port: u16,
     open: Arc<AtomicBool>,
+    forwarding: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Gate {
+    fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+
+    fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for task in self.forwarding.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
 }
 
 impl Gate {
@@ -156,26 +172,32 @@ impl Gate {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let open = Arc::new(AtomicBool::new(false));
-        let is_open = open.clone();
+        let forwarding = Arc::new(Mutex::new(Vec::new()));
+        let (is_open, tasks) = (open.clone(), forwarding.clone());
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if !is_open.load(Ordering::SeqCst) {
                     continue; // dropped: the connection is closed at once
                 }
                 let target = target.clone();
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     if let Ok(mut server) = TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                     }
                 });
+                tasks.lock().unwrap().push(task.abort_handle());
             }
         });
-        Self { port, open }
+        Self {
+            port,
+            open,
+            forwarding,
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn started_while_postgres_is_unreachable_it_waits_not_ready_then_works() {
+async fn postgres_unreachable_at_start_or_lost_mid_run_is_waited_for() {
     let env = TestEnv::new("wh-pg-late").await.unwrap();
     let store = TestStore::new(Kind::Postgres, "wh_pg_late").await;
     let db = store.pg.as_ref().unwrap();
@@ -221,7 +243,7 @@ async fn started_while_postgres_is_unreachable_it_waits_not_ready_then_works() {
         .unwrap();
     assert_eq!(listed.status(), 500);
 
-    gate.open.store(true, Ordering::SeqCst);
+    gate.open();
     e2e::wait_ready(&base, LONG)
         .await
         .expect("the publisher never became ready once PostgreSQL was reachable");
@@ -231,6 +253,27 @@ async fn started_while_postgres_is_unreachable_it_waits_not_ready_then_works() {
     wait_for_status(&base, "order-late", "delivered").await;
     let subscriptions = get_json(&format!("{base}/subscriptions")).await;
     assert_eq!(subscriptions.as_array().unwrap().len(), 1);
+
+    // PostgreSQL is lost mid-run: not ready, and an event waits unacked, not lost.
+    gate.close();
+    let not_ready = e2e::eventually(LONG, || async {
+        let ready = http.get(format!("{base}/ready")).send().await.ok()?;
+        (ready.status() == 503).then_some(())
+    })
+    .await;
+    assert!(not_ready.is_some(), "still ready without PostgreSQL");
+    publish(&client, keys::ORDER_CONFIRMED, "order-while-away").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(endpoint.received().len(), 1, "sent without being recorded");
+    assert_eq!(client.ready_count(&dlq(WEBHOOKS_QUEUE)).await.unwrap(), 0);
+    // It comes back: the event is recorded and delivered, once.
+    gate.open();
+    e2e::wait_ready(&base, LONG)
+        .await
+        .expect("not ready again after PostgreSQL came back");
+    wait_for_status(&base, "order-while-away", "delivered").await;
+    assert_eq!(endpoint.received().len(), 2);
+    assert_eq!(client.ready_count(WEBHOOKS_QUEUE).await.unwrap(), 0);
 
     publisher.stop().await;
     store.finish(&env).await;

@@ -73,7 +73,7 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_due ON deliveries (subscription_id, next_attempt_at) WHERE status = 'pending';
 CREATE INDEX deliveries_next ON deliveries (next_attempt_at) WHERE status = 'pending';
-CREATE INDEX deliveries_finished ON deliveries (updated_at) WHERE status <> 'pending';
+CREATE INDEX deliveries_finished ON deliveries (updated_at) WHERE status IN ('delivered', 'failed');
 CREATE TABLE attempts (
     id BIGSERIAL PRIMARY KEY,
     delivery_id TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
@@ -597,8 +597,27 @@ pub async fn list_attempts(
 }
 
 /// Puts a failed delivery back in line for one manual attempt, now ([`check_replay`]). The
-/// delivery row is locked, so two replays of it (through two instances) make one attempt.
+/// delivery row is locked, so two replays of it (through two instances) make one attempt; the
+/// subscription is locked first, in the order a delete and a settlement take them, so none of
+/// them can deadlock with another.
 pub async fn replay(tx: &PgTx<'_>, id: &str) -> Result<Result<Delivery, ReplayRefused>, Error> {
+    let Some(subscription_id) = tx
+        .query_opt(
+            "SELECT subscription_id FROM deliveries WHERE id = $1",
+            &[&id],
+        )
+        .await?
+        .map(|r| r.get::<_, String>(0))
+    else {
+        return Ok(Err(ReplayRefused::NotFound));
+    };
+    let active = tx
+        .query_opt(
+            "SELECT 1 FROM subscriptions WHERE id = $1 AND status = 'active' FOR SHARE",
+            &[&subscription_id],
+        )
+        .await?
+        .is_some();
     let Some(delivery) = tx
         .query_opt(
             &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1 FOR UPDATE"),
@@ -610,13 +629,6 @@ pub async fn replay(tx: &PgTx<'_>, id: &str) -> Result<Result<Delivery, ReplayRe
     else {
         return Ok(Err(ReplayRefused::NotFound));
     };
-    let active = tx
-        .query_opt(
-            "SELECT 1 FROM subscriptions WHERE id = $1 AND status = 'active' FOR SHARE",
-            &[&delivery.subscription_id],
-        )
-        .await?
-        .is_some();
     if let Err(refused) = check_replay(&delivery, || Ok::<_, Error>(active))? {
         return Ok(Err(refused));
     }
