@@ -29,10 +29,34 @@
 # its report has accepted, refused (503), p99 POST → decision of the accepted orders and the
 # time from the end of the load to the last decision, then the gateway's refusal counters. Size
 # the bound with SERVICE_ENV="ORDERS_ADMISSION_LIMIT=…" (docs/operations.md).
+#
+# Backend and instances (issue 12; docs/benchmarks.md, "SQLite against PostgreSQL"):
+# BACKEND=sqlite|postgres (sqlite): where orders, products and webhook-publisher keep their state;
+# on postgres every system gets fresh databases bench_<vhost>_{orders,products,webhooks} on PG_URL
+# (postgres://postgres@127.0.0.1:5432, the machine's server), dropped when it stops.
+# INSTANCES=1..4 (1): instances of the gateway, orders, products and webhook-publisher (the
+# notifier stays single); more than 1 needs BACKEND=postgres. Instance i listens on its
+# service's port + 10·(i−1); loadgen sends the orders to the gateways in turn.
+# PG_POOL_SIZE: DATABASE_POOL_SIZE of each instance (default 60 / (3·INSTANCES), so that all pools
+# fit the server's max_connections of 100 next to other users).
+# CONFIGS="sqlite:1 postgres:1 postgres:2": runs every scenario once per backend:instances pair,
+# one after the other in this one run (default: "$BACKEND:$INSTANCES"), each table headed by it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCENARIOS=${SCENARIOS:-"saturation ceiling rates soak"}
+BACKEND=${BACKEND:-sqlite}
+INSTANCES=${INSTANCES:-1}
+CONFIGS=${CONFIGS:-"$BACKEND:$INSTANCES"}
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
+for config in $CONFIGS; do
+  case ${config%%:*} in sqlite|postgres) ;; *) echo "[bench] $config: the backend is sqlite or postgres" >&2; exit 2;; esac
+  n=${config#*:}
+  if ! [[ $n =~ ^[1-4]$ ]]; then echo "[bench] $config: 1 to 4 instances" >&2; exit 2; fi
+  if [ "$n" -gt 1 ] && [ "${config%%:*}" != postgres ]; then
+    echo "[bench] $config: several instances share their state through PostgreSQL (postgres:$n)" >&2; exit 2
+  fi
+done
 DURATION=${DURATION:-30}
 REPEAT=${REPEAT:-2}
 CONCURRENCY=${CONCURRENCY:-64}
@@ -88,7 +112,25 @@ stop_system() {
     wait "$pid" 2>/dev/null || true
   done
   pids=()
+  drop_databases
   drop_vhost
+}
+
+databases=()
+# On BACKEND=postgres: fresh databases for the system about to start; sets $db_prefix.
+create_databases() {
+  db_prefix="bench_${vhost//-/_}_"
+  for db in orders products webhooks; do
+    psql "$PG_URL/postgres" -v ON_ERROR_STOP=1 -qc "CREATE DATABASE \"$db_prefix$db\"" >/dev/null
+    databases+=("$db_prefix$db")
+  done
+}
+
+drop_databases() {
+  for db in "${databases[@]}"; do
+    psql "$PG_URL/postgres" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+  done
+  databases=()
 }
 
 broker_pids=()
@@ -178,33 +220,52 @@ trap 'exit 130' INT TERM
 
 port() { case $1 in gateway) echo $((PORT_BASE));; products) echo $((PORT_BASE+1));; orders) echo $((PORT_BASE+2));; webhook-publisher) echo $((PORT_BASE+3));; notifier) echo $((PORT_BASE+85));; esac; }
 SERVICES=(products orders gateway notifier webhook-publisher)
+# `orders` → its port, `orders-2` → its port + 10.
+port_of() { local s=${1%-[0-9]} i=1; [[ $1 =~ -([0-9])$ ]] && i=${BASH_REMATCH[1]}; echo $(( $(port "$s") + 10 * (i - 1) )); }
+# Every process of a system: `orders`, then `orders-2` … (the notifier stays single).
+instances() {
+  for s in "${SERVICES[@]}"; do
+    echo "$s"
+    if [ "$s" != notifier ]; then for i in $(seq 2 "$INSTANCES"); do echo "$s-$i"; done; fi
+  done
+}
+gateways() { local list="" g; for g in $(instances | grep '^gateway'); do list+="${list:+,}http://127.0.0.1:$(port_of "$g")"; done; echo "$list"; }
+database_of() { case $1 in orders) echo orders;; products) echo products;; webhook-publisher) echo webhooks;; esac; }
 
 # Starts all five services on a fresh vhost, prefix and data dir; sets $PIDS_SPEC.
 start_system() {
   new_vhost "$1"
   local data="$WORK/$vhost"
   mkdir -p "$data/logs"
-  for s in "${SERVICES[@]}"; do
-    HTTP_ADDR="127.0.0.1:$(port "$s")" \
+  local names
+  mapfile -t names < <(instances)
+  if [ "$BACKEND" = postgres ]; then create_databases; fi
+  for name in "${names[@]}"; do
+    local s=${name%-[0-9]} db_env=()
+    if [ "$BACKEND" = postgres ] && [ -n "$(database_of "$s")" ]; then
+      db_env=("DATABASE_URL=$PG_URL/$db_prefix$(database_of "$s")"
+              "DATABASE_POOL_SIZE=${PG_POOL_SIZE:-$(( 60 / (3 * INSTANCES) ))}")
+    fi
+    HTTP_ADDR="127.0.0.1:$(port_of "$name")" \
     AMQP_URL="$AMQP_BASE/$vhost" \
     REDIS_URL="$REDIS_URL" REDIS_KEY_PREFIX="$prefix" \
-    DATA_DIR="$data/$s" \
+    DATA_DIR="$data/$name" \
     NOTIFIER_URL="http://127.0.0.1:$(port notifier)/webhooks" \
     RATE_LIMIT_PER_SEC=0 \
-      env ${SERVICE_ENV:-} "$BIN/$s" >"$data/logs/$s.log" 2>&1 &
+      env "${db_env[@]}" ${SERVICE_ENV:-} "$BIN/$s" >"$data/logs/$name.log" 2>&1 &
     pids+=($!)
   done
-  for s in "${SERVICES[@]}"; do
+  for name in "${names[@]}"; do
     local ok=""
     for _ in $(seq 1 120); do
-      if curl -fs "http://127.0.0.1:$(port "$s")/ready" >/dev/null 2>&1; then ok=1; break; fi
+      if curl -fs "http://127.0.0.1:$(port_of "$name")/ready" >/dev/null 2>&1; then ok=1; break; fi
       sleep 0.25
     done
-    if [ -z "$ok" ]; then log "$s did not become ready"; tail -20 "$data/logs/$s.log" >&2; return 1; fi
+    if [ -z "$ok" ]; then log "$name did not become ready"; tail -20 "$data/logs/$name.log" >&2; return 1; fi
   done
   PIDS_SPEC=""
   local i=0
-  for s in "${SERVICES[@]}"; do PIDS_SPEC+="$s=${pids[$i]},"; i=$((i+1)); done
+  for name in "${names[@]}"; do PIDS_SPEC+="$name=${pids[$i]},"; i=$((i+1)); done
   local beam redis
   beam=${BROKER_PID:-$(pgrep -o -x beam.smp || true)}; redis=$(pgrep -o -x redis-server || true)
   local which=shared; [ -n "${BROKER_PID:-}" ] && which=own
@@ -240,7 +301,7 @@ sample_sqlite_memory() {
 }
 
 loadgen() {
-  "$BIN/loadgen" --gateway "http://127.0.0.1:$(port gateway)" --amqp-url "$AMQP_BASE/$vhost" \
+  "$BIN/loadgen" --gateway "$(gateways)" --amqp-url "$AMQP_BASE/$vhost" \
     --pids "$PIDS_SPEC" --webhook-metrics "http://127.0.0.1:$(port webhook-publisher)/metrics" \
     ${SERIES_EVERY:+--series-every "$SERIES_EVERY"} "$@" \
     | tee -a "$BENCH_OUT"
@@ -260,7 +321,15 @@ out ""
 out "nproc $(nproc), $(free -m | awk '/Mem:/{print $2" MiB RAM"}'), RabbitMQ $(mgmt "$MGMT/api/overview" | sed -n 's/.*"rabbitmq_version":"\([^"]*\)".*/\1/p'), $(redis-cli -u "$REDIS_URL" INFO server | tr -d '\r' | grep redis_version), RUST_LOG=$RUST_LOG, git $(git rev-parse --short HEAD)"
 out ""
 
+for config in $CONFIGS; do
+BACKEND=${config%%:*}
+INSTANCES=${config#*:}
 saturation=""
+if [ "$CONFIGS" != "sqlite:1" ]; then
+  out ""
+  out "## $BACKEND, $INSTANCES instance(s) of each service$( [ "$BACKEND" = postgres ] && echo ", DATABASE_POOL_SIZE ${PG_POOL_SIZE:-$(( 60 / (3 * INSTANCES) ))} per instance")"
+  out ""
+fi
 for scenario in $SCENARIOS; do
   case $scenario in
     saturation)
@@ -316,5 +385,6 @@ for scenario in $SCENARIOS; do
       ;;
     *) log "unknown scenario $scenario"; exit 2 ;;
   esac
+done
 done
 log "tables written to $BENCH_OUT"

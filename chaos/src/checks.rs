@@ -69,6 +69,11 @@ pub struct Evidence<'a> {
     /// every quorum queue (`quorum_queues`) at the end.
     pub cluster_nodes: Option<&'a [String]>,
     pub quorum_queues: &'a [&'a str],
+    /// Order id → terminal states in its `order_history` (`None`: could not be read).
+    pub history: Option<&'a HashMap<String, usize>>,
+    /// With `--postgres`: the SQLite files found in the services' data directories (must be
+    /// none: with `DATABASE_URL` set a service writes no SQLite file). `None` on SQLite.
+    pub sqlite_files: Option<&'a [String]>,
 }
 
 const TERMINAL: [&str; 3] = ["CONFIRMED", "REJECTED", "CANCELLED"];
@@ -105,6 +110,19 @@ pub fn run(e: &Evidence) -> (Vec<Check>, Figures) {
     ];
     if let Some(nodes) = e.cluster_nodes {
         checks.push(quorum_members(e.queues, e.quorum_queues, nodes));
+    }
+    checks.push(history(e));
+    if let Some(files) = e.sqlite_files {
+        checks.push(Check {
+            number: 9,
+            name: "with DATABASE_URL no service wrote a SQLite file",
+            passed: files.is_empty(),
+            detail: if files.is_empty() {
+                "no *.db file in any data directory".into()
+            } else {
+                format!("found {}", files.join(", "))
+            },
+        });
     }
     intake(e, &mut figures);
     (checks, figures)
@@ -235,6 +253,46 @@ fn terminal(e: &Evidence, figures: &mut Figures) -> Check {
         number: 1,
         name: "every accepted order reached exactly one terminal state",
         passed,
+        detail,
+    }
+}
+
+/// Every accepted order's history holds exactly one terminal state: no transition out of a
+/// terminal state was applied, and none was applied twice (by two instances, or twice by one).
+fn history(e: &Evidence) -> Check {
+    let name = "every accepted order's history has exactly one terminal state";
+    let Some(history) = e.history else {
+        return Check {
+            number: 8,
+            name,
+            passed: false,
+            detail: "order_history could not be read".into(),
+        };
+    };
+    let mut none = Vec::new();
+    let mut several = Vec::new();
+    for id in e.load.accepted.keys() {
+        match history.get(id).copied().unwrap_or(0) {
+            1 => {}
+            0 => none.push(id.clone()),
+            _ => several.push(id.clone()),
+        }
+    }
+    let mut detail = format!(
+        "{} orders: without a terminal history row {}, with several {}",
+        e.load.accepted.len(),
+        none.len(),
+        several.len()
+    );
+    for (what, ids) in [("none", &none), ("several", &several)] {
+        if !ids.is_empty() {
+            detail.push_str(&format!("; {what} e.g. {}", sample(ids)));
+        }
+    }
+    Check {
+        number: 8,
+        name,
+        passed: none.is_empty() && several.is_empty() && !e.load.accepted.is_empty(),
         detail,
     }
 }
@@ -412,22 +470,32 @@ fn broker(e: &Evidence) -> Check {
             ));
         }
     }
-    let missing: Vec<_> = e
-        .expected_connections
-        .iter()
-        .filter(|name| !e.connections.contains(name))
-        .cloned()
-        .collect();
+    // One entry per instance: with several instances, each must be back.
+    let missing: Vec<_> = missing_connections(e.expected_connections, e.connections);
     if !missing.is_empty() {
         problems.push(format!("connections missing: {}", missing.join(", ")));
     }
+    let mut wanted: BTreeMap<(&str, &str), (i64, usize)> = BTreeMap::new();
     for (queue, tag, prefetch) in e.expected_consumers {
-        match e.consumers.iter().find(|(q, t, _)| q == queue && t == tag) {
-            None => problems.push(format!("no consumer {tag} on {queue}")),
-            Some((_, _, p)) if p != prefetch => {
-                problems.push(format!("{tag} has prefetch {p}, not {prefetch}"))
-            }
-            Some(_) => {}
+        wanted.entry((queue, tag)).or_insert((*prefetch, 0)).1 += 1;
+    }
+    for ((queue, tag), (prefetch, instances)) in &wanted {
+        let found: Vec<i64> = e
+            .consumers
+            .iter()
+            .filter(|(q, t, _)| q == queue && t == tag)
+            .map(|(_, _, p)| *p)
+            .collect();
+        if found.is_empty() {
+            problems.push(format!("no consumer {tag} on {queue}"));
+        } else if found.len() < *instances {
+            problems.push(format!(
+                "{} consumer(s) {tag} on {queue}, {instances} expected (one per instance)",
+                found.len()
+            ));
+        }
+        if let Some(p) = found.iter().find(|p| *p != prefetch) {
+            problems.push(format!("{tag} has prefetch {p}, not {prefetch}"));
         }
     }
     let detail = format!(
@@ -438,9 +506,13 @@ fn broker(e: &Evidence) -> Check {
         } else {
             "empty"
         },
-        e.expected_consumers
+        wanted
             .iter()
-            .map(|(_, tag, p)| format!("{tag}={p}"))
+            .map(|((_, tag), (p, n))| if *n > 1 {
+                format!("{tag}={p}×{n}")
+            } else {
+                format!("{tag}={p}")
+            })
             .collect::<Vec<_>>()
             .join(" "),
         e.expected_connections.join(" "),
@@ -505,6 +577,28 @@ fn recovery(e: &Evidence, figures: &mut Figures) -> Check {
     }
 }
 
+/// The expected connection names (one entry per instance) that are not all back: a name
+/// expected twice needs two connections of that name.
+pub fn missing_connections(expected: &[String], connections: &[String]) -> Vec<String> {
+    let mut wanted: BTreeMap<&str, usize> = BTreeMap::new();
+    for name in expected {
+        *wanted.entry(name).or_default() += 1;
+    }
+    wanted
+        .into_iter()
+        .filter_map(|(name, n)| {
+            let have = connections.iter().filter(|c| *c == name).count();
+            (have < n).then(|| {
+                if n > 1 {
+                    format!("{name} ({have} of {n})")
+                } else {
+                    name.to_owned()
+                }
+            })
+        })
+        .collect()
+}
+
 fn sample(ids: &[String]) -> String {
     ids.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
 }
@@ -532,6 +626,8 @@ mod tests {
         actions: Vec<Done>,
         expected_consumers: Vec<(String, String, i64)>,
         expected_connections: Vec<String>,
+        history: HashMap<String, usize>,
+        sqlite_files: Option<Vec<String>>,
     }
 
     fn queue(name: &str, ready: Option<i64>) -> QueueStats {
@@ -615,6 +711,8 @@ mod tests {
             }],
             expected_consumers: vec![("orders_queue".into(), "orders.orders_queue".into(), 32)],
             expected_connections: vec!["orders@h".into()],
+            history: HashMap::from([("o1".into(), 1), ("o2".into(), 1)]),
+            sqlite_files: None,
         }
     }
 
@@ -636,6 +734,8 @@ mod tests {
             ws: None,
             cluster_nodes: None,
             quorum_queues: &[],
+            history: Some(&world.history),
+            sqlite_files: world.sqlite_files.as_deref(),
         }
     }
 
@@ -672,6 +772,42 @@ mod tests {
             .unwrap()
             .insert("order.cancelled".into(), BTreeSet::from(["x".into()]));
         assert!(failed(&two).contains(&1));
+    }
+
+    #[test]
+    fn a_second_instance_without_its_consumer_or_connection_fails_check_4() {
+        let mut world = healthy();
+        world
+            .expected_consumers
+            .push(("orders_queue".into(), "orders.orders_queue".into(), 32));
+        assert_eq!(failed(&world), vec![4]);
+        world
+            .consumers
+            .push(("orders_queue".into(), "orders.orders_queue".into(), 32));
+        assert_eq!(failed(&world), Vec::<u8>::new());
+        world.expected_connections.push("orders@h".into());
+        assert_eq!(failed(&world), vec![4]);
+        world.connections.push("orders@h".into());
+        assert_eq!(failed(&world), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn a_history_without_exactly_one_terminal_state_fails_check_8() {
+        let mut twice = healthy();
+        twice.history.insert("o1".into(), 2);
+        assert_eq!(failed(&twice), vec![8]);
+        let mut none = healthy();
+        none.history.remove("o2");
+        assert_eq!(failed(&none), vec![8]);
+    }
+
+    #[test]
+    fn a_sqlite_file_on_postgres_fails_check_9() {
+        let mut world = healthy();
+        world.sqlite_files = Some(Vec::new());
+        assert_eq!(failed(&world), Vec::<u8>::new());
+        world.sqlite_files = Some(vec!["orders-2/orders.db".into()]);
+        assert_eq!(failed(&world), vec![9]);
     }
 
     #[test]

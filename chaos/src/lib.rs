@@ -65,6 +65,16 @@ pub struct Options {
     /// single nodes instead of the whole broker.
     #[arg(long)]
     pub cluster: bool,
+    /// The services keep their state on a private PostgreSQL (a database per service, on a
+    /// server of the run's own that the schedule may restart: target `postgres`) instead of
+    /// SQLite files.
+    #[arg(long)]
+    pub postgres: bool,
+    /// Instances of the gateway, orders, products and the webhook publisher (the notifier stays
+    /// single); more than one needs --postgres. A service kill hits the first instance, the
+    /// others keep running; the load spreads over the gateways.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
+    pub instances: u16,
     /// Run the saga only: no webhook publisher, notifier, webhook sink or WebSocket client.
     #[arg(long)]
     pub no_webhooks: bool,
@@ -113,13 +123,19 @@ impl Options {
                 ""
             },
             if self.cluster { " --cluster" } else { "" }
-        )
+        ) + &if self.postgres {
+            format!(" --postgres --instances {}", self.instances)
+        } else {
+            String::new()
+        }
     }
 
     /// The kill schedule of this run.
     pub fn schedule(&self) -> String {
         match (&self.schedule, self.no_webhooks, self.cluster) {
             (Some(s), _, _) => s.clone(),
+            (None, false, false) if self.postgres => schedule::INSTANCES_SCHEDULE.to_owned(),
+            (None, true, false) if self.postgres => schedule::INSTANCES_SAGA_SCHEDULE.to_owned(),
             (None, false, false) => schedule::CI_SCHEDULE.to_owned(),
             (None, true, false) => schedule::SAGA_SCHEDULE.to_owned(),
             (None, false, true) => schedule::CLUSTER_SCHEDULE.to_owned(),
@@ -153,6 +169,10 @@ pub async fn run(options: Options) -> Result<Outcome> {
     let run_started = Instant::now();
     let actions = schedule::parse(&options.schedule())?;
     let services = options.services();
+    anyhow::ensure!(
+        options.instances == 1 || options.postgres,
+        "several instances share their state through PostgreSQL: add --postgres"
+    );
     for action in &actions {
         match action.target {
             Target::Service(s) => anyhow::ensure!(
@@ -170,6 +190,10 @@ pub async fn run(options: Options) -> Result<Outcome> {
                 action.target
             ),
             Target::Redis => {}
+            Target::Postgres => anyhow::ensure!(
+                options.postgres,
+                "`postgres` restarts the run's own PostgreSQL: add --postgres"
+            ),
         }
     }
     let temp = match &options.dir {
@@ -210,6 +234,8 @@ pub async fn run(options: Options) -> Result<Outcome> {
             webhook_secret: messaging::signature::Secret::generate().expose().to_owned(),
             services: services.clone(),
             cluster: options.cluster,
+            instances: usize::from(options.instances),
+            postgres: options.postgres,
         },
         http.clone(),
     )
@@ -234,15 +260,22 @@ pub async fn run(options: Options) -> Result<Outcome> {
         _ => (None, None),
     };
     let gateway = system.gateway_url();
+    let gateways = system.gateway_urls();
     let products =
         load::create_products(&http, &gateway, &tokens, options.products, options.orders).await?;
     println!(
-        "chaos: {} products, stock {:?}; {} orders over {} s, {} clients; schedule {}",
+        "chaos: {} products, stock {:?}; {} orders over {} s, {} clients, {} gateway(s){}; schedule {}",
         products.len(),
         products.iter().map(|p| p.initial_stock).collect::<Vec<_>>(),
         options.orders,
         options.duration,
         options.concurrency,
+        gateways.len(),
+        if options.postgres {
+            format!(", {} instance(s) of each on PostgreSQL", options.instances)
+        } else {
+            String::new()
+        },
         options.schedule()
     );
 
@@ -258,7 +291,7 @@ pub async fn run(options: Options) -> Result<Outcome> {
     // Aborted if the run ends early (an error, Ctrl-C).
     let load_task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(load::run(
         http.clone(),
-        gateway.clone(),
+        gateways.clone(),
         tokens.clone(),
         products.clone(),
         plan,
@@ -282,9 +315,10 @@ pub async fn run(options: Options) -> Result<Outcome> {
     // Quiescence.
     let mgmt = system.broker.management(http.clone());
     let host = messaging::config::hostname();
+    // One entry per instance.
     let expected_connections: Vec<String> = system
-        .services
-        .keys()
+        .all_services()
+        .map(|p| p.service)
         .filter(|s| s.uses_broker())
         .map(|s| format!("{}@{host}", s.name()))
         .collect();
@@ -331,21 +365,17 @@ pub async fn run(options: Options) -> Result<Outcome> {
         Some(ws) => Some(ws.stop().await),
         None => None,
     };
-    let orders_dir = system
-        .data_dir(Service::Orders)
-        .context("no orders service")?;
-    let products_dir = system
-        .data_dir(Service::Products)
-        .context("no products service")?;
-    let orders = snapshot::orders(orders_dir).context("read orders.db")?;
-    let stock = snapshot::stock(products_dir).context("read products.db")?;
+    let stores = system.stores().context("no orders or products service")?;
+    let orders = stores.orders().await.context("read the orders")?;
+    let stock = stores.stock().await.context("read the stock")?;
+    let history = stores.terminal_history().await.ok();
+    let sqlite_files = options.postgres.then(|| sqlite_files(&system));
     let queues = mgmt.queues().await.unwrap_or_default();
     let connections = mgmt.connection_names().await.unwrap_or_default();
     let consumers = mgmt.consumers().await.unwrap_or_default();
     let expected_consumers: Vec<(String, String, i64)> = system
-        .services
-        .keys()
-        .filter_map(|s| s.work_queue())
+        .all_services()
+        .filter_map(|p| p.service.work_queue())
         .map(|(queue, tag)| (queue.to_owned(), tag, services::PREFETCH))
         .collect();
     let evidence = checks::Evidence {
@@ -365,6 +395,8 @@ pub async fn run(options: Options) -> Result<Outcome> {
         ws: ws.as_ref(),
         cluster_nodes: cluster_nodes.as_deref(),
         quorum_queues: &quorum_queues,
+        history: history.as_ref(),
+        sqlite_files: sqlite_files.as_deref(),
     };
     let (mut checks, figures) = checks::run(&evidence);
     for d in &done {
@@ -433,6 +465,18 @@ pub async fn run(options: Options) -> Result<Outcome> {
     })
 }
 
+/// The SQLite files (`*.db`) in the data directories of the run's services.
+fn sqlite_files(system: &System) -> Vec<String> {
+    system
+        .all_services()
+        .flat_map(|s| std::fs::read_dir(&s.data_dir).into_iter().flatten())
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "db"))
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
 /// Waits until every accepted order is decided, the outboxes are empty, the work queues and the
 /// tap queue are drained, every service is connected and (on a cluster) every quorum queue has
 /// an online member on every node, three polls in a row (the management API's counts lag a
@@ -450,27 +494,21 @@ async fn wait_quiescent(
     let mut calm = 0;
     let mut last_report = Instant::now();
     while Instant::now() < deadline {
-        let (pending, outboxes) = {
-            let orders_dir = system.data_dir(Service::Orders);
-            let products_dir = system.data_dir(Service::Products);
-            let pending = orders_dir
-                .and_then(|d| snapshot::orders(d).ok())
-                .map(|orders| {
-                    load.accepted
-                        .keys()
-                        .filter(|id| orders.get(*id).is_none_or(|o| o.status == "PENDING"))
-                        .count()
-                })
-                .unwrap_or(usize::MAX);
-            let outboxes: i64 = [
-                orders_dir.map(|d| d.join("orders.db")),
-                products_dir.map(|d| d.join("products.db")),
-            ]
-            .into_iter()
-            .flatten()
-            .map(|db| snapshot::outbox_len(&db).unwrap_or(i64::MAX / 4))
-            .sum();
-            (pending, outboxes)
+        let (pending, outboxes) = match system.stores() {
+            Some(stores) => {
+                let pending = stores
+                    .orders()
+                    .await
+                    .map(|orders| {
+                        load.accepted
+                            .keys()
+                            .filter(|id| orders.get(*id).is_none_or(|o| o.status == "PENDING"))
+                            .count()
+                    })
+                    .unwrap_or(usize::MAX);
+                (pending, stores.outboxes().await.unwrap_or(i64::MAX / 4))
+            }
+            None => (usize::MAX, i64::MAX / 4),
         };
         let queues = mgmt.queues().await.unwrap_or_default();
         let busy: i64 = work_queues
@@ -485,10 +523,7 @@ async fn wait_quiescent(
             })
             .sum();
         let connections = mgmt.connection_names().await.unwrap_or_default();
-        let missing = expected_connections
-            .iter()
-            .filter(|c| !connections.contains(c))
-            .count();
+        let missing = checks::missing_connections(expected_connections, &connections).len();
         let deliveries = if system.services.contains_key(&Service::WebhookPublisher) {
             system
                 .pending_deliveries()
@@ -522,6 +557,10 @@ async fn wait_quiescent(
         } else {
             calm = 0;
             if last_report.elapsed() >= Duration::from_secs(10) {
+                let unknown =
+                    |n: String, unreadable: bool| if unreadable { "?".to_owned() } else { n };
+                let pending = unknown(pending.to_string(), pending == usize::MAX);
+                let outboxes = unknown(outboxes.to_string(), outboxes >= i64::MAX / 4);
                 println!(
                     "chaos: waiting for quiescence: {pending} orders pending, {outboxes} in outboxes, {busy} in queues, {deliveries} webhook deliveries pending, {missing} connections missing, {degraded} quorum member problems"
                 );

@@ -169,9 +169,11 @@ pub async fn create_products(
 }
 
 /// Runs the load to its end (every order accepted or given up) and reports what happened.
+/// Clients spread over `gateways`: each sends its first attempt to one of them and its retries
+/// to the next, as behind a load balancer.
 pub async fn run(
     http: reqwest::Client,
-    gateway: String,
+    gateways: Vec<String>,
     tokens: Tokens,
     products: Vec<Product>,
     plan: LoadPlan,
@@ -205,10 +207,12 @@ pub async fn run(
     let products = Arc::new(products);
     let spacing = plan.duration / plan.orders.max(1) as u32;
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..plan.concurrency.max(1) {
+    let gateways = Arc::new(gateways);
+    for worker in 0..plan.concurrency.max(1) {
         let client = Client {
             http: http.clone(),
-            gateway: gateway.clone(),
+            gateways: gateways.clone(),
+            first: worker,
             counters: counters.clone(),
             max_attempts: plan.max_attempts,
         };
@@ -302,19 +306,28 @@ enum Placed {
 
 struct Client {
     http: reqwest::Client,
-    gateway: String,
+    gateways: Arc<Vec<String>>,
+    /// Which gateway the first attempt goes to (then the next one per retry).
+    first: usize,
     counters: Arc<Counters>,
     max_attempts: u32,
 }
 
 impl Client {
+    fn gateway(&self, attempt: u32) -> &str {
+        let n = self.gateways.len().max(1);
+        self.gateways
+            .get((self.first + attempt as usize) % n)
+            .map_or("", String::as_str)
+    }
+
     /// `POST /orders` until a 202 or a final answer, retrying with the same key.
     async fn place(&self, key: &str, token: &str, body: &Value) -> Placed {
         let mut backoff = Duration::from_millis(200);
         for attempt in 1..=self.max_attempts {
             let sent = self
                 .http
-                .post(format!("{}/orders", self.gateway))
+                .post(format!("{}/orders", self.gateway(attempt)))
                 .header("Idempotency-Key", key)
                 .bearer_auth(token)
                 .json(body)

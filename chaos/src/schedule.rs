@@ -20,6 +20,10 @@ pub enum Target {
     /// One node of the cluster.
     Node(NodePick),
     Redis,
+    /// The run's private PostgreSQL (`--postgres`): stopped immediately (`pg_ctl stop -m
+    /// immediate`, as a crash), started again after `down` on the same data.
+    Postgres,
+    /// The first instance of a service (with `--instances 2` the others keep running).
     Service(Service),
 }
 
@@ -42,6 +46,7 @@ impl fmt::Display for Target {
             Target::Node(NodePick::OfGateway) => f.write_str("gateway-node"),
             Target::Node(NodePick::Leader) => f.write_str("leader-node"),
             Target::Redis => f.write_str("redis"),
+            Target::Postgres => f.write_str("postgres"),
             Target::Service(s) => f.write_str(s.name()),
         }
     }
@@ -58,7 +63,7 @@ pub struct Action {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "kill {0:?} is not target@seconds+seconds (targets: broker, redis, gateway, orders, products, webhook-publisher, notifier; on a cluster node1, node2, node3, gateway-node, leader-node)"
+    "kill {0:?} is not target@seconds+seconds (targets: broker, redis, postgres, gateway, orders, products, webhook-publisher, notifier; on a cluster node1, node2, node3, gateway-node, leader-node)"
 )]
 pub struct ParseActionError(String);
 
@@ -72,6 +77,7 @@ impl FromStr for Action {
         let target = match target {
             "broker" => Target::Broker,
             "redis" => Target::Redis,
+            "postgres" => Target::Postgres,
             "gateway-node" => Target::Node(NodePick::OfGateway),
             "leader-node" => Target::Node(NodePick::Leader),
             node if node.starts_with("node") => {
@@ -124,6 +130,16 @@ pub const CLUSTER_SCHEDULE: &str =
 /// The cluster schedule without the webhook services.
 pub const CLUSTER_SAGA_SCHEDULE: &str =
     "gateway-node@8+3,orders@18+2,redis@24+1,leader-node@30+3,products@42+2";
+
+/// The schedule of the multi-instance run on PostgreSQL (`--instances 2 --postgres`): one
+/// orders and one products instance (the other of each keeps running), PostgreSQL itself
+/// (immediate stop, down 4 s), the broker, Redis, and one webhook publisher while deliveries
+/// wait for a retry.
+pub const INSTANCES_SCHEDULE: &str =
+    "orders@8+2,products@14+2,postgres@20+4,broker@28+3,redis@36+1,webhook-publisher@40+2";
+/// The same without the webhook services.
+pub const INSTANCES_SAGA_SCHEDULE: &str =
+    "orders@8+2,products@14+2,postgres@20+4,broker@28+3,redis@36+1";
 
 pub fn parse(schedule: &str) -> Result<Vec<Action>, ParseActionError> {
     let mut actions: Vec<Action> = schedule
@@ -186,6 +202,21 @@ mod tests {
         for action in actions {
             assert_eq!(action.to_string().parse::<Action>().unwrap(), action);
         }
+    }
+
+    #[test]
+    fn the_instances_schedule_parses() {
+        let actions = parse(INSTANCES_SCHEDULE).unwrap();
+        assert_eq!(actions.len(), 6);
+        assert_eq!(actions[2].target, Target::Postgres);
+        assert_eq!(actions[2].down, Duration::from_secs(4));
+        for action in parse(INSTANCES_SAGA_SCHEDULE).unwrap() {
+            assert!(actions.contains(&action), "{action}");
+        }
+        assert_eq!(
+            "postgres@1+2".parse::<Action>().unwrap().to_string(),
+            "postgres@1+2"
+        );
     }
 
     #[test]

@@ -66,6 +66,22 @@ impl Service {
         self != Service::Notifier
     }
 
+    /// Whether `--instances N` runs N of it (the notifier stays single: the publisher posts to
+    /// one notifier and the harness's WebSocket client reads from it).
+    pub fn scales(self) -> bool {
+        self != Service::Notifier
+    }
+
+    /// Whether it keeps state in a database (`DATABASE_URL` with `--postgres`), and its name.
+    pub fn database(self) -> Option<&'static str> {
+        match self {
+            Service::Orders => Some("orders"),
+            Service::Products => Some("products"),
+            Service::WebhookPublisher => Some("webhooks"),
+            Service::Gateway | Service::Notifier => None,
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.name() == name)
     }
@@ -83,19 +99,33 @@ pub struct Shared {
     pub jwt_secret: String,
     /// `WEBHOOK_SECRET` shared by the publisher and the notifier.
     pub webhook_secret: String,
-    /// HTTP port of every service of the run, decided before any starts.
+    /// HTTP port of every service of the run (its first instance), decided before any starts.
     pub ports: BTreeMap<Service, u16>,
+    /// `DATABASE_URL` of every service with a database, on the run's private PostgreSQL
+    /// (`--postgres`); empty: the services keep SQLite in their data directories.
+    pub database_urls: BTreeMap<Service, String>,
 }
 
 pub struct ServiceProc {
     pub service: Service,
+    /// 1 for the first instance, 2… for the others (`--instances`).
+    pub instance: usize,
     pub port: u16,
     pub data_dir: PathBuf,
     proc: Proc,
 }
 
 impl ServiceProc {
-    pub fn new(service: Service, bin_dir: &Path, run_dir: &Path, shared: &Shared) -> Result<Self> {
+    /// Instance `instance` (1-based) of `service`: the first uses the port in `shared.ports`
+    /// and is named after the binary, the others get a free port and `<binary>-<instance>` as
+    /// the name of their data directory and log.
+    pub fn new(
+        service: Service,
+        instance: usize,
+        bin_dir: &Path,
+        run_dir: &Path,
+        shared: &Shared,
+    ) -> Result<Self> {
         let program = bin_dir.join(service.name());
         if !program.is_file() {
             bail!(
@@ -104,10 +134,15 @@ impl ServiceProc {
             );
         }
         let port = match shared.ports.get(&service) {
-            Some(port) => *port,
-            None => free_port()?,
+            Some(port) if instance == 1 => *port,
+            _ => free_port()?,
         };
-        let data_dir = run_dir.join(service.name());
+        let label = if instance == 1 {
+            service.name().to_owned()
+        } else {
+            format!("{}-{instance}", service.name())
+        };
+        let data_dir = run_dir.join(&label);
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("create {}", data_dir.display()))?;
         let mut env: BTreeMap<String, String> = [
@@ -122,6 +157,9 @@ impl ServiceProc {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        if let Some(url) = shared.database_urls.get(&service) {
+            env.insert("DATABASE_URL".into(), url.clone());
+        }
         match service {
             Service::Orders => {
                 env.insert(
@@ -157,18 +195,28 @@ impl ServiceProc {
             Service::Gateway => {}
         }
         let proc = Proc::new(Spec {
-            name: service.name().into(),
+            name: label.clone(),
             program,
             args: Vec::new(),
             env,
-            log: run_dir.join(format!("{}.log", service.name())),
+            log: run_dir.join(format!("{label}.log")),
         });
         Ok(Self {
             service,
+            instance,
             port,
             data_dir,
             proc,
         })
+    }
+
+    /// `orders`, `orders-2`, …
+    pub fn label(&self) -> String {
+        if self.instance == 1 {
+            self.service.name().to_owned()
+        } else {
+            format!("{}-{}", self.service.name(), self.instance)
+        }
     }
 
     pub fn url(&self) -> String {
@@ -190,13 +238,13 @@ impl ServiceProc {
             if !self.proc.is_running() {
                 bail!(
                     "{} exited at start; see {}",
-                    self.service.name(),
+                    self.label(),
                     self.proc.log_path().display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!("{} did not answer /health within 30 s", self.service.name())
+        bail!("{} did not answer /health within 30 s", self.label())
     }
 
     /// Waits until `GET /ready` answers 200 (broker and Redis reachable), at most `wait`.
@@ -211,7 +259,7 @@ impl ServiceProc {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!("{} was not ready within {wait:?}", self.service.name())
+        bail!("{} was not ready within {wait:?}", self.label())
     }
 
     pub fn sigkill(&mut self) {

@@ -59,9 +59,16 @@ impl Broker {
 
 pub struct System {
     // Field order is drop order: services go before what they depend on.
+    /// The first instance of every service.
     pub services: BTreeMap<Service, ServiceProc>,
+    /// Instances 2… (`--instances`), in start order.
+    pub extra: Vec<ServiceProc>,
     pub redis: RedisServer,
     pub broker: Broker,
+    /// The private PostgreSQL of a `--postgres` run.
+    pub postgres: Option<testkit::PgCluster>,
+    /// `DATABASE_URL` of each service with a database (`--postgres`).
+    pub database_urls: BTreeMap<Service, String>,
     pub http: reqwest::Client,
     /// ADMIN token for the publisher's API.
     admin_token: String,
@@ -78,6 +85,11 @@ pub struct SystemOptions {
     pub services: Vec<Service>,
     /// A three-node cluster instead of one broker node.
     pub cluster: bool,
+    /// Instances of every service but the notifier (more than 1 needs `postgres`).
+    pub instances: usize,
+    /// The services keep their state in a private PostgreSQL (a database per service) instead
+    /// of SQLite files.
+    pub postgres: bool,
 }
 
 impl System {
@@ -128,6 +140,27 @@ impl System {
             );
             Broker::Single(Box::new(node))
         };
+        let (postgres, database_urls) = if options.postgres {
+            let started = Instant::now();
+            let cluster = testkit::PgCluster::start()
+                .await
+                .context("start the private PostgreSQL")?;
+            let mut urls = BTreeMap::new();
+            for service in &options.services {
+                if let Some(db) = service.database() {
+                    urls.insert(*service, cluster.create_database(db).await?);
+                }
+            }
+            println!(
+                "private PostgreSQL up in {:.1} s on {} (databases {:?})",
+                started.elapsed().as_secs_f64(),
+                cluster.port(),
+                urls.keys().filter_map(|s| s.database()).collect::<Vec<_>>()
+            );
+            (Some(cluster), urls)
+        } else {
+            (None, BTreeMap::new())
+        };
         let shared = Shared {
             amqp_url: broker.amqp_url(),
             redis_url: redis.url(),
@@ -141,13 +174,22 @@ impl System {
                 .iter()
                 .map(|s| Ok((*s, free_port()?)))
                 .collect::<std::io::Result<_>>()?,
+            database_urls: database_urls.clone(),
         };
         let mut services = BTreeMap::new();
+        let mut extra = Vec::new();
         for service in options.services.iter().copied() {
             services.insert(
                 service,
-                ServiceProc::new(service, bin_dir, run_dir, &shared)?,
+                ServiceProc::new(service, 1, bin_dir, run_dir, &shared)?,
             );
+            if service.scales() {
+                for instance in 2..=options.instances.max(1) {
+                    extra.push(ServiceProc::new(
+                        service, instance, bin_dir, run_dir, &shared,
+                    )?);
+                }
+            }
         }
         let admin_token = messaging::auth::issue_for(
             options.jwt_secret.as_bytes(),
@@ -158,16 +200,23 @@ impl System {
         )?;
         let mut system = Self {
             services,
+            extra,
             redis,
             broker,
+            postgres,
+            database_urls,
             http,
             admin_token,
         };
         let http = system.http.clone();
         for service in options.services.iter().copied() {
             system.service_mut(service)?.start(&http).await?;
+            // The others together: instances starting at once is what the migrations' lock is for.
+            for proc in system.extra.iter_mut().filter(|p| p.service == service) {
+                proc.start(&http).await?;
+            }
         }
-        for proc in system.services.values() {
+        for proc in system.services.values().chain(&system.extra) {
             proc.wait_ready(&system.http, Duration::from_secs(60))
                 .await?;
         }
@@ -185,6 +234,36 @@ impl System {
             .get(&Service::Gateway)
             .map(ServiceProc::url)
             .unwrap_or_default()
+    }
+
+    /// The URL of every gateway instance (the load spreads over them).
+    pub fn gateway_urls(&self) -> Vec<String> {
+        self.services
+            .get(&Service::Gateway)
+            .into_iter()
+            .chain(self.extra.iter().filter(|p| p.service == Service::Gateway))
+            .map(ServiceProc::url)
+            .collect()
+    }
+
+    /// Every service process of the run (first instances, then the others).
+    pub fn all_services(&self) -> impl Iterator<Item = &ServiceProc> {
+        self.services.values().chain(&self.extra)
+    }
+
+    /// Where the run's state is read from: the SQLite files, or the private PostgreSQL.
+    pub fn stores(&self) -> Option<crate::snapshot::Stores> {
+        if self.postgres.is_some() {
+            Some(crate::snapshot::Stores::Postgres {
+                orders: self.database_urls.get(&Service::Orders)?.clone(),
+                products: self.database_urls.get(&Service::Products)?.clone(),
+            })
+        } else {
+            Some(crate::snapshot::Stores::Sqlite {
+                orders: self.data_dir(Service::Orders)?.to_path_buf(),
+                products: self.data_dir(Service::Products)?.to_path_buf(),
+            })
+        }
     }
 
     pub fn data_dir(&self, service: Service) -> Option<&Path> {
@@ -227,6 +306,17 @@ impl System {
                     self.redis.sigkill().await;
                     tokio::time::sleep(action.down).await;
                     self.redis.start().await?;
+                }
+                Target::Postgres => {
+                    let Some(postgres) = self.postgres.as_mut() else {
+                        anyhow::bail!("`postgres` needs --postgres");
+                    };
+                    println!(
+                        "[{:6.1}s]   pg_ctl stop -m immediate (port {})",
+                        since(Instant::now()),
+                        postgres.port()
+                    );
+                    postgres.restart(action.down).await?;
                 }
                 Target::Service(service) => {
                     let http = self.http.clone();
@@ -345,7 +435,8 @@ impl System {
     pub fn ports(&self) -> Vec<u16> {
         let mut ports = self.broker.ports();
         ports.push(self.redis.port);
-        ports.extend(self.services.values().map(|s| s.port));
+        ports.extend(self.all_services().map(|s| s.port));
+        ports.extend(self.postgres.as_ref().map(testkit::PgCluster::port));
         ports
     }
 

@@ -170,3 +170,171 @@ fn every_variable_is_documented_and_secrets_are_required() {
         }
     }
 }
+
+/// `compose.yaml` with `compose.postgres.yaml` laid over it, as `docker compose -f compose.yaml
+/// -f compose.postgres.yaml` reads them: mappings merged key by key, `!reset` removing what the
+/// base file set, other values replaced (sequences appended, as compose does for ports and
+/// volumes).
+fn compose_postgres() -> Value {
+    let mut base: serde_norway::Value =
+        serde_norway::from_str(include_str!("../../compose.yaml")).expect("compose.yaml is YAML");
+    base.apply_merge().expect("merge keys");
+    let mut overlay: serde_norway::Value =
+        serde_norway::from_str(include_str!("../../compose.postgres.yaml"))
+            .expect("compose.postgres.yaml is YAML");
+    overlay.apply_merge().expect("merge keys");
+    overlay_onto(&mut base, overlay);
+    let config: Value = serde_json::to_value(base).expect("the merged files as JSON");
+    assert!(
+        !config.to_string().contains("\"<<\"") && !config.to_string().contains("reset"),
+        "a merge key or tag was left unapplied: {config}"
+    );
+    config
+}
+
+fn overlay_onto(base: &mut serde_norway::Value, overlay: serde_norway::Value) {
+    use serde_norway::Value as Y;
+    match (base, overlay) {
+        (Y::Mapping(base), Y::Mapping(overlay)) => {
+            for (key, value) in overlay {
+                match value {
+                    Y::Tagged(tagged) if tagged.tag == "reset" => {
+                        base.remove(&key);
+                    }
+                    value => match base.get_mut(&key) {
+                        Some(existing) => overlay_onto(existing, value),
+                        None => {
+                            base.insert(key, value);
+                        }
+                    },
+                }
+            }
+        }
+        (Y::Sequence(base), Y::Sequence(overlay)) => base.extend(overlay),
+        (base, overlay) => *base = overlay,
+    }
+}
+
+const STATEFUL: [(&str, u16); 3] = [
+    ("products", 3001),
+    ("orders", 3002),
+    ("webhook-publisher", 3003),
+];
+
+#[test]
+fn the_postgres_override_is_valid_under_the_compose_specification() {
+    let config = compose_postgres();
+    assert_eq!(violations(&config), Vec::<String>::new());
+    // The overlay can fail the schema too (it is not skipped).
+    let mut broken = config.clone();
+    broken["services"]["orders"]["depends_on"]["postgres"]["condition"] = json!("healthy");
+    assert!(!violations(&broken).is_empty());
+}
+
+#[test]
+fn postgres_runs_in_its_own_profile_with_a_volume_a_health_check_and_a_database_per_service() {
+    let config = compose();
+    let postgres = &config["services"]["postgres"];
+    assert_eq!(
+        postgres["profiles"],
+        json!(["postgres"]),
+        "plain `docker compose up` must not need PostgreSQL"
+    );
+    assert!(
+        postgres["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("postgres:")),
+        "not the official image: {}",
+        postgres["image"]
+    );
+    assert!(
+        postgres["healthcheck"]["test"]
+            .to_string()
+            .contains("pg_isready"),
+        "no pg_isready health check"
+    );
+    let volumes = postgres["volumes"].to_string();
+    assert!(
+        volumes.contains("postgres-data:/var/lib/postgresql/data"),
+        "{volumes}"
+    );
+    assert!(
+        volumes.contains("./deploy/postgres/init.sql:/docker-entrypoint-initdb.d/"),
+        "{volumes}"
+    );
+    assert!(
+        postgres.get("ports").is_none(),
+        "PostgreSQL is for the services, not published on the host"
+    );
+    // Without the override nothing depends on it.
+    for (name, _) in STATEFUL {
+        assert!(
+            config["services"][name]["depends_on"]
+                .get("postgres")
+                .is_none()
+        );
+        assert!(
+            config["services"][name]["environment"]
+                .get("DATABASE_URL")
+                .is_none()
+        );
+    }
+}
+
+#[test]
+fn with_the_override_each_stateful_service_has_its_own_database_and_can_be_scaled() {
+    let config = compose_postgres();
+    let init = include_str!("../../deploy/postgres/init.sql");
+    let mut databases = BTreeSet::new();
+    for (name, _) in STATEFUL {
+        let service = &config["services"][name];
+        let url = service["environment"]["DATABASE_URL"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no DATABASE_URL"));
+        let rest = url
+            .strip_prefix("postgres://postgres:${POSTGRES_PASSWORD:?")
+            .unwrap_or_else(|| panic!("{name}: {url} does not require POSTGRES_PASSWORD"));
+        let database = rest
+            .rsplit_once("@postgres:5432/")
+            .map(|(_, db)| db)
+            .unwrap_or_else(|| panic!("{name}: {url} is not the postgres service"));
+        assert!(
+            init.contains(&format!("CREATE DATABASE {database};")),
+            "deploy/postgres/init.sql does not create {database}"
+        );
+        assert!(databases.insert(database.to_owned()), "{database} shared");
+        assert_eq!(
+            service["depends_on"]["postgres"]["condition"], "service_healthy",
+            "{name} → postgres"
+        );
+        for dependency in ["rabbitmq", "redis"] {
+            assert_eq!(
+                service["depends_on"][dependency]["condition"], "service_healthy",
+                "{name} → {dependency}"
+            );
+        }
+        // `--scale` needs no fixed host port and no container name; with DATABASE_URL the
+        // service keeps nothing in /data.
+        assert!(
+            service.get("ports").is_none(),
+            "{name}: {}",
+            service["ports"]
+        );
+        assert!(service.get("container_name").is_none(), "{name}");
+        assert!(service.get("volumes").is_none(), "{name}");
+        // The rest of the base definition is still there.
+        assert_eq!(service["command"], json!([name]));
+        assert!(service["environment"]["AMQP_URL"].is_string(), "{name}");
+    }
+    assert_eq!(
+        config["services"]["webhook-publisher"]["depends_on"]["notifier"]["condition"],
+        "service_healthy"
+    );
+    // The gateway keeps its published port: it is the API.
+    assert_eq!(config["services"]["gateway"]["ports"], json!(["3000:3000"]));
+    let documented = documented_variables();
+    assert!(
+        documented.contains("DATABASE_URL"),
+        "the README's configuration table does not describe DATABASE_URL"
+    );
+}

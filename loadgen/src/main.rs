@@ -37,7 +37,8 @@ enum Command {
 
 #[derive(Args)]
 struct LoadArgs {
-    /// Gateway base URL.
+    /// Gateway base URL; several separated by commas (instances of the gateway): orders go to
+    /// each in turn.
     #[arg(long, default_value = "http://127.0.0.1:3000", env = "LOADGEN_GATEWAY")]
     gateway: String,
     /// Broker URL including the vhost the services use (for the terminal events).

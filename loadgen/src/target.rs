@@ -25,7 +25,11 @@ pub enum TargetError {
 #[derive(Clone)]
 pub struct Target {
     pub http: reqwest::Client,
+    /// The first gateway (the product is created through it).
     pub gateway: String,
+    /// Every gateway; orders go to them in turn (`--gateway a,b`: several instances).
+    pub gateways: Arc<Vec<String>>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
     pub client_token: String,
     pub product_id: String,
     pub idempotency_keys: bool,
@@ -61,6 +65,7 @@ struct Accepted {
 
 impl Target {
     /// Signs an ADMIN and a CLIENT token with `jwt_secret` and creates a product with `stock`.
+    /// `gateway` may list several gateways separated by commas; orders go to each in turn.
     pub async fn prepare(
         gateway: &str,
         jwt_secret: &str,
@@ -72,7 +77,12 @@ impl Target {
             .pool_max_idle_per_host(4096)
             .tcp_nodelay(true)
             .build()?;
-        let gateway = gateway.trim_end_matches('/').to_owned();
+        let gateways: Vec<String> = gateway
+            .split(',')
+            .map(|g| g.trim().trim_end_matches('/').to_owned())
+            .filter(|g| !g.is_empty())
+            .collect();
+        let gateway = gateways.first().cloned().unwrap_or_default();
         let admin = token(jwt_secret, "loadgen-admin", Role::Admin)?;
         let response = http
             .post(format!("{gateway}/products"))
@@ -93,11 +103,20 @@ impl Target {
         Ok(Self {
             http,
             gateway,
+            gateways: Arc::new(gateways),
+            next: Arc::default(),
             client_token: token(jwt_secret, "loadgen-client", Role::Client)?,
             product_id: product.id,
             idempotency_keys,
             timeout,
         })
+    }
+
+    fn next_gateway(&self) -> &str {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.gateways
+            .get(i % self.gateways.len().max(1))
+            .map_or(self.gateway.as_str(), String::as_str)
     }
 
     /// Places one order whose POST was meant to start at `intended` and records the outcome.
@@ -111,7 +130,7 @@ impl Target {
     ) {
         let mut request = self
             .http
-            .post(format!("{}/orders", self.gateway))
+            .post(format!("{}/orders", self.next_gateway()))
             .bearer_auth(&self.client_token)
             .json(&json!({"productId": self.product_id, "quantity": 1}))
             .timeout(self.timeout);
