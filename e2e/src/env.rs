@@ -8,15 +8,8 @@ use anyhow::{Context, Result, bail};
 use testkit::TestDatabase;
 use uuid::Uuid;
 
-/// Where the shared broker's management API is (the test command enables the plugin).
-pub fn management_url() -> String {
-    std::env::var("RABBITMQ_MANAGEMENT_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into())
-}
-
-/// The shared broker's AMQP address without a vhost.
-pub fn amqp_base() -> String {
-    std::env::var("TEST_AMQP_BASE").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
-}
+pub use testkit::rabbit::{amqp_base, management_url};
+use testkit::redis::delete_keys;
 
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -130,30 +123,6 @@ async fn drop_databases(databases: &Databases) {
         if let Err(e) = db.drop().await {
             tracing::warn!(error = %e, database = %name, "could not drop the test's database");
         }
-    }
-}
-
-/// Deletes every key under `prefix` (SCAN, not KEYS, so a big Redis is not blocked).
-async fn delete_keys(redis_url: &str, prefix: &str) -> Result<()> {
-    let client = redis::Client::open(redis_url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(500)
-            .query_async(&mut conn)
-            .await?;
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
     }
 }
 

@@ -372,8 +372,12 @@ impl Broker {
                 match opened {
                     Ok(Ok((connection, tasks, link))) => {
                         let since = Instant::now();
-                        self.serve_link(&connection, tasks, &link, &shutdown).await;
+                        let mut tasks = self.serve_link(&connection, tasks, &link, &shutdown).await;
+                        // The connection closes before the consumers' tasks end: a consumer's
+                        // channel dropped while its connection is open closes itself, and that
+                        // close meeting the connection's own is what lapin logs as an ERROR.
                         self.close_link(&connection, &shutdown).await;
+                        tasks.shutdown().await;
                         rotation.lost(node);
                         lived = Some(since.elapsed());
                         if !shutdown.is_cancelled() {
@@ -492,7 +496,7 @@ impl Broker {
         mut tasks: JoinSet<()>,
         link: &Link,
         shutdown: &CancellationToken,
-    ) {
+    ) -> JoinSet<()> {
         let mut events = connection.events_listener();
         let mut health = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -516,7 +520,7 @@ impl Broker {
                 }
             }
         }
-        tasks.shutdown().await;
+        tasks
     }
 }
 

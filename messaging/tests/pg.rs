@@ -13,7 +13,7 @@ use messaging::outbox::Relay;
 use messaging::pg::{INBOX_OUTBOX, Migration, PgConfig};
 use messaging::store::{DbError, InboxRetention};
 use messaging::{Broker, BrokerConfig, OutgoingMessage, PgDb};
-use testkit::TestDatabase;
+use testkit::{TestDatabase, Vhost};
 use tokio_util::sync::CancellationToken;
 
 static MIGRATIONS: [Migration; 2] = [
@@ -202,58 +202,10 @@ async fn a_write_commits_inbox_and_outbox_together_or_neither() {
     test_db.drop().await.unwrap();
 }
 
-/// A vhost of the test's own on the shared broker, with a queue bound to `saga.events`.
-struct Vhost {
-    name: String,
-    management: String,
-}
-
-impl Vhost {
-    async fn new(test: &str) -> Self {
-        let management = std::env::var("RABBITMQ_MANAGEMENT_URL")
-            .unwrap_or_else(|_| "http://127.0.0.1:15672".into());
-        let name = format!(
-            "test-{test}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let http = reqwest::Client::new();
-        for path in [
-            format!("/api/vhosts/{name}"),
-            format!("/api/permissions/{name}/guest"),
-        ] {
-            let body = serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"});
-            let status = http
-                .put(format!("{management}{path}"))
-                .basic_auth("guest", Some("guest"))
-                .json(&body)
-                .send()
-                .await
-                .expect("the shared broker's management API answers")
-                .status();
-            assert!(status.is_success(), "PUT {path}: {status}");
-        }
-        Self { name, management }
-    }
-
-    fn url(&self) -> String {
-        let base = std::env::var("TEST_AMQP_BASE")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into());
-        format!("{base}/{}", self.name)
-    }
-
-    async fn delete(self) {
-        let _ = reqwest::Client::new()
-            .delete(format!("{}/api/vhosts/{}", self.management, self.name))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_left_by_a_dead_instance_are_published_by_another_after_the_lease() {
     let test_db = TestDatabase::create("relay_takeover").await.unwrap();
-    let vhost = Vhost::new("pg-relay").await;
+    let vhost = Vhost::create("pg-relay").await.unwrap();
     let stop = CancellationToken::new();
     let lease = Duration::from_secs(2);
     let (dead, alive) = (pg_db(&test_db, lease), pg_db(&test_db, lease));

@@ -16,7 +16,7 @@ use messaging::topology::{COMMANDS, EVENTS, PRODUCTS_QUEUE, keys};
 use messaging::{
     Broker, BrokerConfig, Consumer, HandleError, Incoming, MessageHandler, OutgoingMessage,
 };
-use testkit::TestDatabase;
+use testkit::{TestDatabase, Vhost};
 use tokio_util::sync::CancellationToken;
 
 const CONFIRMED: usize = 24;
@@ -24,83 +24,6 @@ const REJECTED: usize = 8;
 const LATE: usize = 8;
 const DEADLINE: Duration = Duration::from_millis(1500);
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
-
-/// Deletes the test's Redis keys (the `processed:` markers live 24 h otherwise).
-async fn delete_keys(redis_url: &str, prefix: &str) {
-    let client = redis::Client::open(redis_url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(500)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        }
-        if next == 0 {
-            return;
-        }
-        cursor = next;
-    }
-}
-
-/// A vhost of the test's own on the shared broker (removed at the end).
-struct Vhost {
-    name: String,
-    management: String,
-}
-
-impl Vhost {
-    async fn new(test: &str) -> Self {
-        let management = std::env::var("RABBITMQ_MANAGEMENT_URL")
-            .unwrap_or_else(|_| "http://127.0.0.1:15672".into());
-        let name = format!(
-            "test-{test}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let http = reqwest::Client::new();
-        for path in [
-            format!("/api/vhosts/{name}"),
-            format!("/api/permissions/{name}/guest"),
-        ] {
-            let body = serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"});
-            let status = http
-                .put(format!("{management}{path}"))
-                .basic_auth("guest", Some("guest"))
-                .json(&body)
-                .send()
-                .await
-                .expect("the shared broker's management API answers")
-                .status();
-            assert!(status.is_success(), "PUT {path}: {status}");
-        }
-        Self { name, management }
-    }
-
-    fn url(&self) -> String {
-        let base = std::env::var("TEST_AMQP_BASE")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into());
-        format!("{base}/{}", self.name)
-    }
-
-    async fn delete(self) {
-        let _ = reqwest::Client::new()
-            .delete(format!("{}/api/vhosts/{}", self.management, self.name))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await;
-    }
-}
 
 /// What the fake products received.
 #[derive(Default)]
@@ -182,8 +105,12 @@ async fn ready(url: &str) -> Option<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_postgres_record_decide_cancel_and_compensate_each_order_once() {
     let db = TestDatabase::create("orders_two_instances").await.unwrap();
-    let vhost = Vhost::new("orders-pg").await;
-    let queues = format!("{}/api/queues/{}", vhost.management, vhost.name);
+    let vhost = Vhost::create("orders-pg").await.unwrap();
+    let queues = format!(
+        "{}/api/queues/{}",
+        testkit::rabbit::management_url(),
+        vhost.name
+    );
     let prefix = format!("test-orders-pg-{}:", uuid::Uuid::new_v4().simple());
     let scenario = tokio::spawn(scenario(
         db.url.clone(),
@@ -193,7 +120,9 @@ async fn two_instances_on_postgres_record_decide_cancel_and_compensate_each_orde
     ));
     let outcome = scenario.await;
     vhost.delete().await;
-    delete_keys(REDIS_URL, &prefix).await;
+    testkit::redis::delete_keys(REDIS_URL, &prefix)
+        .await
+        .unwrap();
     db.drop().await.unwrap();
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
@@ -430,12 +359,14 @@ async fn an_instance_killed_mid_run_leaves_every_order_decided_once() {
     let db = TestDatabase::create("orders_instance_killed")
         .await
         .unwrap();
-    let vhost = Vhost::new("orders-pg-kill").await;
+    let vhost = Vhost::create("orders-pg-kill").await.unwrap();
     let prefix = format!("test-orders-pg-{}:", uuid::Uuid::new_v4().simple());
     let scenario = tokio::spawn(killed_scenario(db.url.clone(), vhost.url(), prefix.clone()));
     let outcome = scenario.await;
     vhost.delete().await;
-    delete_keys(REDIS_URL, &prefix).await;
+    testkit::redis::delete_keys(REDIS_URL, &prefix)
+        .await
+        .unwrap();
     db.drop().await.unwrap();
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());

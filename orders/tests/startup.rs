@@ -2,33 +2,11 @@
 //! newer than it knows, exiting non-zero with a message that says why (and no password), and
 //! writing nothing to its `DATA_DIR`.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use testkit::TestDatabase;
 
 /// Runs the binary with `vars`; it must exit non-zero within 30 s. Returns its stderr.
 async fn refused_start(data_dir: &std::path::Path, vars: &[(&str, &str)]) -> String {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_orders"))
-        .env("HTTP_ADDR", "127.0.0.1:0")
-        .env("DATA_DIR", data_dir)
-        // Nothing listens there: the test must not depend on reaching a broker or Redis.
-        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
-        .env("REDIS_URL", "redis://127.0.0.1:1")
-        .env("NO_COLOR", "1")
-        .env_remove("DATABASE_POOL_SIZE")
-        .envs(vars.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("orders kept running with {vars:?}"))
-        .unwrap();
-    assert!(!output.status.success(), "exit 0 with {vars:?}");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    testkit::process::refused_start(env!("CARGO_BIN_EXE_orders"), data_dir, vars).await
 }
 
 #[tokio::test]

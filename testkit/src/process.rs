@@ -1,0 +1,39 @@
+//! A service binary that must refuse to start: run with settings that point nowhere (no broker,
+//! no Redis on port 1), development secrets, no colours, plus the test's `vars`; it must exit
+//! non-zero within 30 s, and its stderr is returned for the test to read.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// Runs `binary` with `vars` and `DATA_DIR=data_dir`; panics if it is still running after 30 s
+/// or exits with status 0. Returns what it wrote to stderr.
+pub async fn refused_start(binary: &str, data_dir: &Path, vars: &[(&str, &str)]) -> String {
+    let child = tokio::process::Command::new(binary)
+        .env("APP_ENV", "development")
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("DATA_DIR", data_dir)
+        // Nothing listens there: the test must not depend on reaching a broker or Redis.
+        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .env(
+            "JWT_SECRET",
+            "a-test-secret-that-is-long-enough-for-any-rule",
+        )
+        .env("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .env("NO_COLOR", "1")
+        .env_remove("DATABASE_POOL_SIZE")
+        .env_remove("DATABASE_URL")
+        .envs(vars.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not start {binary}: {e}"));
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{binary} kept running with {vars:?}"))
+        .unwrap_or_else(|e| panic!("waiting for {binary}: {e}"));
+    assert!(!output.status.success(), "{binary} exited 0 with {vars:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
