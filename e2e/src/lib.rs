@@ -16,7 +16,7 @@ pub use system::{Backend, Instances, Options, Service, System};
 /// Runs each scenario (an `async fn(Backend)`) as two tests: `test` on SQLite, under the name the
 /// test always had, and `postgres::test` on PostgreSQL.
 ///
-/// ```ignore
+/// ```text
 /// e2e::on_both_backends! { three_orders_fit_the_fourth_is_rejected => three_orders_fit }
 /// ```
 #[macro_export]
