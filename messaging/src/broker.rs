@@ -674,57 +674,24 @@ mod tests {
 mod link_tests {
     use super::*;
 
-    struct Vhost {
-        name: String,
-        http: reqwest::Client,
-        management: String,
-    }
+    /// A vhost of the test's own (testkit), reached as `host`.
+    struct Vhost(testkit::Vhost);
 
     impl Vhost {
         async fn new(test: &str) -> Self {
-            let management = std::env::var("RABBITMQ_MANAGEMENT_URL")
-                .unwrap_or_else(|_| "http://127.0.0.1:15672".into());
-            let name = format!(
-                "test-{test}-{}",
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            );
-            let http = reqwest::Client::new();
-            for path in [
-                format!("/api/vhosts/{name}"),
-                format!("/api/permissions/{name}/guest"),
-            ] {
-                let body = serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"});
-                let status = http
-                    .put(format!("{management}{path}"))
-                    .basic_auth("guest", Some("guest"))
-                    .json(&body)
-                    .send()
+            Self(
+                testkit::Vhost::create(test)
                     .await
-                    .expect("the shared broker's management API answers")
-                    .status();
-                assert!(status.is_success(), "PUT {path}: {status}");
-            }
-            Self {
-                name,
-                http,
-                management,
-            }
+                    .expect("a vhost of the test's own"),
+            )
         }
 
-        /// The vhost's URL on the shared broker, reached as `host`.
         fn url(&self, host: &str) -> String {
-            let base = std::env::var("TEST_AMQP_BASE")
-                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into());
-            format!("{}/{}", base.replace("127.0.0.1", host), self.name)
+            self.0.url().replace("127.0.0.1", host)
         }
 
         async fn delete(self) {
-            let _ = self
-                .http
-                .delete(format!("{}/api/vhosts/{}", self.management, self.name))
-                .basic_auth("guest", Some("guest"))
-                .send()
-                .await;
+            self.0.delete().await
         }
     }
 
@@ -788,7 +755,7 @@ mod link_tests {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let dead = format!("amqp://guest:guest@127.0.0.1:{dead_port}/{}", vhost.name);
+        let dead = format!("amqp://guest:guest@127.0.0.1:{dead_port}/{}", vhost.0.name);
         let live = vhost.url("127.0.0.1");
         // Whichever node the random start picks, the live one is reached in the first round.
         for _ in 0..3 {

@@ -44,18 +44,8 @@ async fn a_schema_newer_than_the_binary_stops_it_with_a_clear_message() {
     let db = TestDatabase::create("products_schema_too_new")
         .await
         .unwrap();
+    db.mark_schema_version(99).await.unwrap();
     let client = db.connect().await.unwrap();
-    client
-        .batch_execute(
-            "CREATE TABLE schema_migrations (
-                 version BIGINT PRIMARY KEY,
-                 name TEXT NOT NULL,
-                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-             );
-             INSERT INTO schema_migrations (version, name) VALUES (99, 'from the future');",
-        )
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let stderr = refused_start(&data_dir, &[("DATABASE_URL", &db.url)]).await;

@@ -64,6 +64,28 @@ impl TestDatabase {
             .with_context(|| format!("dropping test database {}", self.name))
     }
 
+    /// Marks the database as migrated to `version` by a newer release than the binary under
+    /// test (a `schema_migrations` table as `messaging::pg` keeps it, with that one row).
+    pub async fn mark_schema_version(&self, version: i64) -> Result<()> {
+        let client = self.connect().await?;
+        client
+            .batch_execute(
+                "CREATE TABLE schema_migrations (
+                     version BIGINT PRIMARY KEY,
+                     name TEXT NOT NULL,
+                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                 )",
+            )
+            .await?;
+        client
+            .execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, 'from a newer release')",
+                &[&version],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// A client connected to this database (to look at rows a test asserts on).
     pub async fn connect(&self) -> Result<tokio_postgres::Client> {
         connect(&self.url).await
