@@ -39,7 +39,12 @@ async fn get_order_shows_every_transition_oldest_first() {
     let mut system = System::start(&env, Options::default()).await.unwrap();
     let product = system.create_product(3).await.unwrap();
 
+    // One after the other: two orders in flight at once may reach products in either order.
     let confirmed = system.accepted_order(&product, 2).await.unwrap();
+    system
+        .wait_terminal(std::slice::from_ref(&confirmed), Duration::from_secs(30))
+        .await
+        .unwrap();
     let rejected = system.accepted_order(&product, 2).await.unwrap();
     let both = [confirmed.clone(), rejected.clone()];
     let statuses = system
