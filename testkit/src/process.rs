@@ -37,3 +37,34 @@ pub async fn refused_start(binary: &str, data_dir: &Path, vars: &[(&str, &str)])
     assert!(!output.status.success(), "{binary} exited 0 with {vars:?}");
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// The `DATABASE_URL` contract every stateful binary keeps: a malformed URL (wrong scheme, bad
+/// port, no database) or `DATABASE_POOL_SIZE=0` stops the start with a message naming the
+/// variable, never the password, and creates no `DATA_DIR`.
+pub async fn assert_bad_database_settings_refused(binary: &str, service: &str) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let data_dir = dir.path().join("data");
+    for url in [
+        format!("mysql://{service}:s3cret@127.0.0.1/{service}"),
+        format!("postgres://{service}:s3cret@127.0.0.1:notaport/{service}"),
+        format!("postgres://{service}:s3cret@127.0.0.1:5432"),
+    ] {
+        let stderr = refused_start(binary, &data_dir, &[("DATABASE_URL", &url)]).await;
+        assert!(stderr.contains("DATABASE_URL"), "{url}: {stderr}");
+        assert!(
+            !stderr.contains("s3cret"),
+            "{url}: the password leaked: {stderr}"
+        );
+    }
+    let stderr = refused_start(
+        binary,
+        &data_dir,
+        &[
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x"),
+            ("DATABASE_POOL_SIZE", "0"),
+        ],
+    )
+    .await;
+    assert!(stderr.contains("DATABASE_POOL_SIZE"), "{stderr}");
+    assert!(!data_dir.exists(), "a refused start created {data_dir:?}");
+}
