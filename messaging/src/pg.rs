@@ -20,10 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -32,7 +33,7 @@ use crate::envelope::OutgoingMessage;
 use crate::group_commit::OutboxSink;
 use crate::store::{DbError, InboxRetention, OutboxRow, PRUNE_BATCH};
 
-pub use deadpool_postgres::{ClientWrapper as Client, Transaction};
+pub use deadpool_postgres::ClientWrapper as Client;
 pub use tokio_postgres::Row;
 
 /// How a service reaches its PostgreSQL database.
@@ -314,26 +315,32 @@ impl PgDb {
     }
 
     /// Runs `f` in a transaction and commits it; `f`'s changes are kept only if it returns
-    /// `Ok`. The outbox rows it enqueued go to this instance's relay once the commit is done.
+    /// `Ok`. The outbox rows it enqueued are inserted together with the commit (one round trip:
+    /// see [`OpenTx::commit`]) and go to this instance's relay once the commit is done.
     pub async fn write<R, F>(&self, f: F) -> Result<R, DbError>
     where
         F: for<'t> FnOnce(&'t PgTx<'t>) -> BoxFuture<'t, Result<R, tokio_postgres::Error>>,
     {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
+        let open = OpenTx::begin(self.pool.get().await?).await?;
         let tx = PgTx {
-            tx,
-            instance: &self.instance,
-            lease_secs: self.lease.as_secs_f64(),
+            client: open.client(),
             enqueued: Mutex::new(Vec::new()),
         };
-        // On error the transaction is dropped, which rolls it back.
-        let result = f(&tx).await?;
-        let PgTx { tx, enqueued, .. } = tx;
-        tx.commit().await?;
-        let rows = enqueued.into_inner().unwrap_or_else(|e| e.into_inner());
-        self.hand_to_relay(rows);
-        Ok(result)
+        let outcome = f(&tx).await;
+        let pending = tx.enqueued.into_inner().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(result) => {
+                let rows = open
+                    .commit(pending, &self.instance, self.lease.as_secs_f64())
+                    .await?;
+                self.hand_to_relay(rows);
+                Ok(result)
+            }
+            Err(e) => {
+                open.rollback().await;
+                Err(e.into())
+            }
+        }
     }
 
     fn hand_to_relay(&self, rows: Vec<OutboxRow>) {
@@ -478,19 +485,18 @@ fn outbox_row(row: &Row) -> OutboxRow {
     }
 }
 
-/// A write transaction of [`PgDb::write`]: the transaction itself (through `Deref`) plus the
-/// inbox and outbox steps every consumer takes.
+/// A write transaction of [`PgDb::write`]: the connection inside `BEGIN` (through `Deref`)
+/// plus the inbox and outbox steps every consumer takes.
 pub struct PgTx<'a> {
-    tx: Transaction<'a>,
-    instance: &'a str,
-    lease_secs: f64,
-    enqueued: Mutex<Vec<OutboxRow>>,
+    client: &'a Client,
+    /// Outbox messages to insert with the commit.
+    enqueued: Mutex<Vec<OutgoingMessage>>,
 }
 
-impl<'a> std::ops::Deref for PgTx<'a> {
-    type Target = Transaction<'a>;
+impl std::ops::Deref for PgTx<'_> {
+    type Target = Client;
     fn deref(&self) -> &Self::Target {
-        &self.tx
+        self.client
     }
 }
 
@@ -499,51 +505,142 @@ impl PgTx<'_> {
     /// message was applied before (by this instance or another) and must not be applied again.
     pub async fn inbox_first_time(&self, message_id: &str) -> Result<bool, tokio_postgres::Error> {
         let stmt = self
-            .tx
+            .client
             .prepare_cached("INSERT INTO inbox (message_id) VALUES ($1) ON CONFLICT DO NOTHING")
             .await?;
-        Ok(self.tx.execute(&stmt, &[&message_id]).await? == 1)
+        Ok(self.client.execute(&stmt, &[&message_id]).await? == 1)
     }
 
     /// Stores `msg` in the outbox, claimed by this instance, to be published after the commit.
+    /// The row is written by the commit itself (all of a transaction's rows in one statement
+    /// sent with `COMMIT`), so enqueueing costs no round trip of its own; a row that cannot be
+    /// written (a duplicate message id) fails the commit, and the transaction with it.
     pub async fn enqueue(&self, msg: &OutgoingMessage) -> Result<(), tokio_postgres::Error> {
-        let stmt = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO outbox (message_id, exchange, routing_key, correlation_id, traceparent,
-                                     body, claimed_by, claimed_until)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
-                 RETURNING id",
-            )
-            .await?;
-        let row = self
-            .tx
-            .query_one(
-                &stmt,
-                &[
-                    &msg.message_id,
-                    &msg.exchange,
-                    &msg.routing_key,
-                    &msg.correlation_id,
-                    &msg.traceparent,
-                    &msg.body,
-                    &self.instance,
-                    &self.lease_secs,
-                ],
-            )
-            .await?;
-        let row = OutboxRow {
-            id: row.get(0),
-            message: OutgoingMessage {
+        if let Ok(mut rows) = self.enqueued.lock() {
+            rows.push(OutgoingMessage {
                 reply_to: None,
                 mandatory: true,
                 ..msg.clone()
-            },
-        };
-        if let Ok(mut rows) = self.enqueued.lock() {
-            rows.push(row);
+            });
         }
         Ok(())
+    }
+}
+
+/// Inserts a transaction's outbox rows in one statement, claimed by `$7` for `$8` seconds,
+/// in the order they were enqueued (so their ids, and so their publishing order, follow it).
+const OUTBOX_INSERT: &str = "
+INSERT INTO outbox (message_id, exchange, routing_key, correlation_id, traceparent, body,
+                    claimed_by, claimed_until)
+SELECT m.message_id, m.exchange, m.routing_key, m.correlation_id, m.traceparent, m.body,
+       $7, now() + make_interval(secs => $8)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])
+     WITH ORDINALITY AS m(message_id, exchange, routing_key, correlation_id, traceparent, body, n)
+ORDER BY m.n
+RETURNING id, message_id";
+
+/// A pooled connection inside `BEGIN`. Ended by [`commit`](OpenTx::commit) or
+/// [`rollback`](OpenTx::rollback); dropped while still open (the write's future was cancelled,
+/// or a step failed so that its outcome is unknown), the connection is taken out of the pool
+/// and closed, and the server rolls the transaction back: a connection never goes back to the
+/// pool in the middle of a transaction.
+struct OpenTx {
+    client: Option<Object>,
+}
+
+impl OpenTx {
+    async fn begin(client: Object) -> Result<Self, tokio_postgres::Error> {
+        let open = Self {
+            client: Some(client),
+        };
+        open.client().batch_execute("BEGIN").await?;
+        Ok(open)
+    }
+
+    fn client(&self) -> &Client {
+        self.client
+            .as_deref()
+            .expect("an OpenTx holds its connection until it is ended")
+    }
+
+    /// Inserts `pending` (claimed by `instance` for `lease_secs`) and commits, in one round
+    /// trip: the `INSERT` and the `COMMIT` are pipelined (tokio-postgres sends requests in the
+    /// order their futures are first polled, and the statement is prepared beforehand so the
+    /// first poll sends it). If the `INSERT` fails the server turns the `COMMIT` into a
+    /// rollback, and the error is returned: nothing of the transaction is kept.
+    async fn commit(
+        mut self,
+        pending: Vec<OutgoingMessage>,
+        instance: &str,
+        lease_secs: f64,
+    ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
+        let client = self.client();
+        if pending.is_empty() {
+            client.batch_execute("COMMIT").await?;
+            self.release();
+            return Ok(Vec::new());
+        }
+        let stmt = client.prepare_cached(OUTBOX_INSERT).await?;
+        let ids: Vec<&str> = pending.iter().map(|m| m.message_id.as_str()).collect();
+        let exchanges: Vec<&str> = pending.iter().map(|m| m.exchange.as_str()).collect();
+        let keys: Vec<&str> = pending.iter().map(|m| m.routing_key.as_str()).collect();
+        let correlations: Vec<Option<&str>> = pending
+            .iter()
+            .map(|m| m.correlation_id.as_deref())
+            .collect();
+        let traces: Vec<Option<&str>> = pending.iter().map(|m| m.traceparent.as_deref()).collect();
+        let bodies: Vec<&[u8]> = pending.iter().map(|m| m.body.as_slice()).collect();
+        let params: [&(dyn ToSql + Sync); 8] = [
+            &ids,
+            &exchanges,
+            &keys,
+            &correlations,
+            &traces,
+            &bodies,
+            &instance,
+            &lease_secs,
+        ];
+        let (inserted, committed) =
+            futures::future::join(client.query(&stmt, &params), client.batch_execute("COMMIT"))
+                .await;
+        // An unanswered COMMIT leaves the outcome unknown: the connection is closed (drop).
+        committed?;
+        self.release();
+        let mut inserted: Vec<(i64, String)> = inserted?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, tokio_postgres::Error>>()?;
+        Ok(pending
+            .into_iter()
+            .filter_map(|message| {
+                let at = inserted
+                    .iter()
+                    .position(|(_, id)| *id == message.message_id)?;
+                let (id, _) = inserted.swap_remove(at);
+                Some(OutboxRow { id, message })
+            })
+            .collect())
+    }
+
+    /// Rolls back; a connection that cannot even do that is closed instead.
+    async fn rollback(mut self) {
+        if self.client().batch_execute("ROLLBACK").await.is_ok() {
+            self.release();
+        }
+    }
+
+    /// The transaction is over: the connection may go back to the pool.
+    fn release(&mut self) {
+        drop(self.client.take());
+    }
+}
+
+impl Drop for OpenTx {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Detached from the pool, the client is dropped here and its connection closes.
+            drop(Object::take(client));
+        }
     }
 }
 
