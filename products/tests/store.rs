@@ -435,3 +435,76 @@ async fn two_instances_never_oversell() {
     }
     database.drop().await.unwrap();
 }
+
+/// A release that arrives while the reserve it undoes is still open on another connection (two
+/// instances) waits for it and gives the stock back, instead of leaving a "released before
+/// reserved" tombstone next to a live reservation (which would keep the stock forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_racing_its_reserve_gives_the_stock_back() {
+    let database = TestDatabase::create("products_release_race").await.unwrap();
+    let stop = CancellationToken::new();
+    let store = Store::Postgres(pg_instance(&database, &stop).await);
+    let p = product(&store, 10).await;
+
+    // The reserve of another instance, caught between its writes and its commit.
+    let mut other = database.connect().await.unwrap();
+    let reserve = other.transaction().await.unwrap();
+    reserve
+        .execute(
+            "INSERT INTO reservations (order_id, product_id, quantity, status)
+             VALUES ('o-race', $1, 3, 'RESERVED')",
+            &[&p],
+        )
+        .await
+        .unwrap();
+    reserve
+        .execute("UPDATE products SET stock = stock - 3 WHERE id = $1", &[&p])
+        .await
+        .unwrap();
+
+    let release = {
+        let store = store.clone();
+        let p = p.clone();
+        tokio::spawn(async move {
+            let req = ReleaseStock {
+                order_id: "o-race".into(),
+                product_id: p,
+            };
+            store
+                .release(incoming(keys::RELEASE_STOCK, "m-release"), req)
+                .await
+        })
+    };
+    // Long enough for the release to be waiting on the reservation's key.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !release.is_finished(),
+        "the release must wait for the open reserve"
+    );
+    reserve.commit().await.unwrap();
+
+    let released = tokio::time::timeout(Duration::from_secs(10), release)
+        .await
+        .expect("the release ends once the reserve committed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(released, 3, "the reserved quantity is given back");
+    assert_eq!(stock(&store, &p).await, 10);
+    let client = database.connect().await.unwrap();
+    let status: String = client
+        .query_one(
+            "SELECT status FROM reservations WHERE order_id = 'o-race'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "RELEASED");
+
+    stop.cancel();
+    if let Store::Postgres(db) = store {
+        db.close();
+    }
+    drop((client, other));
+    database.drop().await.unwrap();
+}

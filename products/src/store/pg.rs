@@ -2,15 +2,16 @@
 //! instance of the service.
 //!
 //! What makes it safe with several instances:
-//! - a reserve locks its product row (`SELECT … FOR UPDATE`) before deciding, and decrements
-//!   with a guarded `UPDATE … SET stock = stock - $1 WHERE id = $2 AND stock >= $1`; the table's
-//!   `CHECK (stock >= 0)` is the last line: stock never goes negative, whichever instance writes;
-//! - the reservation row (primary key: the order id) is inserted with a plain `INSERT`, so two
-//!   messages for one order racing on two instances cannot both commit: the loser's transaction
-//!   fails on the key, rolls back (its decrement with it), and its redelivery finds the row and
-//!   does nothing;
+//! - a reserve decrements with one guarded `UPDATE … SET stock = stock - $1 WHERE id = $2 AND
+//!   stock >= $1`, which waits for any other writer of the row and re-checks the guard on the
+//!   row as it is then; the table's `CHECK (stock >= 0)` is the last line: stock never goes
+//!   negative, whichever instance writes;
+//! - the reservation row (primary key: the order id) is written before the decrement, so two
+//!   messages for one order racing on two instances cannot both decrement: the second waits on
+//!   the first's key and then finds it taken (a duplicate, nothing done);
 //! - a release locks the `RESERVED` row (`FOR UPDATE`) and moves it with a guarded `UPDATE`, so
-//!   a reservation is given back once.
+//!   a reservation is given back once; a release racing the reserve it undoes waits for it and
+//!   then gives it back, instead of leaving a tombstone next to a live reservation.
 //!
 //! The decisions themselves (refusal, answer, events) are the ones of `store.rs`.
 
@@ -157,17 +158,55 @@ pub async fn create_product(
 }
 
 /// Checks and decrements the stock for one order, records the inbox row and queues the answer.
+///
+/// Every order of a popular product goes through that product's one row, so the row's lock is
+/// what limits how many reserves a second the database takes: it is touched last and held for
+/// one round trip. The inbox row and the reservation row (whose primary key, the order id,
+/// makes a second message for the same order a duplicate, on any instance) are written first;
+/// then one guarded `UPDATE … WHERE stock >= $1 RETURNING` decides and takes the lock, and the
+/// commit goes out with the outbox rows in the next round trip ([`PgDb::write`]). A refusal
+/// takes no lock at all: the `UPDATE` matched nothing, and the product is read to say why.
 pub async fn reserve(db: &PgDb, msg: Incoming, req: ReserveStock) -> Result<Reserved, DbError> {
     db.write(move |tx| {
         Box::pin(async move {
             if !tx.inbox_first_time(&msg.meta.message_id).await? {
                 return Ok(Reserved::Duplicate);
             }
-            // Lock the product first: another message for the same order waits here, and then
-            // (a fresh statement, a fresh snapshot) sees the reservation the first one made.
+            let quantity = i64::from(req.quantity);
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO reservations (order_id, product_id, quantity, status)
+                     VALUES ($1, $2, $3, 'RESERVED')
+                     ON CONFLICT (order_id) DO NOTHING",
+                )
+                .await?;
+            if tx
+                .execute(&stmt, &[&req.order_id, &req.product_id, &quantity])
+                .await?
+                == 0
+            {
+                // Reserved, rejected or released (a release that came first) already.
+                return Ok(Reserved::Duplicate);
+            }
+            let cause = msg.meta.traceparent.as_deref();
             let stmt = tx
                 .prepare_cached(&format!(
-                    "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1 FOR UPDATE"
+                    "UPDATE products SET stock = stock - $1 WHERE id = $2 AND stock >= $1
+                     RETURNING {PRODUCT_COLUMNS}"
+                ))
+                .await?;
+            if let Some(row) = tx.query_opt(&stmt, &[&quantity, &req.product_id]).await? {
+                let after = product_row(&row);
+                let event = stock_event(&after, -quantity, StockChangeReason::Reserved);
+                enqueue(tx, cause, keys::STOCK_CHANGED, &req.order_id, &event).await?;
+                let answer = answer(&req, Some(&after), None);
+                enqueue(tx, cause, keys::STOCK_RESERVED, &req.order_id, &answer).await?;
+                return Ok(Reserved::Reserved);
+            }
+            // Unknown product, or not enough of it: read it (no lock) to say which.
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1"
                 ))
                 .await?;
             let product = tx
@@ -175,52 +214,20 @@ pub async fn reserve(db: &PgDb, msg: Incoming, req: ReserveStock) -> Result<Rese
                 .await?
                 .as_ref()
                 .map(product_row);
-            let stmt = tx
-                .prepare_cached("SELECT 1 FROM reservations WHERE order_id = $1")
-                .await?;
-            if tx.query_opt(&stmt, &[&req.order_id]).await?.is_some() {
-                return Ok(Reserved::Duplicate);
-            }
-            let quantity = i64::from(req.quantity);
-            let mut refused = refusal(product.as_ref(), &req);
-            let cause = msg.meta.traceparent.as_deref();
-            if refused.is_none() {
-                let stmt = tx
-                    .prepare_cached(&format!(
-                        "UPDATE products SET stock = stock - $1 WHERE id = $2 AND stock >= $1
-                         RETURNING {PRODUCT_COLUMNS}"
-                    ))
-                    .await?;
-                match tx.query_opt(&stmt, &[&quantity, &req.product_id]).await? {
-                    Some(row) => {
-                        let after = product_row(&row);
-                        let event = stock_event(&after, -quantity, StockChangeReason::Reserved);
-                        enqueue(tx, cause, keys::STOCK_CHANGED, &req.order_id, &event).await?;
-                    }
-                    // Cannot happen under the row lock; were it to, the guard refuses.
-                    None => {
-                        refused = Some(format!("insufficient stock: requested {}", req.quantity))
-                    }
-                }
-            }
-            let (status, key) = match refused {
-                None => ("RESERVED", keys::STOCK_RESERVED),
-                Some(_) => ("REJECTED", keys::STOCK_REJECTED),
-            };
+            let reason = refusal(product.as_ref(), &req).unwrap_or_else(|| {
+                // In stock now: a release landed between the two statements. The answer is
+                // still the refusal the UPDATE made.
+                format!("insufficient stock: requested {}", req.quantity)
+            });
             let stmt = tx
                 .prepare_cached(
-                    "INSERT INTO reservations (order_id, product_id, quantity, status, reason)
-                     VALUES ($1, $2, $3, $4, $5)",
+                    "UPDATE reservations SET status = 'REJECTED', reason = $2 WHERE order_id = $1",
                 )
                 .await?;
-            tx.execute(
-                &stmt,
-                &[&req.order_id, &req.product_id, &quantity, &status, &refused],
-            )
-            .await?;
-            let answer = answer(&req, product.as_ref(), refused.as_deref());
-            enqueue(tx, cause, key, &req.order_id, &answer).await?;
-            Ok(refused.map_or(Reserved::Reserved, Reserved::Rejected))
+            tx.execute(&stmt, &[&req.order_id, &reason]).await?;
+            let answer = answer(&req, product.as_ref(), Some(&reason));
+            enqueue(tx, cause, keys::STOCK_REJECTED, &req.order_id, &answer).await?;
+            Ok(Reserved::Rejected(reason))
         })
     })
     .await
@@ -240,18 +247,33 @@ pub async fn release(db: &PgDb, msg: Incoming, req: ReleaseStock) -> Result<i64,
                      WHERE order_id = $1 AND status = 'RESERVED' FOR UPDATE",
                 )
                 .await?;
-            let Some(reserved) = tx.query_opt(&stmt, &[&req.order_id]).await? else {
-                let stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO reservations (order_id, product_id, quantity, status, reason)
-                         VALUES ($1, $2, 0, 'RELEASED', 'released before reserved')
-                         ON CONFLICT (order_id) DO NOTHING",
-                    )
-                    .await?;
-                tx.execute(&stmt, &[&req.order_id, &req.product_id]).await?;
-                return Ok(0);
+            let reserved = match tx.query_opt(&stmt, &[&req.order_id]).await? {
+                Some(row) => row,
+                None => {
+                    let tombstone = tx
+                        .prepare_cached(
+                            "INSERT INTO reservations (order_id, product_id, quantity, status, reason)
+                             VALUES ($1, $2, 0, 'RELEASED', 'released before reserved')
+                             ON CONFLICT (order_id) DO NOTHING",
+                        )
+                        .await?;
+                    if tx
+                        .execute(&tombstone, &[&req.order_id, &req.product_id])
+                        .await?
+                        == 1
+                    {
+                        return Ok(0);
+                    }
+                    // The order has a reservation row the first look did not see: a reserve on
+                    // another connection committed it meanwhile (the insert above waited for
+                    // it). A fresh statement sees it; if it is RESERVED it is given back now.
+                    match tx.query_opt(&stmt, &[&req.order_id]).await? {
+                        Some(row) => row,
+                        None => return Ok(0),
+                    }
+                }
             };
-            let (product_id, quantity): (String, i64) = (reserved.get(0), reserved.get(1));
+            let (product_id, quantity): (String, i64) = (reserved.try_get(0)?, reserved.try_get(1)?);
             let stmt = tx
                 .prepare_cached(
                     "UPDATE reservations SET status = 'RELEASED', updated_at = now()
