@@ -10,7 +10,9 @@
 # Knobs (environment): SCENARIOS (saturation ceiling rates soak; webhook deliveries/s are in
 # every load report), DURATION (30 s per
 # run), REPEAT (2 runs of each measurement), CONCURRENCY (64 clients at saturation), RATES
-# ("100 500 1000"), SOAK_SECS (600) and SOAK_RATE (500), BENCH_RUST_LOG (warn), PORT_BASE (23000),
+# ("100 500 1000"), SOAK_SECS (600), SOAK_RATE (500) and SOAK_RETENTION_SECS (120: the soak's
+# INBOX_RETENTION_SECS and WEBHOOK_HISTORY_RETENTION_SECS, so the pruning shows within it; the
+# soak prints each SQLite file's size and its tables' row counts every minute), BENCH_RUST_LOG (warn), PORT_BASE (23000),
 # BENCH_OUT (where the tables are also written), SERVICE_ENV (extra VAR=value words for the five
 # services only, not the load generator, e.g. "ORDERS_PREFETCH=64" or "TOKIO_WORKER_THREADS=1"
 # (docs/benchmarks.md, change 7) for an A/B run), BENCH_SKIP_BUILD=1 (run the binaries already in $CARGO_TARGET_DIR/release, e.g. to compare a
@@ -63,6 +65,7 @@ CONCURRENCY=${CONCURRENCY:-64}
 RATES=${RATES:-"100 500 1000"}
 SOAK_SECS=${SOAK_SECS:-600}
 SOAK_RATE=${SOAK_RATE:-500}
+SOAK_RETENTION_SECS=${SOAK_RETENTION_SECS:-120}
 PORT_BASE=${PORT_BASE:-23000}
 MGMT=${RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:15672}
 AMQP_BASE=${AMQP_BASE:-amqp://guest:guest@127.0.0.1:5672}
@@ -300,6 +303,37 @@ sample_sqlite_memory() {
   done
 }
 
+# Every $1 seconds, the size of each service's SQLite file (database + WAL) and the row counts
+# of its tables: the bounded ones (inbox, outbox, delivery history: issue 14) must stay flat
+# once their retention has passed; the business records (orders, their history, reservations)
+# grow by design. Read with the sqlite3 shell next to the live services (WAL readers never
+# block the writer).
+sample_tables() {
+  local every=$1 start=$SECONDS
+  while sleep "$every"; do
+    local t=$((SECONDS - start)) s
+    for s in orders products webhook-publisher; do
+      local dir="$WORK/$vhost/$s" file tables
+      case $s in
+        orders) file=orders.db; tables="inbox outbox orders order_history" ;;
+        products) file=products.db; tables="inbox outbox reservations" ;;
+        webhook-publisher) file=webhooks.db; tables="inbox outbox deliveries attempts" ;;
+      esac
+      [ -f "$dir/$file" ] || continue
+      local bytes=0 f row="tables t=${t}s $s"
+      for f in "$dir/$file" "$dir/$file-wal"; do
+        [ -f "$f" ] && bytes=$((bytes + $(stat -c %s "$f")))
+      done
+      row+=" file=$(awk -v b="$bytes" 'BEGIN{printf "%.1fMiB", b/1048576}')"
+      local table
+      for table in $tables; do
+        row+=" $table=$(sqlite3 -cmd ".timeout 5000" "$dir/$file" "SELECT COUNT(*) FROM $table" 2>/dev/null || echo '?')"
+      done
+      out "$row"
+    done
+  done
+}
+
 loadgen() {
   "$BIN/loadgen" --gateway "$(gateways)" --amqp-url "$AMQP_BASE/$vhost" \
     --pids "$PIDS_SPEC" --webhook-metrics "http://127.0.0.1:$(port webhook-publisher)/metrics" \
@@ -375,11 +409,14 @@ for scenario in $SCENARIOS; do
       done
       ;;
     soak)
-      start_system soak
+      SERVICE_ENV="${SERVICE_ENV:-} INBOX_RETENTION_SECS=$SOAK_RETENTION_SECS WEBHOOK_HISTORY_RETENTION_SECS=$SOAK_RETENTION_SECS" \
+        start_system soak
       sample_sqlite_memory 60 &
       sampler=$!
-      loadgen --rate "$SOAK_RATE" --duration "$SOAK_SECS" --mem-every 60 --title "soak: $SOAK_RATE orders/s for $SOAK_SECS s"
-      kill "$sampler" 2>/dev/null || true
+      sample_tables 60 &
+      tables=$!
+      loadgen --rate "$SOAK_RATE" --duration "$SOAK_SECS" --mem-every 60 --title "soak: $SOAK_RATE orders/s for $SOAK_SECS s, inbox and delivery history kept $SOAK_RETENTION_SECS s"
+      kill "$sampler" "$tables" 2>/dev/null || true
       dump_metrics
       stop_system
       ;;

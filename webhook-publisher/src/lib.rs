@@ -71,7 +71,8 @@ pub struct Config {
     pub allowed_networks: Vec<IpNet>,
     /// `WEBHOOK_CA_FILE`: roots trusted besides the public ones.
     pub extra_roots: TlsRoots,
-    /// `WEBHOOK_HISTORY_RETENTION_DAYS` (30): finished deliveries older than this are deleted.
+    /// `WEBHOOK_HISTORY_RETENTION_DAYS` (30), or `WEBHOOK_HISTORY_RETENTION_SECS`: finished
+    /// deliveries older than this are deleted.
     pub history_retention: Duration,
     /// How often the history is pruned: [`retention::PRUNE_EVERY`]; not an environment
     /// variable (tests shorten it).
@@ -120,11 +121,26 @@ impl Config {
                 path => TlsRoots::from_pem_file(&path)
                     .map_err(|e| anyhow::anyhow!("WEBHOOK_CA_FILE: {e}"))?,
             },
-            history_retention: days(env_or("WEBHOOK_HISTORY_RETENTION_DAYS", 30)?)
-                .map_err(|e| anyhow::anyhow!("WEBHOOK_HISTORY_RETENTION_DAYS: {e}"))?,
+            history_retention: history_retention()?,
             prune_every: retention::PRUNE_EVERY,
             database: PgConfig::from_env(default_pool_size(prefetch))?,
         })
+    }
+}
+
+/// `WEBHOOK_HISTORY_RETENTION_SECS` when set (short-lived set-ups, and soaks that must see the
+/// pruning at work within minutes), else `WEBHOOK_HISTORY_RETENTION_DAYS` (30).
+fn history_retention() -> anyhow::Result<Duration> {
+    let secs = env_or("WEBHOOK_HISTORY_RETENTION_SECS", String::new())?;
+    if secs.trim().is_empty() {
+        return days(env_or("WEBHOOK_HISTORY_RETENTION_DAYS", 30)?)
+            .map_err(|e| anyhow::anyhow!("WEBHOOK_HISTORY_RETENTION_DAYS: {e}"));
+    }
+    match secs.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
+        _ => anyhow::bail!(
+            "WEBHOOK_HISTORY_RETENTION_SECS: {secs:?} is not a whole number of seconds, at least 1"
+        ),
     }
 }
 
