@@ -12,7 +12,7 @@ use messaging::topology::keys;
 use messaging::{HandleError, Incoming, MessageHandler};
 use tracing::info;
 
-use crate::deadline::now_ms;
+use messaging::clock::now_ms;
 use crate::saga::Saga;
 
 /// `orders_intake_queue`: records each new order as PENDING and asks for its stock.

@@ -62,6 +62,9 @@ impl fmt::Display for OrderStatus {
 #[error("unknown order status {0:?}")]
 pub struct UnknownStatus(pub String);
 
+// The `status` columns (both backends) hold `as_str`.
+messaging::text_column!(OrderStatus);
+
 impl FromStr for OrderStatus {
     type Err = UnknownStatus;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -22,7 +22,7 @@ use messaging::store::DbError;
 use messaging::topology::keys;
 use messaging::{Incoming, PgDb};
 
-use super::{Reserved, answer, event_message, refusal, stock_event};
+use super::{ReservationStatus, Reserved, answer, event_message, refusal, stock_event};
 
 /// The schema: the inbox and outbox every service has, then products and reservations.
 pub static MIGRATIONS: [Migration; 2] = [
@@ -204,8 +204,8 @@ pub async fn reserve(db: &PgDb, msg: Incoming, req: ReserveStock) -> Result<Rese
                 }
             }
             let (status, key) = match refused {
-                None => ("RESERVED", keys::STOCK_RESERVED),
-                Some(_) => ("REJECTED", keys::STOCK_REJECTED),
+                None => (ReservationStatus::Reserved, keys::STOCK_RESERVED),
+                Some(_) => (ReservationStatus::Rejected, keys::STOCK_REJECTED),
             };
             let stmt = tx
                 .prepare_cached(
