@@ -25,8 +25,8 @@ use crate::handoff::{OutboxSink, take_fast_path};
 
 pub use crate::db_error::DbError;
 pub(crate) use crate::handoff::OutboxRow;
-pub(crate) use crate::inbox_retention::PRUNE_BATCH;
 pub use crate::inbox_retention::InboxRetention;
+pub(crate) use crate::inbox_retention::PRUNE_BATCH;
 pub use crate::sqlite_tx::SqliteTx;
 
 /// A service's database: the embedded SQLite file, or the PostgreSQL database its instances

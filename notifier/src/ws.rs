@@ -78,7 +78,6 @@ pub async fn upgrade(
         .on_upgrade(move |socket| serve(state, identity, socket))
 }
 
-
 fn text(value: serde_json::Value) -> Utf8Bytes {
     Utf8Bytes::from(value.to_string())
 }

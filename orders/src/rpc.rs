@@ -8,8 +8,8 @@
 
 use messaging::broker::Broker;
 use messaging::contracts::{Found, GetById, ReportQuery};
-use messaging::topology::keys;
 use messaging::rpc::answer;
+use messaging::topology::keys;
 use messaging::{HandleError, Incoming, MessageHandler};
 
 use crate::store::Store;

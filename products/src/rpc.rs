@@ -22,7 +22,11 @@ impl MessageHandler for RpcHandler {
         match msg.meta.kind.as_str() {
             keys::PRODUCTS_GET => {
                 let GetById { id } = msg.json()?;
-                let found = self.store.get_product(id).await.map(|found| Found { found });
+                let found = self
+                    .store
+                    .get_product(id)
+                    .await
+                    .map(|found| Found { found });
                 messaging::rpc::answer(&self.broker, &msg, STORE, found).await
             }
             keys::PRODUCTS_CREATE => {

@@ -1071,7 +1071,10 @@ mod tests {
         };
         let yes = || Ok::<_, ()>(true);
         let no = || Ok::<_, ()>(false);
-        assert_eq!(check_replay(&delivery(DeliveryStatus::Failed), yes), Ok(Ok(())));
+        assert_eq!(
+            check_replay(&delivery(DeliveryStatus::Failed), yes),
+            Ok(Ok(()))
+        );
         assert_eq!(
             check_replay(&delivery(DeliveryStatus::Failed), no),
             Ok(Err(ReplayRefused::SubscriptionInactive))
