@@ -1,6 +1,16 @@
-//! States stored as text: [`text_column!`](crate::text_column!) gives an enum its SQL
-//! conversions for both backends (rusqlite and tokio-postgres), from its `as_str` and `FromStr`,
-//! so a store binds and reads the enum itself, never a string it matches by hand.
+//! States stored as text: [`text_column!`](crate::text_column!) gives an enum its `FromStr` and
+//! its SQL conversions for both backends (rusqlite and tokio-postgres), from its `ALL` and
+//! `as_str`, so a store binds and reads the enum itself, never a string it matches by hand.
+
+/// A stored or requested state that its enum does not know (the schema's `CHECK` keeps such
+/// values out of the tables).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} {value:?}")]
+pub struct UnknownState {
+    /// What the state is of, e.g. `order status`.
+    pub kind: &'static str,
+    pub value: String,
+}
 
 /// What the expansion of [`text_column!`](crate::text_column!) names, so a service needs no
 /// direct dependency on these crates.
@@ -11,13 +21,26 @@ pub mod __private {
     pub use tokio_postgres;
 }
 
-/// Implements `ToSql`/`FromSql` of rusqlite and of tokio-postgres for `$ty`, a `Copy` enum
-/// with `fn as_str(self) -> &'static str` (what the column holds) and a `FromStr` whose error is
-/// a `std::error::Error + Send + Sync`. A value the enum does not know is a conversion error
-/// (the schema's `CHECK` keeps such values out).
+/// Implements `FromStr` (its error an [`UnknownState`] of `$kind`) and the `ToSql`/`FromSql`
+/// of rusqlite and of tokio-postgres for `$ty`, a `Copy` enum with `ALL` (every variant) and
+/// `fn as_str(self) -> &'static str` (what the column holds). A value the enum does not know is
+/// a conversion error.
 #[macro_export]
 macro_rules! text_column {
-    ($ty:ty) => {
+    ($ty:ty, $kind:literal) => {
+        impl ::std::str::FromStr for $ty {
+            type Err = $crate::text_column::UnknownState;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .into_iter()
+                    .find(|state| state.as_str() == s)
+                    .ok_or_else(|| $crate::text_column::UnknownState {
+                        kind: $kind,
+                        value: s.to_owned(),
+                    })
+            }
+        }
+
         impl $crate::text_column::__private::rusqlite::ToSql for $ty {
             fn to_sql(
                 &self,

@@ -118,22 +118,7 @@ impl ReservationStatus {
     }
 }
 
-/// A `reservations.status` value the schema's CHECK does not allow.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown reservation status {0:?}")]
-pub struct UnknownReservationStatus(pub String);
-
-impl std::str::FromStr for ReservationStatus {
-    type Err = UnknownReservationStatus;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| UnknownReservationStatus(s.to_owned()))
-    }
-}
-
-messaging::text_column!(ReservationStatus);
+messaging::text_column!(ReservationStatus, "reservation status");
 
 /// What a reserve did, for logs and metrics.
 #[derive(Debug, PartialEq)]

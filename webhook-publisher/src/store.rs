@@ -210,22 +210,7 @@ impl std::fmt::Display for DeliveryStatus {
     }
 }
 
-/// A `deliveries.status` value the schema's CHECK does not allow.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown delivery status {0:?}")]
-pub struct UnknownDeliveryStatus(pub String);
-
-impl std::str::FromStr for DeliveryStatus {
-    type Err = UnknownDeliveryStatus;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| UnknownDeliveryStatus(s.to_owned()))
-    }
-}
-
-messaging::text_column!(DeliveryStatus);
+messaging::text_column!(DeliveryStatus, "delivery status");
 
 pub fn insert_subscription(
     tx: &Transaction,
