@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 use lapin::Connection;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use messaging::broker::{Attachment, PublishError};
+use messaging::broker::{Attachment, PublishError, attach_channel};
 use messaging::topology::SAGA_QUEUES;
 use tracing::{info, warn};
 
@@ -188,10 +188,9 @@ impl Attachment for Admission {
         self: Arc<Self>,
         connection: Arc<Connection>,
     ) -> BoxFuture<'static, lapin::Result<tokio::task::JoinHandle<()>>> {
-        Box::pin(async move {
-            let channel = connection.create_channel().await?;
+        attach_channel(connection, move |channel| async move {
             info!(limit = self.inner.limit, poll = ?self.inner.poll, "admission control reads the saga's backlog");
-            Ok(tokio::spawn(async move {
+            Ok(async move {
                 let passive = QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
@@ -234,7 +233,7 @@ impl Attachment for Admission {
                         shedding = now_shedding;
                     }
                 }
-            }))
+            })
         })
     }
 }

@@ -214,6 +214,25 @@ pub trait Attachment: Send + Sync + 'static {
     ) -> BoxFuture<'static, lapin::Result<tokio::task::JoinHandle<()>>>;
 }
 
+/// What an [`Attachment::attach`] does, written once: opens a channel on `connection`, lets
+/// `setup` prepare it (prefetch, consume, confirms) and return the loop that serves it, and runs
+/// that loop in a task of its own. A failed setup fails the attach (the link is rebuilt).
+pub fn attach_channel<S, SetUp, Serve>(
+    connection: Arc<Connection>,
+    setup: S,
+) -> BoxFuture<'static, lapin::Result<tokio::task::JoinHandle<()>>>
+where
+    S: FnOnce(Channel) -> SetUp + Send + 'static,
+    SetUp: Future<Output = lapin::Result<Serve>> + Send + 'static,
+    Serve: Future<Output = ()> + Send + 'static,
+{
+    Box::pin(async move {
+        let channel = connection.create_channel().await?;
+        let serve = setup(channel).await?;
+        Ok(tokio::spawn(serve))
+    })
+}
+
 /// Why a publish did not get a positive confirm. Every variant means "not known to be stored".
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

@@ -28,7 +28,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::acks::Acks;
-use crate::broker::Attachment;
+use crate::broker::{Attachment, attach_channel};
 use crate::envelope::{DecodeError, Incoming};
 
 /// What a handler can say instead of "done".
@@ -134,8 +134,7 @@ impl Attachment for Consumer {
         self: Arc<Self>,
         connection: Arc<Connection>,
     ) -> BoxFuture<'static, lapin::Result<tokio::task::JoinHandle<()>>> {
-        Box::pin(async move {
-            let channel = connection.create_channel().await?;
+        attach_channel(connection, move |channel| async move {
             channel
                 .basic_qos(self.prefetch, BasicQosOptions::default())
                 .await?;
@@ -148,9 +147,9 @@ impl Attachment for Consumer {
                 )
                 .await?;
             info!(queue = %self.queue, prefetch = self.prefetch, "consuming");
-            Ok(tokio::spawn(async move {
+            Ok(async move {
                 self.consume(&channel, stream).await;
-            }))
+            })
         })
     }
 }

@@ -9,12 +9,11 @@
 //! after the shared `COMMIT` returned, i.e. once its effect is durable. If the commit itself
 //! fails, every write of the group gets the error and none of them is applied.
 //!
-//! The writer also knows, better than anyone, which outbox rows just became durable: rows that
-//! [`crate::store::outbox_enqueue`] wrote inside a savepoint that was kept and a commit that
-//! succeeded. After each commit it hands those rows to the outbox relay over a bounded channel
-//! (the relay's fast path, see `outbox.rs`), so the relay need not read them back. A rolled-back
-//! write's rows are forgotten with it; a row that does not fit in the channel stays in the
-//! table for the relay's poll.
+//! Each write runs in a [`SqliteTx`] of its own, which collects the outbox rows the write
+//! enqueued. The rows of a write whose savepoint was kept are handed to the outbox relay after
+//! the group's commit succeeded (the relay's fast path, see `handoff.rs` and `outbox.rs`), so the
+//! relay need not read them back. A rolled-back write's rows are forgotten with it; a row that
+//! does not fit in the channel stays in the table for the relay's poll.
 //!
 //! Between groups the writer also keeps the inbox bounded: every [`InboxRetention::every`] it
 //! deletes a batch of rows older than the retention in a transaction of its own (the next
@@ -22,62 +21,35 @@
 //! writes for SQLite's one write lock. [`Writer::close`] ends the thread after the writes queued
 //! before it, and closes its connection and the checkpointer's.
 
-use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::{Arc, OnceLock, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use deadpool_sqlite::rusqlite::{self, Connection, Transaction, TransactionBehavior};
-use tokio::sync::{mpsc as async_mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::store::{DbError, InboxRetention, OutboxRow, PRUNE_BATCH, prune_inbox};
+use crate::db_error::DbError;
+use crate::handoff::{OutboxRow, OutboxSink, hand_to_relay};
+use crate::inbox_retention::{InboxRetention, PRUNE_BATCH, prune_inbox};
+use crate::sqlite_tx::SqliteTx;
 
-/// Where committed outbox rows go: the relay's fast path, once a relay asked for it.
-pub(crate) type OutboxSink = Arc<OnceLock<async_mpsc::Sender<OutboxRow>>>;
-
-thread_local! {
-    /// The outbox rows written by the group transaction being built. `Some` only on a writer
-    /// thread, so `outbox_enqueue` called anywhere else collects nothing.
-    static WRITTEN: RefCell<Option<Vec<OutboxRow>>> = const { RefCell::new(None) };
-}
-
-/// Called by `outbox_enqueue` after its INSERT: remembers the row if this is a writer thread.
-pub(crate) fn note_outbox_row(row: impl FnOnce() -> OutboxRow) {
-    WRITTEN.with(|w| {
-        if let Some(rows) = w.borrow_mut().as_mut() {
-            rows.push(row());
-        }
-    });
-}
-
-fn written_len() -> usize {
-    WRITTEN.with(|w| w.borrow().as_ref().map_or(0, Vec::len))
-}
-
-fn forget_written_after(len: usize) {
-    WRITTEN.with(|w| {
-        if let Some(rows) = w.borrow_mut().as_mut() {
-            rows.truncate(len);
-        }
-    });
-}
-
-fn take_written() -> Vec<OutboxRow> {
-    WRITTEN.with(|w| {
-        w.borrow_mut()
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
-    })
-}
+// `pg.rs` names the sink by this path.
 
 /// At most this many writes share one commit, so one commit never holds the lock for long.
 const MAX_GROUP: usize = 256;
 
-/// A write as the writer thread sees it: run it on the open transaction, report the outcome
-/// later (after the commit).
-type Job = Box<dyn FnOnce(&Transaction) -> Box<dyn FnOnce(Option<String>) + Send> + Send>;
+/// A write as the writer thread sees it: run it on the open transaction; what it left for after
+/// the commit is its [`Ran`].
+type Job = Box<dyn FnOnce(&Transaction) -> Ran + Send>;
+
+/// A write that ran in the group transaction: the outbox rows it enqueued (none if it was rolled
+/// back), and how to tell its caller the outcome once the commit returned (the commit's error,
+/// shared by the whole group, if it failed).
+struct Ran {
+    enqueued: Vec<OutboxRow>,
+    report: Box<dyn FnOnce(Option<Arc<rusqlite::Error>>) + Send>,
+}
 
 /// What the writer thread is asked to do.
 enum Request {
@@ -149,42 +121,44 @@ impl Writer {
     pub(crate) async fn write<R, F>(&self, f: F) -> Result<R, DbError>
     where
         R: Send + 'static,
-        F: FnOnce(&Transaction) -> Result<R, rusqlite::Error> + Send + 'static,
+        F: FnOnce(&SqliteTx) -> Result<R, DbError> + Send + 'static,
     {
         let (tx_result, rx_result) = oneshot::channel::<Result<R, DbError>>();
         let job: Job = Box::new(move |tx: &Transaction| {
-            let outcome = run_in_savepoint(tx, f);
-            Box::new(move |commit_error: Option<String>| {
+            let (outcome, enqueued) = match run_in_savepoint(tx, f) {
+                Ok((value, enqueued)) => (Ok(value), enqueued),
+                Err(e) => (Err(e), Vec::new()),
+            };
+            let report = Box::new(move |commit_error: Option<Arc<rusqlite::Error>>| {
                 let result = match (commit_error, outcome) {
-                    (Some(e), Ok(_)) => Err(DbError::Interact(format!("group commit failed: {e}"))),
+                    (Some(e), Ok(_)) => Err(DbError::GroupCommit(e)),
                     (_, outcome) => outcome,
                 };
                 let _ = tx_result.send(result);
-            })
+            });
+            Ran { enqueued, report }
         });
         self.jobs
             .send(Request::Write(job))
-            .map_err(|_| DbError::Interact("the database writer stopped".into()))?;
-        rx_result
-            .await
-            .map_err(|_| DbError::Interact("the database writer dropped a write".into()))?
+            .map_err(|_| DbError::WriterStopped)?;
+        rx_result.await.map_err(|_| DbError::WriteDropped)?
     }
 }
 
-/// Runs `f` between `SAVEPOINT` and `RELEASE`, rolling its changes back when it fails or panics.
-fn run_in_savepoint<R, F>(tx: &Transaction, f: F) -> Result<R, DbError>
+/// Runs `f` in a [`SqliteTx`] between `SAVEPOINT` and `RELEASE`, rolling its changes back when
+/// it fails or panics; on success, returns its value and the outbox rows it enqueued.
+fn run_in_savepoint<R, F>(tx: &Transaction, f: F) -> Result<(R, Vec<OutboxRow>), DbError>
 where
-    F: FnOnce(&Transaction) -> Result<R, rusqlite::Error>,
+    F: FnOnce(&SqliteTx) -> Result<R, DbError>,
 {
     tx.prepare_cached("SAVEPOINT w")?.execute([])?;
-    let rows_before = written_len();
-    let outcome = match catch_unwind(AssertUnwindSafe(|| f(tx))) {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(DbError::Sqlite(e)),
-        Err(_) => Err(DbError::Interact("a write panicked".into())),
+    let write = SqliteTx::new(tx);
+    let outcome = match catch_unwind(AssertUnwindSafe(|| f(&write))) {
+        Ok(Ok(value)) => Ok((value, write.into_enqueued())),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(DbError::Panicked),
     };
     if outcome.is_err() {
-        forget_written_after(rows_before);
         tx.prepare_cached("ROLLBACK TO w")?.execute([])?;
     }
     tx.prepare_cached("RELEASE w")?.execute([])?;
@@ -199,7 +173,6 @@ fn serve(
     sink: OutboxSink,
     mut pruner: Pruner,
 ) -> Option<oneshot::Sender<()>> {
-    WRITTEN.with(|w| *w.borrow_mut() = Some(Vec::new()));
     loop {
         let mut group = Vec::new();
         let mut closing = None;
@@ -239,10 +212,19 @@ fn commit_group(conn: &mut Connection, group: Vec<Job>, sink: &OutboxSink) {
         }
     };
     let started = Instant::now();
-    let reports: Vec<_> = group.into_iter().map(|job| job(&tx)).collect();
-    let commit_error = tx.commit().err().map(|e| e.to_string());
+    let ran: Vec<Ran> = group.into_iter().map(|job| job(&tx)).collect();
+    let commit_error = tx.commit().err().map(Arc::new);
     metrics::histogram!("sqlite_group_commit_seconds").record(started.elapsed().as_secs_f64());
-    hand_to_relay(take_written(), commit_error.is_none(), sink);
+    let mut reports = Vec::with_capacity(ran.len());
+    let mut committed = Vec::new();
+    for Ran { enqueued, report } in ran {
+        // The writes ran in order on one connection, so their rows are in id order.
+        committed.extend(enqueued);
+        reports.push(report);
+    }
+    if commit_error.is_none() {
+        hand_to_relay(sink, committed);
+    }
     for report in reports {
         report(commit_error.clone());
     }
@@ -324,23 +306,8 @@ fn record_sqlite_memory() {
     metrics::gauge!("sqlite_memory_bytes").set(used as f64);
 }
 
-/// Gives the rows of a committed group to the relay; a row that does not fit stays in the
-/// table for the relay's poll, as do all rows when no relay listens.
-fn hand_to_relay(rows: Vec<OutboxRow>, committed: bool, sink: &OutboxSink) {
-    let Some(sink) = sink.get().filter(|_| committed) else {
-        return;
-    };
-    for row in rows {
-        if sink.try_send(row).is_err() {
-            metrics::counter!("outbox_fast_path_skipped_total").increment(1);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use deadpool_sqlite::rusqlite;
-
     use crate::store::Db;
 
     const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT NOT NULL);";
@@ -348,7 +315,6 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_committed_outbox_rows_reach_the_relay() {
         use crate::envelope::OutgoingMessage;
-        use crate::store::outbox_enqueue;
         let dir = std::env::temp_dir().join(format!("group-commit-{}", uuid::Uuid::new_v4()));
         let db = Db::open(&dir.join("t.db"), SCHEMA).await.unwrap();
         let mut rows = db.committed_outbox_rows(16).unwrap();
@@ -361,9 +327,8 @@ mod tests {
             let db = db.clone();
             writes.push(tokio::spawn(async move {
                 db.write(move |tx| {
-                    let msg = OutgoingMessage::json("ex", "key", Some(&i.to_string()), &i)
-                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                    outbox_enqueue(tx, &msg)?;
+                    let msg = OutgoingMessage::json("ex", "key", Some(&i.to_string()), &i)?;
+                    tx.enqueue(&msg)?;
                     if i % 3 == 0 {
                         // Fails after its outbox row was written: the row must vanish.
                         tx.execute("INSERT INTO t (id, v) VALUES (?1, NULL)", [i])?;

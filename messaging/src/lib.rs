@@ -7,13 +7,17 @@
 mod acks;
 pub mod auth;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod consumer;
 pub mod contracts;
+mod db_error;
 pub mod deadletter;
 pub mod envelope;
 mod group_commit;
+mod handoff;
 pub mod idempotency;
+mod inbox_retention;
 pub mod ops;
 pub mod outbox;
 pub mod pg;
@@ -21,8 +25,10 @@ pub mod problem;
 pub mod rpc;
 pub mod service;
 pub mod signature;
+mod sqlite_tx;
 pub mod store;
 pub mod telemetry;
+pub mod text_column;
 pub mod topology;
 
 pub use broker::{Broker, BrokerConfig, PublishError};

@@ -1,14 +1,14 @@
 //! The outbox relay: publishes what a transaction left in the `outbox` table, with confirms.
 //!
 //! A service writes its state change and the messages that announce it in one transaction
-//! (see [`crate::store::outbox_enqueue`] for SQLite, [`crate::pg::PgTx::enqueue`] for
+//! (see [`crate::store::SqliteTx::enqueue`] for SQLite, [`crate::pg::PgTx::enqueue`] for
 //! PostgreSQL). The relay deletes a row only once the
 //! broker confirmed it; a crash between publish and delete publishes the row again with the
 //! same message id, which consumers deduplicate. Nothing committed is ever lost.
 //!
 //! Rows reach the relay two ways:
-//! - **fast path**: right after each group commit the database writer hands over the rows that
-//!   commit made durable (`group_commit.rs`), so the relay publishes them at once without
+//! - **fast path**: right after each commit the write transaction hands over the rows that
+//!   commit made durable (`handoff.rs`), so the relay publishes them at once without
 //!   reading them back;
 //! - **poll**: every [`POLL`] (and at start) the relay reads the oldest rows of the table (on
 //!   PostgreSQL: claims those no live instance holds, see `pg.rs`), for
@@ -42,7 +42,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::broker::{Broker, PublishError};
-use crate::store::{Backend, DbError, OutboxRow, outbox_batch, outbox_settle};
+use crate::handoff::OutboxRow;
+use crate::store::{Backend, DbError, outbox_batch, outbox_settle};
 
 /// Unconfirmed publishes at most; the fast path waits while the window is full.
 const WINDOW: usize = 512;
@@ -79,7 +80,7 @@ impl Relay {
             Backend::Sqlite(db) => db.committed_outbox_rows(CHANNEL),
             Backend::Postgres(db) => db.committed_outbox_rows(CHANNEL),
         }
-        .ok_or_else(|| DbError::Interact("this database already has an outbox relay".into()))?;
+        .ok_or(DbError::RelayTaken)?;
         Ok(Self { db, broker, rows })
     }
 
@@ -192,7 +193,10 @@ impl Relay {
         Box::pin(async move {
             let count = done.len();
             let result = match db {
-                Backend::Sqlite(db) => db.write(move |tx| outbox_settle(tx, &done, &failed)).await,
+                Backend::Sqlite(db) => {
+                    db.write(move |tx| Ok(outbox_settle(tx, &done, &failed)?))
+                        .await
+                }
                 Backend::Postgres(db) => db.settle_outbox(&done, &failed).await,
             };
             if result.is_ok() {

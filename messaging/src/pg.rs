@@ -29,9 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{ConfigError, env_or};
+use crate::db_error::DbError;
 use crate::envelope::OutgoingMessage;
-use crate::group_commit::OutboxSink;
-use crate::store::{DbError, InboxRetention, OutboxRow, PRUNE_BATCH};
+use crate::handoff::{OutboxRow, OutboxSink, hand_to_relay, take_fast_path};
+use crate::inbox_retention::{InboxRetention, PRUNE_BATCH};
 
 pub use deadpool_postgres::ClientWrapper as Client;
 pub use tokio_postgres::Row;
@@ -333,7 +334,7 @@ impl PgDb {
                 let rows = open
                     .commit(pending, &self.instance, self.lease.as_secs_f64())
                     .await?;
-                self.hand_to_relay(rows);
+                hand_to_relay(&self.outbox_sink, rows);
                 Ok(result)
             }
             Err(e) => {
@@ -343,26 +344,12 @@ impl PgDb {
         }
     }
 
-    fn hand_to_relay(&self, rows: Vec<OutboxRow>) {
-        let Some(sink) = self.outbox_sink.get() else {
-            return;
-        };
-        for row in rows {
-            if sink.try_send(row).is_err() {
-                // The row is claimed by this instance: the relay's poll takes it (its claim
-                // is this instance's own), so it waits for the next poll, not for the lease.
-                metrics::counter!("outbox_fast_path_skipped_total").increment(1);
-            }
-        }
-    }
-
     /// The outbox rows of every later commit, for the one relay of this instance.
     pub(crate) fn committed_outbox_rows(
         &self,
         capacity: usize,
     ) -> Option<tokio::sync::mpsc::Receiver<OutboxRow>> {
-        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
-        self.outbox_sink.set(tx).ok().map(|()| rx)
+        take_fast_path(&self.outbox_sink, capacity)
     }
 
     /// Claims up to `limit` outbox rows nobody holds (never claimed, lease run out, or this

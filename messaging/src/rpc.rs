@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::broker::{Attachment, Broker, PublishError, publish_on};
+use crate::broker::{Attachment, Broker, PublishError, attach_channel, publish_on};
 use crate::consumer::HandleError;
 use crate::envelope::{Incoming, OutgoingMessage};
 use crate::topology;
@@ -101,8 +101,7 @@ impl Attachment for RpcClient {
         self: Arc<Self>,
         connection: Arc<Connection>,
     ) -> BoxFuture<'static, lapin::Result<tokio::task::JoinHandle<()>>> {
-        Box::pin(async move {
-            let channel = connection.create_channel().await?;
+        attach_channel(connection, move |channel| async move {
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
@@ -122,7 +121,7 @@ impl Attachment for RpcClient {
                 *slot = Some(channel);
             }
             let pending = self.pending.clone();
-            Ok(tokio::spawn(async move {
+            Ok(async move {
                 while let Some(Ok(delivery)) = replies.next().await {
                     let Some(id) = delivery
                         .properties
@@ -140,9 +139,21 @@ impl Attachment for RpcClient {
                 if let Ok(mut slot) = self.channel.lock() {
                     *slot = None;
                 }
-            }))
+            })
         })
     }
+}
+
+/// Answers an RPC request with what a read from `store` returned (the RPC consumers of orders
+/// and products): a read that failed is retried, the error naming `store`.
+pub async fn answer<T: Serialize, E: std::fmt::Display>(
+    broker: &Broker,
+    request: &Incoming,
+    store: &str,
+    read: Result<T, E>,
+) -> Result<(), HandleError> {
+    let body = read.map_err(|e| HandleError::Retry(format!("{store}: {e}")))?;
+    reply(broker, request, &body).await
 }
 
 /// Answers an RPC request. A request whose caller has gone away is simply dropped by the broker.

@@ -4,6 +4,10 @@
 //! crash of the process and of the machine; writes run in `BEGIN IMMEDIATE` transactions so two
 //! writers queue on the busy timeout instead of failing on a lock upgrade.
 //!
+//! Writes go through one writer thread that commits them in groups (`group_commit.rs`); each runs
+//! in a [`SqliteTx`], through which it records inbox ids and enqueues outbox rows, and which hands
+//! the rows to the relay once they are committed, as [`crate::pg::PgTx`] does on PostgreSQL.
+//!
 //! The inbox stays bounded: the writer deletes rows older than [`InboxRetention`] in small
 //! batches (see `group_commit.rs`). [`Db::close`] closes every connection, so a clean stop
 //! leaves the database file alone, without `-wal` or `-shm` files.
@@ -15,48 +19,14 @@ use std::time::Duration;
 use deadpool_sqlite::rusqlite::{self, Connection, Transaction, params};
 use deadpool_sqlite::{Config, Hook, HookError, Pool, QueueMode, Runtime};
 
-use crate::config::{ConfigError, env_or};
 use crate::envelope::OutgoingMessage;
-use crate::group_commit::{OutboxSink, Writer, note_outbox_row};
+use crate::group_commit::Writer;
+use crate::handoff::{OutboxSink, take_fast_path};
 
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("could not open database {path}: {reason}")]
-    Open { path: String, reason: String },
-    #[error("database pool: {0}")]
-    Pool(#[from] deadpool_sqlite::PoolError),
-    #[error("database worker: {0}")]
-    Interact(String),
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("postgres: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
-    #[error("postgres pool: {0}")]
-    PgPool(#[from] deadpool_postgres::PoolError),
-    #[error(
-        "the database schema is at version {found}, newer than this binary knows ({known}); run the newer release or restore the database"
-    )]
-    SchemaTooNew { found: i64, known: i64 },
-    #[error("migration {version} ({name}) failed: {source}")]
-    Migration {
-        version: i64,
-        name: &'static str,
-        source: tokio_postgres::Error,
-    },
-}
-
-impl DbError {
-    /// Whether trying again later may succeed (the database is away or busy), as opposed to
-    /// a fault no retry mends (a newer schema, a migration the server refused).
-    pub fn is_transient(&self) -> bool {
-        !matches!(
-            self,
-            Self::SchemaTooNew { .. } | Self::Migration { .. } | Self::Config(_)
-        )
-    }
-}
+pub use crate::db_error::DbError;
+use crate::handoff::OutboxRow;
+pub use crate::inbox_retention::InboxRetention;
+pub use crate::sqlite_tx::SqliteTx;
 
 /// A service's database: the embedded SQLite file, or the PostgreSQL database its instances
 /// share (`DATABASE_URL`).
@@ -86,78 +56,6 @@ impl Backend {
             Self::Postgres(db) => db.close(),
         }
     }
-}
-
-/// How long an inbox row (the id of a message already applied) is kept, and how often the
-/// writer looks for older ones.
-///
-/// A message redelivered after its row was deleted would be applied again, so `keep` must
-/// exceed the longest time between a message's first application and its last possible
-/// redelivery (docs/operations.md, "Inbox retention").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InboxRetention {
-    /// `INBOX_RETENTION_SECS`: rows older than this are deleted.
-    pub keep: Duration,
-    /// How often the writer looks for rows to delete (a full batch is followed by the next one
-    /// at once).
-    pub every: Duration,
-}
-
-impl InboxRetention {
-    /// Seven days: far longer than any redelivery the system itself makes, and a week for an
-    /// operator to replay dead letters.
-    pub const DEFAULT_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
-    /// At least once a minute, as the issue asks; twice, so one failed pass is not noticed.
-    pub const DEFAULT_EVERY: Duration = Duration::from_secs(30);
-
-    /// `INBOX_RETENTION_SECS` (default seven days; zero is refused: it would forget every
-    /// message at once and let redeliveries apply twice).
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let secs: u64 = env_or("INBOX_RETENTION_SECS", Self::DEFAULT_KEEP.as_secs())?;
-        if secs == 0 {
-            return Err(ConfigError::Invalid {
-                name: "INBOX_RETENTION_SECS".into(),
-                value: "0".into(),
-                reason: "must be at least 1 (seconds); see docs/operations.md".into(),
-            });
-        }
-        Ok(Self {
-            keep: Duration::from_secs(secs),
-            ..Self::default()
-        })
-    }
-}
-
-impl Default for InboxRetention {
-    fn default() -> Self {
-        Self {
-            keep: Self::DEFAULT_KEEP,
-            every: Self::DEFAULT_EVERY,
-        }
-    }
-}
-
-/// Inbox rows deleted per transaction: a backlog of old rows is worked off in steps this small,
-/// so the write lock is never held long and the writes queued meanwhile go in between.
-pub(crate) const PRUNE_BATCH: usize = 500;
-
-/// Deletes up to `batch` inbox rows older than `keep`; returns how many it deleted.
-///
-/// It looks only at the `batch` oldest rows (rowid order is arrival order: rows are only ever
-/// appended, and only the oldest are deleted), so a pass reads at most `batch` rows and needs no
-/// index on `received_at`, even when nothing is old enough.
-pub(crate) fn prune_inbox(
-    conn: &Connection,
-    keep: Duration,
-    batch: usize,
-) -> rusqlite::Result<usize> {
-    let modifier = format!("-{:.3} seconds", keep.as_secs_f64());
-    conn.prepare_cached(
-        "DELETE FROM inbox WHERE rowid IN (
-             SELECT rowid FROM (SELECT rowid, received_at FROM inbox ORDER BY rowid LIMIT ?2)
-             WHERE received_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1))",
-    )?
-    .execute(params![modifier, batch as i64])
 }
 
 /// The inbox (message ids already applied) and outbox (messages still to publish) tables.
@@ -207,16 +105,12 @@ impl Db {
         schema: &'static str,
         retention: InboxRetention,
     ) -> Result<Self, DbError> {
-        let open_err = |reason: String| DbError::Open {
-            path: path.display().to_string(),
-            reason,
-        };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+            std::fs::create_dir_all(dir).map_err(|e| DbError::open_sqlite(path, e))?;
         }
         let pool = Config::new(path)
             .builder(Runtime::Tokio1)
-            .map_err(|e| open_err(e.to_string()))?
+            .map_err(|e| DbError::open_sqlite(path, e))?
             // Each connection keeps its own page cache (SQLite's default, ≈ 2 MiB). Handing out
             // the most recently used connection first keeps reads on one or two warm caches
             // instead of filling all of them, which showed as slow RSS growth in the soak.
@@ -231,7 +125,7 @@ impl Db {
                 })
             }))
             .build()
-            .map_err(|e| open_err(e.to_string()))?;
+            .map_err(|e| DbError::open_sqlite(path, e))?;
         let conn = pool.get().await?;
         conn.interact(move |conn| {
             conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -239,7 +133,7 @@ impl Db {
             conn.execute_batch(schema)
         })
         .await
-        .map_err(|e| DbError::Interact(e.to_string()))??;
+        .map_err(DbError::from_interact)??;
         drop(conn);
         let outbox_sink = OutboxSink::default();
         let writer = Writer::start(path, outbox_sink.clone(), retention)?;
@@ -258,8 +152,7 @@ impl Db {
         &self,
         capacity: usize,
     ) -> Option<tokio::sync::mpsc::Receiver<OutboxRow>> {
-        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
-        self.outbox_sink.set(tx).ok().map(|()| rx)
+        take_fast_path(&self.outbox_sink, capacity)
     }
 
     /// Runs `f` on a pooled connection in the blocking pool.
@@ -271,7 +164,7 @@ impl Db {
         let conn = self.pool.get().await?;
         conn.interact(move |conn| f(conn))
             .await
-            .map_err(|e| DbError::Interact(e.to_string()))?
+            .map_err(DbError::from_interact)?
             .map_err(DbError::from)
     }
 
@@ -290,11 +183,12 @@ impl Db {
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction and returns once it committed; `f`'s
     /// changes are kept only if it returns `Ok`. Writes queued at the same moment share one
-    /// commit (one fsync), each under its own savepoint (see `group_commit.rs`).
+    /// commit (one fsync), each under its own savepoint (see `group_commit.rs`). The outbox
+    /// rows `f` enqueued through its [`SqliteTx`] go to the relay once the commit is done.
     pub async fn write<R, F>(&self, f: F) -> Result<R, DbError>
     where
         R: Send + 'static,
-        F: FnOnce(&Transaction) -> Result<R, rusqlite::Error> + Send + 'static,
+        F: FnOnce(&SqliteTx) -> Result<R, DbError> + Send + 'static,
     {
         self.writer.write(f).await
     }
@@ -323,47 +217,6 @@ fn remove_wal(path: &Path) {
     if wal.exists() {
         tracing::debug!(path = %path.display(), "another connection still has the database open; its WAL stays until the next open");
     }
-}
-
-/// Records `message_id` in the inbox. Returns `false` when it was there already, i.e. the
-/// message was applied before and must not be applied again.
-pub fn inbox_first_time(tx: &Transaction, message_id: &str) -> rusqlite::Result<bool> {
-    let inserted = tx
-        .prepare_cached("INSERT OR IGNORE INTO inbox (message_id) VALUES (?1)")?
-        .execute(params![message_id])?;
-    Ok(inserted == 1)
-}
-
-/// Stores `msg` in the outbox, to be published by the relay after the transaction commits.
-pub fn outbox_enqueue(tx: &Transaction, msg: &OutgoingMessage) -> rusqlite::Result<()> {
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO outbox (message_id, exchange, routing_key, correlation_id, traceparent, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    insert.execute(params![
-        msg.message_id,
-        msg.exchange,
-        msg.routing_key,
-        msg.correlation_id,
-        msg.traceparent,
-        msg.body
-    ])?;
-    note_outbox_row(|| OutboxRow {
-        id: tx.last_insert_rowid(),
-        message: OutgoingMessage {
-            reply_to: None,
-            mandatory: true,
-            ..msg.clone()
-        },
-    });
-    Ok(())
-}
-
-/// A row of the outbox.
-#[derive(Debug)]
-pub(crate) struct OutboxRow {
-    pub id: i64,
-    pub message: OutgoingMessage,
 }
 
 pub(crate) fn outbox_batch(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use messaging::outbox::Relay;
-use messaging::store::outbox_enqueue;
 use messaging::{Broker, BrokerConfig, Db, OutgoingMessage};
 use tokio_util::sync::CancellationToken;
 
@@ -75,7 +74,7 @@ async fn backlog_gauges_rise_while_rows_wait_and_fall_when_they_are_gone() {
         0.0
     );
 
-    db.write(|tx| (0..3).try_for_each(|n| outbox_enqueue(tx, &message(n))))
+    db.write(|tx| Ok((0..3).try_for_each(|n| tx.enqueue(&message(n)))?))
         .await
         .expect("enqueue");
     gauge_until("outbox_pending_rows", |v| v == 3.0).await;
@@ -86,7 +85,7 @@ async fn backlog_gauges_rise_while_rows_wait_and_fall_when_they_are_gone() {
     assert_eq!(gauge("outbox_pending_rows"), Some(3.0));
 
     // The rows leave the table (as the relay's settle would delete them): back to zero.
-    db.write(|tx| tx.execute("DELETE FROM outbox", []))
+    db.write(|tx| Ok(tx.execute("DELETE FROM outbox", [])?))
         .await
         .expect("delete");
     gauge_until("outbox_pending_rows", |v| v == 0.0).await;

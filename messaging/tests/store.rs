@@ -8,7 +8,7 @@ use std::time::Duration;
 use deadpool_sqlite::rusqlite::params;
 use messaging::Db;
 use messaging::service::Running;
-use messaging::store::{InboxRetention, inbox_first_time};
+use messaging::store::InboxRetention;
 
 fn temp_dir(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("{name}-{}", uuid::Uuid::new_v4()))
@@ -73,7 +73,7 @@ async fn inbox_rows_older_than_the_retention_are_deleted_in_batches() {
     .expect("old rows");
     db.write(|tx| {
         for id in ["new-1", "new-2", "new-3"] {
-            assert!(inbox_first_time(tx, id)?);
+            assert!(tx.inbox_first_time(id)?);
         }
         Ok(())
     })
@@ -94,7 +94,7 @@ async fn inbox_rows_older_than_the_retention_are_deleted_in_batches() {
     let left = until(&db, Duration::from_secs(8), |ids| ids.is_empty()).await;
     assert!(left.is_empty(), "still there after the retention: {left:?}");
     let first_again = db
-        .write(|tx| inbox_first_time(tx, "new-1"))
+        .write(|tx| Ok(tx.inbox_first_time("new-1")?))
         .await
         .expect("write");
     assert!(first_again);
@@ -115,7 +115,7 @@ async fn a_clean_stop_leaves_no_wal_or_shm_files() {
         .expect("start");
     running.close_on_stop(db.clone());
     for i in 0..20 {
-        db.write(move |tx| inbox_first_time(tx, &format!("m-{i}")))
+        db.write(move |tx| Ok(tx.inbox_first_time(&format!("m-{i}"))?))
             .await
             .expect("write");
     }
@@ -128,7 +128,9 @@ async fn a_clean_stop_leaves_no_wal_or_shm_files() {
     running.stop().await;
     assert_eq!(wal_files(&dir), Vec::<String>::new());
     assert!(
-        db.write(|tx| inbox_first_time(tx, "late")).await.is_err(),
+        db.write(|tx| Ok(tx.inbox_first_time("late")?))
+            .await
+            .is_err(),
         "a closed database takes no more writes"
     );
     // Everything written is in the database file itself.

@@ -21,6 +21,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
+use messaging::clock::now_ms;
 use messaging::problem::Problem;
 use serde::Deserialize;
 use serde_json::json;
@@ -75,10 +76,6 @@ pub async fn upgrade(
     upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| serve(state, identity, socket))
-}
-
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 fn text(value: serde_json::Value) -> Utf8Bytes {

@@ -12,8 +12,8 @@ use messaging::topology::keys;
 use messaging::{HandleError, Incoming, MessageHandler};
 use tracing::info;
 
-use crate::deadline::now_ms;
 use crate::saga::Saga;
+use messaging::clock::now_ms;
 
 /// `orders_intake_queue`: records each new order as PENDING and asks for its stock.
 #[derive(Clone)]

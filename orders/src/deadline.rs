@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use messaging::clock::now_ms;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -42,8 +43,4 @@ async fn sweep(saga: &Saga, reason: &str) {
             return warn!(%order_id, error = %e, "deadline sweep paused: redis unavailable");
         }
     }
-}
-
-pub fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }

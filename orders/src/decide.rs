@@ -4,7 +4,6 @@
 //! functions name, and enqueue the messages they build, each in its own transaction.
 
 use std::fmt;
-use std::str::FromStr;
 
 use messaging::OutgoingMessage;
 use messaging::contracts::{
@@ -57,20 +56,8 @@ impl fmt::Display for OrderStatus {
     }
 }
 
-/// A `status` value the schema's CHECK does not allow.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown order status {0:?}")]
-pub struct UnknownStatus(pub String);
-
-impl FromStr for OrderStatus {
-    type Err = UnknownStatus;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| UnknownStatus(s.to_owned()))
-    }
-}
+// The `status` columns (both backends) hold `as_str`.
+messaging::text_column!(OrderStatus, "order status");
 
 /// An order's row, as far as the saga needs it (timestamps as the API shows them:
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`).

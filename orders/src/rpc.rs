@@ -8,10 +8,9 @@
 
 use messaging::broker::Broker;
 use messaging::contracts::{Found, GetById, ReportQuery};
-use messaging::store::DbError;
+use messaging::rpc::answer;
 use messaging::topology::keys;
 use messaging::{HandleError, Incoming, MessageHandler};
-use serde::Serialize;
 
 use crate::store::Store;
 
@@ -21,17 +20,8 @@ pub struct RpcHandler {
     pub broker: Broker,
 }
 
-impl RpcHandler {
-    /// Replies with what the read returned.
-    async fn answer<R: Serialize>(
-        &self,
-        msg: &Incoming,
-        read: Result<R, DbError>,
-    ) -> Result<(), HandleError> {
-        let reply = read.map_err(|e| HandleError::Retry(format!("orders store: {e}")))?;
-        messaging::rpc::reply(&self.broker, msg, &reply).await
-    }
-}
+/// What a failed read's error names.
+const STORE: &str = "orders store";
 
 impl MessageHandler for RpcHandler {
     async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
@@ -39,17 +29,17 @@ impl MessageHandler for RpcHandler {
             keys::ORDERS_GET => {
                 let GetById { id } = msg.json()?;
                 let found = self.db.get_order(id).await.map(|found| Found { found });
-                self.answer(&msg, found).await
+                answer(&self.broker, &msg, STORE, found).await
             }
             keys::ORDERS_REPORT_SUMMARY => {
                 let query: ReportQuery = msg.json()?;
                 let summary = self.db.sales_summary(query).await;
-                self.answer(&msg, summary).await
+                answer(&self.broker, &msg, STORE, summary).await
             }
             keys::ORDERS_REPORT_SELLERS => {
                 let query: ReportQuery = msg.json()?;
                 let sellers = self.db.sellers_report(query).await;
-                self.answer(&msg, sellers).await
+                answer(&self.broker, &msg, STORE, sellers).await
             }
             other => Err(HandleError::Poison(format!(
                 "orders_rpc does not take {other:?} requests"

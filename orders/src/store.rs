@@ -21,8 +21,8 @@ use messaging::contracts::{
     CreateOrder, HistoryEntry, OrderView, ProductSales, ReportQuery, SalesSummary, SellerSales,
     SellersReport, StatusCounts, StockAnswer, TOP_PRODUCTS,
 };
-use messaging::store::{Backend, DbError, outbox_enqueue};
-use messaging::{Db, OutgoingMessage, PgDb};
+use messaging::store::{Backend, DbError, SqliteTx};
+use messaging::{Db, PgDb};
 
 use crate::decide::{self, AnswerDecision};
 pub use crate::decide::{Applied, OrderRow, OrderStatus};
@@ -67,7 +67,7 @@ const SCHEMA_VERSION: i64 = 1;
 /// Opens orders.db with its schema and brings an older file up to date.
 pub async fn open(path: &Path) -> Result<Db, DbError> {
     let db = Db::open(path, SCHEMA).await?;
-    db.write(migrate).await?;
+    db.write(|tx| Ok(migrate(tx)?)).await?;
     Ok(db)
 }
 
@@ -113,18 +113,11 @@ fn order_row(row: &rusqlite::Row) -> rusqlite::Result<OrderRow> {
         quantity: row.get(2)?,
         customer_id: row.get(3)?,
         seller_id: row.get(4)?,
-        status: status_column(row, 5)?,
+        status: row.get(5)?,
         reason: row.get(6)?,
         compensated: row.get(7)?,
         created_at: row.get(8)?,
         updated_at: row.get(9)?,
-    })
-}
-
-fn status_column(row: &rusqlite::Row, index: usize) -> rusqlite::Result<OrderStatus> {
-    let text: String = row.get(index)?;
-    text.parse().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
     })
 }
 
@@ -172,11 +165,11 @@ pub fn order_history(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<
 /// Records a new PENDING order and queues `product.reserveStock` and `order.created`.
 /// Returns `false` when the order exists already (a replayed or redelivered create).
 pub fn create_order(
-    tx: &Transaction,
+    tx: &SqliteTx,
     cmd: &CreateOrder,
     deadline_ms: i64,
     traceparent: Option<&str>,
-) -> rusqlite::Result<bool> {
+) -> Result<bool, DbError> {
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO orders (id, product_id, quantity, customer_id, seller_id, idempotency_key, status, deadline_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'PENDING', ?7)",
@@ -193,18 +186,18 @@ pub fn create_order(
     if inserted == 0 {
         return Ok(false);
     }
-    enqueue(tx, decide::reserve_message(cmd, traceparent))?;
+    tx.enqueue(&decide::reserve_message(cmd, traceparent)?)?;
     transitioned(tx, &cmd.order_id, traceparent)?;
     Ok(true)
 }
 
 /// Applies `product.stockReserved` (`reserved = true`) or `product.stockRejected`.
 pub fn apply_stock_answer(
-    tx: &Transaction,
+    tx: &SqliteTx,
     answer: &StockAnswer,
     reserved: bool,
     traceparent: Option<&str>,
-) -> rusqlite::Result<Applied> {
+) -> Result<Applied, DbError> {
     let Some(order) = load(tx, &answer.order_id)? else {
         return Ok(Applied::UnknownOrder);
     };
@@ -218,7 +211,7 @@ pub fn apply_stock_answer(
             )?
             .execute(params![
                 order.id,
-                to.as_str(),
+                to,
                 reason,
                 answer.seller_id,
                 answer.unit_price_cents,
@@ -236,7 +229,7 @@ pub fn apply_stock_answer(
                 "UPDATE orders SET compensated = 1, seller_id = COALESCE(seller_id, ?2) WHERE id = ?1 AND compensated = 0",
             )?
             .execute(params![order.id, answer.seller_id])?;
-            enqueue(tx, decide::release_message(&order, traceparent))?;
+            tx.enqueue(&decide::release_message(&order, traceparent)?)?;
             Ok(Applied::Compensated)
         }
         AnswerDecision::AlreadyDone(status) => Ok(Applied::AlreadyDone(status)),
@@ -255,7 +248,7 @@ pub fn expired(
 }
 
 /// PENDING → CANCELLED with `reason`, and `order.cancelled`. Returns whether it happened.
-pub fn cancel(tx: &Transaction, order_id: &str, reason: &str) -> rusqlite::Result<bool> {
+pub fn cancel(tx: &SqliteTx, order_id: &str, reason: &str) -> Result<bool, DbError> {
     let changed = tx.prepare_cached(
         &format!("UPDATE orders SET status = 'CANCELLED', reason = ?2, updated_at = {NOW} WHERE id = ?1 AND status = 'PENDING'"),
     )?
@@ -268,34 +261,21 @@ pub fn cancel(tx: &Transaction, order_id: &str, reason: &str) -> rusqlite::Resul
 
 /// Records the state the order just entered: its `order_history` row and the `order.<status>`
 /// event describing the order as it is now, both in the transaction of the change.
-fn transitioned(
-    tx: &Transaction,
-    order_id: &str,
-    traceparent: Option<&str>,
-) -> rusqlite::Result<()> {
+fn transitioned(tx: &SqliteTx, order_id: &str, traceparent: Option<&str>) -> Result<(), DbError> {
     let Some(order) = load(tx, order_id)? else {
         return Ok(());
     };
-    let (history, event) = decide::transition_effects(&order, traceparent)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let (history, event) = decide::transition_effects(&order, traceparent)?;
     tx.prepare_cached(
         "INSERT INTO order_history (order_id, status, reason, at) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![
         history.order_id,
-        history.status.as_str(),
+        history.status,
         history.reason,
         history.at
     ])?;
-    enqueue(tx, Ok(event))
-}
-
-fn enqueue(
-    tx: &Transaction,
-    msg: Result<OutgoingMessage, serde_json::Error>,
-) -> rusqlite::Result<()> {
-    let msg = msg.map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    outbox_enqueue(tx, &msg)
+    Ok(tx.enqueue(&event)?)
 }
 
 /// `from <= created_at < to` (each side optional) and, when given, one seller's orders:
@@ -317,7 +297,7 @@ pub fn sales_summary(
     ))?;
     let mut rows = by_status.query(filter)?;
     while let Some(row) = rows.next()? {
-        decide::count_status(&mut orders, status_column(row, 0)?, row.get(1)?);
+        decide::count_status(&mut orders, row.get(0)?, row.get(1)?);
     }
     let (units_confirmed, revenue_confirmed_cents) = conn
         .prepare_cached(&format!(

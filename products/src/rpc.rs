@@ -14,15 +14,20 @@ pub struct RpcHandler {
     pub broker: Broker,
 }
 
-impl RpcHandler {}
+/// What a failed read's error names.
+const STORE: &str = "products database";
 
 impl MessageHandler for RpcHandler {
     async fn handle(&self, msg: Incoming) -> Result<(), HandleError> {
         match msg.meta.kind.as_str() {
             keys::PRODUCTS_GET => {
                 let GetById { id } = msg.json()?;
-                let found = self.store.get_product(id).await.map_err(retry)?;
-                messaging::rpc::reply(&self.broker, &msg, &Found { found }).await
+                let found = self
+                    .store
+                    .get_product(id)
+                    .await
+                    .map(|found| Found { found });
+                messaging::rpc::answer(&self.broker, &msg, STORE, found).await
             }
             keys::PRODUCTS_CREATE => {
                 let new: CreateProduct = msg.json()?;
@@ -31,18 +36,15 @@ impl MessageHandler for RpcHandler {
                 let product = self
                     .store
                     .create_product(request_id, new, traceparent)
-                    .await
-                    .map_err(retry)?;
-                info!(product_id = %product.id, stock = product.stock, "product created");
-                messaging::rpc::reply(&self.broker, &msg, &product).await
+                    .await;
+                if let Ok(product) = &product {
+                    info!(product_id = %product.id, stock = product.stock, "product created");
+                }
+                messaging::rpc::answer(&self.broker, &msg, STORE, product).await
             }
             other => Err(HandleError::Poison(format!(
                 "products_rpc does not take {other:?} requests"
             ))),
         }
     }
-}
-
-fn retry(e: messaging::store::DbError) -> HandleError {
-    HandleError::Retry(format!("products database: {e}"))
 }

@@ -13,12 +13,12 @@
 
 pub mod pg;
 
-use deadpool_sqlite::rusqlite::{self, OptionalExtension, Transaction, params};
+use deadpool_sqlite::rusqlite::{self, OptionalExtension, params};
 use messaging::contracts::{
     CreateProduct, ProductView, ReleaseStock, ReserveStock, StockAnswer, StockChangeReason,
     StockChanged,
 };
-use messaging::store::{Backend, DbError, inbox_first_time, outbox_enqueue};
+use messaging::store::{Backend, DbError, SqliteTx};
 use messaging::topology::{EVENTS, keys};
 use messaging::{Incoming, OutgoingMessage};
 
@@ -65,11 +65,11 @@ pub fn get_product(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Op
 /// Inserts a product and queues its `product.stockChanged` (`created`); a request delivered
 /// twice returns the product the first delivery made, and announces nothing again.
 pub fn create_product(
-    tx: &Transaction,
+    tx: &SqliteTx,
     request_id: &str,
     new: &messaging::contracts::CreateProduct,
     traceparent: Option<&str>,
-) -> rusqlite::Result<ProductView> {
+) -> Result<ProductView, DbError> {
     let existing = tx
         .prepare_cached(&format!(
             "SELECT {PRODUCT_COLUMNS} FROM products WHERE request_id = ?1"
@@ -96,6 +96,30 @@ pub fn create_product(
     Ok(product)
 }
 
+/// The state of an order's reservation (`reservations.status`). `Released` is also the
+/// tombstone of a release that came before its reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationStatus {
+    Reserved,
+    Rejected,
+    Released,
+}
+
+impl ReservationStatus {
+    pub const ALL: [Self; 3] = [Self::Reserved, Self::Rejected, Self::Released];
+
+    /// As stored in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "RESERVED",
+            Self::Rejected => "REJECTED",
+            Self::Released => "RELEASED",
+        }
+    }
+}
+
+messaging::text_column!(ReservationStatus, "reservation status");
+
 /// What a reserve did, for logs and metrics.
 #[derive(Debug, PartialEq)]
 pub enum Reserved {
@@ -106,8 +130,8 @@ pub enum Reserved {
 }
 
 /// Checks and decrements the stock for one order, records the inbox row and queues the answer.
-pub fn reserve(tx: &Transaction, msg: &Incoming, req: &ReserveStock) -> rusqlite::Result<Reserved> {
-    if !inbox_first_time(tx, &msg.meta.message_id)? || reservation_exists(tx, &req.order_id)? {
+pub fn reserve(tx: &SqliteTx, msg: &Incoming, req: &ReserveStock) -> Result<Reserved, DbError> {
+    if !tx.inbox_first_time(&msg.meta.message_id)? || reservation_exists(tx, &req.order_id)? {
         return Ok(Reserved::Duplicate);
     }
     let product = get_product(tx, &req.product_id)?;
@@ -130,9 +154,9 @@ pub fn reserve(tx: &Transaction, msg: &Incoming, req: &ReserveStock) -> rusqlite
                 cause,
                 &req.order_id,
             )?;
-            ("RESERVED", keys::STOCK_RESERVED)
+            (ReservationStatus::Reserved, keys::STOCK_RESERVED)
         }
-        _ => ("REJECTED", keys::STOCK_REJECTED),
+        _ => (ReservationStatus::Rejected, keys::STOCK_REJECTED),
     };
     tx.prepare_cached(
         "INSERT INTO reservations (order_id, product_id, quantity, status, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -205,7 +229,7 @@ pub fn event_message<T: serde::Serialize>(
     )
 }
 
-fn reservation_exists(tx: &Transaction, order_id: &str) -> rusqlite::Result<bool> {
+fn reservation_exists(tx: &rusqlite::Connection, order_id: &str) -> rusqlite::Result<bool> {
     tx.prepare_cached("SELECT 1 FROM reservations WHERE order_id = ?1")?
         .query_row(params![order_id], |_| Ok(()))
         .optional()
@@ -214,8 +238,8 @@ fn reservation_exists(tx: &Transaction, order_id: &str) -> rusqlite::Result<bool
 
 /// Gives a reserved quantity back, once. Returns the quantity released (0 when nothing was
 /// reserved). A release that comes first leaves a tombstone so a later reserve does nothing.
-pub fn release(tx: &Transaction, msg: &Incoming, req: &ReleaseStock) -> rusqlite::Result<i64> {
-    if !inbox_first_time(tx, &msg.meta.message_id)? {
+pub fn release(tx: &SqliteTx, msg: &Incoming, req: &ReleaseStock) -> Result<i64, DbError> {
+    if !tx.inbox_first_time(&msg.meta.message_id)? {
         return Ok(0);
     }
     let reserved: Option<(String, i64)> = tx
@@ -253,13 +277,13 @@ pub fn release(tx: &Transaction, msg: &Incoming, req: &ReleaseStock) -> rusqlite
 
 /// Queues `product.stockChanged` for `product` as it is after the change of `delta`.
 fn stock_changed(
-    tx: &Transaction,
+    tx: &SqliteTx,
     product: &ProductView,
     delta: i64,
     reason: StockChangeReason,
     traceparent: Option<&str>,
     correlation_id: &str,
-) -> rusqlite::Result<()> {
+) -> Result<(), DbError> {
     let event = stock_event(product, delta, reason);
     enqueue(tx, traceparent, keys::STOCK_CHANGED, correlation_id, &event)
 }
@@ -267,15 +291,14 @@ fn stock_changed(
 /// Queues an event on `saga.events`, correlated with `correlation_id` (the order id, or the
 /// product id for a creation), carrying the trace of the message that caused it.
 fn enqueue<T: serde::Serialize>(
-    tx: &Transaction,
+    tx: &SqliteTx,
     traceparent: Option<&str>,
     key: &str,
     correlation_id: &str,
     body: &T,
-) -> rusqlite::Result<()> {
-    let msg = event_message(traceparent, key, correlation_id, body)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    outbox_enqueue(tx, &msg)
+) -> Result<(), DbError> {
+    let msg = event_message(traceparent, key, correlation_id, body)?;
+    Ok(tx.enqueue(&msg)?)
 }
 
 /// The products database on either backend: what the consumers call.

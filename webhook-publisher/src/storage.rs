@@ -161,7 +161,7 @@ impl Store {
     pub async fn delete_subscription(&self, id: String) -> Result<bool, DbError> {
         match self {
             Self::Sqlite(db) => {
-                db.write(move |tx| store::delete_subscription(tx, &id))
+                db.write(move |tx| Ok(store::delete_subscription(tx, &id)?))
                     .await
             }
             Self::Postgres(pg) => {
@@ -260,7 +260,7 @@ impl Store {
     /// Puts a failed delivery back in line for one manual attempt.
     pub async fn replay(&self, id: String) -> Result<Result<Delivery, ReplayRefused>, DbError> {
         match self {
-            Self::Sqlite(db) => db.write(move |tx| store::replay(tx, &id)).await,
+            Self::Sqlite(db) => db.write(move |tx| Ok(store::replay(tx, &id)?)).await,
             Self::Postgres(pg) => {
                 pg.write(move |tx| Box::pin(async move { store::pg::replay(tx, &id).await }))
                     .await
@@ -276,7 +276,7 @@ impl Store {
     ) -> Result<usize, DbError> {
         match self {
             Self::Sqlite(db) => {
-                db.write(move |tx| store::prune_history(tx, older_than, limit))
+                db.write(move |tx| Ok(store::prune_history(tx, older_than, limit)?))
                     .await
             }
             Self::Postgres(pg) => {

@@ -17,6 +17,7 @@ pub mod pg;
 
 use deadpool_sqlite::rusqlite::{self, Connection, OptionalExtension, Row, Transaction, params};
 use messaging::signature::Secret;
+use messaging::store::{DbError, SqliteTx};
 use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::Value;
@@ -113,9 +114,7 @@ pub fn filter_matches(filter: &str, event_type: &str) -> bool {
 }
 
 /// Current time in Unix milliseconds, the unit of `next_attempt_at`.
-pub fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
+pub use messaging::clock::now_ms;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -180,8 +179,9 @@ impl Subscription {
 /// `subscriptions.status` of a subscription that gets events.
 pub const SUBSCRIPTION_ACTIVE: &str = "active";
 
-/// The state of a delivery (`deliveries.status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The state of a delivery (`deliveries.status`, and `status` in the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     /// To be attempted at `next_attempt_at`.
     Pending,
@@ -192,6 +192,9 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    pub const ALL: [Self; 3] = [Self::Pending, Self::Delivered, Self::Failed];
+
+    /// As stored in the `status` column and shown in the API.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -201,24 +204,31 @@ impl DeliveryStatus {
     }
 }
 
+impl std::fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+messaging::text_column!(DeliveryStatus, "delivery status");
+
 pub fn insert_subscription(
     tx: &Transaction,
     url: &str,
     events: &[String],
     secret: &Secret,
-) -> rusqlite::Result<Subscription> {
+) -> Result<Subscription, DbError> {
     let id = uuid::Uuid::now_v7().to_string();
-    let events_json = serde_json::to_string(events)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let events_json = serde_json::to_string(events)?;
     tx.execute(
         "INSERT INTO subscriptions (id, url, events, secret) VALUES (?1, ?2, ?3, ?4)",
         params![id, url, events_json, secret.expose()],
     )?;
-    tx.query_row(
+    Ok(tx.query_row(
         &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?1"),
         params![id],
         subscription_row,
-    )
+    )?)
 }
 
 /// Creates the default subscription unless any subscription exists. Returns it when created.
@@ -226,7 +236,7 @@ pub fn ensure_default_subscription(
     tx: &Transaction,
     url: &str,
     secret: &Secret,
-) -> rusqlite::Result<Option<Subscription>> {
+) -> Result<Option<Subscription>, DbError> {
     let count: i64 = tx.query_row("SELECT COUNT(*) FROM subscriptions", [], |r| r.get(0))?;
     if count > 0 {
         return Ok(None);
@@ -389,14 +399,14 @@ pub fn plan_event(
 /// Records one delivery of `body` (see [`webhook_body`]) per active subscription that wants
 /// `event_type`, unless this message was recorded before (`None` for a duplicate message).
 pub fn record_event(
-    tx: &Transaction,
+    tx: &SqliteTx,
     message_id: &str,
     event_type: &str,
     order_id: Option<&str>,
     body: &[u8],
     traceparent: Option<&str>,
-) -> rusqlite::Result<Option<Recorded>> {
-    if !messaging::store::inbox_first_time(tx, message_id)? {
+) -> Result<Option<Recorded>, DbError> {
+    if !tx.inbox_first_time(message_id)? {
         return Ok(None);
     }
     let (planned, recorded) = plan_event(list_subscriptions(tx)?, event_type, now_ms());
@@ -415,7 +425,7 @@ pub fn record_event(
             event_type,
             order_id,
             body,
-            delivery.status.as_str(),
+            delivery.status,
             delivery.next_attempt_at,
             traceparent,
             delivery.error
@@ -579,7 +589,7 @@ pub fn settle_attempt(tx: &Transaction, settlement: &Settlement) -> rusqlite::Re
     )?
     .execute(params![
         settlement.delivery_id,
-        state.status.as_str(),
+        state.status,
         state.next_attempt_at,
         state.error,
         settlement.record.status_code,
@@ -676,7 +686,7 @@ pub struct Delivery {
     pub message_id: String,
     pub event_type: String,
     pub order_id: Option<String>,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempt_count: i64,
     /// RFC 3339, only while pending.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -805,7 +815,7 @@ pub fn list_attempts(conn: &Connection, delivery_id: &str) -> rusqlite::Result<V
 #[derive(Debug, PartialEq)]
 pub enum ReplayRefused {
     NotFound,
-    NotFailed(String),
+    NotFailed(DeliveryStatus),
     SubscriptionInactive,
 }
 
@@ -815,8 +825,8 @@ pub fn check_replay<E>(
     delivery: &Delivery,
     subscription_active: impl FnOnce() -> Result<bool, E>,
 ) -> Result<Result<(), ReplayRefused>, E> {
-    if delivery.status != DeliveryStatus::Failed.as_str() {
-        return Ok(Err(ReplayRefused::NotFailed(delivery.status.clone())));
+    if delivery.status != DeliveryStatus::Failed {
+        return Ok(Err(ReplayRefused::NotFailed(delivery.status)));
     }
     if !subscription_active()? {
         return Ok(Err(ReplayRefused::SubscriptionInactive));
@@ -1029,14 +1039,14 @@ mod tests {
 
     #[test]
     fn only_a_failed_delivery_of_an_active_subscription_is_replayed() {
-        let delivery = |status: &str| Delivery {
+        let delivery = |status: DeliveryStatus| Delivery {
             id: "d".to_owned(),
             webhook_id: "w".to_owned(),
             subscription_id: "s".to_owned(),
             message_id: "m".to_owned(),
             event_type: "order.created".to_owned(),
             order_id: None,
-            status: status.to_owned(),
+            status,
             attempt_count: 6,
             next_attempt_at: None,
             last_status_code: None,
@@ -1046,14 +1056,17 @@ mod tests {
         };
         let yes = || Ok::<_, ()>(true);
         let no = || Ok::<_, ()>(false);
-        assert_eq!(check_replay(&delivery("failed"), yes), Ok(Ok(())));
         assert_eq!(
-            check_replay(&delivery("failed"), no),
+            check_replay(&delivery(DeliveryStatus::Failed), yes),
+            Ok(Ok(()))
+        );
+        assert_eq!(
+            check_replay(&delivery(DeliveryStatus::Failed), no),
             Ok(Err(ReplayRefused::SubscriptionInactive))
         );
         assert_eq!(
-            check_replay(&delivery("delivered"), yes),
-            Ok(Err(ReplayRefused::NotFailed("delivered".to_owned())))
+            check_replay(&delivery(DeliveryStatus::Delivered), yes),
+            Ok(Err(ReplayRefused::NotFailed(DeliveryStatus::Delivered)))
         );
     }
 

@@ -20,7 +20,7 @@ use testkit::TestDatabase;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use webhook_publisher::storage::{NewEvent, Store};
-use webhook_publisher::store::{AttemptRecord, Job, Next, Settlement};
+use webhook_publisher::store::{AttemptRecord, DeliveryStatus, Job, Next, Settlement};
 
 /// An instance's store on `db`, its schema migrated.
 async fn instance(db: &TestDatabase, stop: &CancellationToken) -> Store {
@@ -128,12 +128,12 @@ async fn a_claim_holds_until_its_lease_runs_out_and_only_the_holder_records() {
     // A's attempt finishing late is not recorded: B holds the claim.
     a.settle(vec![delivered(&by_a[0])]).await.unwrap();
     let (delivery, attempts, _) = detail(a.clone(), by_a[0].delivery_id.clone()).await;
-    assert_eq!(delivery.status, "pending");
+    assert_eq!(delivery.status, DeliveryStatus::Pending);
     assert!(attempts.is_empty());
     // B's is.
     b.settle(vec![delivered(&by_b[0])]).await.unwrap();
     let (delivery, attempts, payload) = detail(b.clone(), by_b[0].delivery_id.clone()).await;
-    assert_eq!(delivery.status, "delivered");
+    assert_eq!(delivery.status, DeliveryStatus::Delivered);
     assert_eq!(delivery.attempt_count, 1);
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].status_code, Some(200));

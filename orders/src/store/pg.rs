@@ -25,7 +25,7 @@ use messaging::contracts::{
 use messaging::pg::{INBOX_OUTBOX, Migration, PgTx, Row};
 use messaging::store::DbError;
 use messaging::{OutgoingMessage, PgDb};
-use tokio_postgres::types::{FromSql, ToSql, Type};
+use tokio_postgres::types::ToSql;
 
 use crate::decide::{self, AnswerDecision, Applied, OrderRow, OrderStatus};
 
@@ -87,20 +87,6 @@ fn order_columns() -> String {
         ts("created_at"),
         ts("updated_at")
     )
-}
-
-impl<'a> FromSql<'a> for OrderStatus {
-    fn from_sql(
-        ty: &Type,
-        raw: &'a [u8],
-    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        let text = <&str as FromSql>::from_sql(ty, raw)?;
-        Ok(text.parse()?)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        <&str as FromSql>::accepts(ty)
-    }
 }
 
 fn order_row(row: &Row) -> Result<OrderRow, tokio_postgres::Error> {
@@ -261,7 +247,7 @@ async fn transition_if_pending(
             &stmt,
             &[
                 &answer.order_id,
-                &to.as_str(),
+                &to,
                 &reason,
                 &answer.seller_id,
                 &answer.unit_price_cents,
@@ -331,9 +317,12 @@ async fn transitioned(
              VALUES ($1, $2, $3, $4::text::timestamptz)",
         )
         .await?;
-    let status = history.status.as_str();
-    let params: [&(dyn ToSql + Sync); 4] =
-        [&history.order_id, &status, &history.reason, &history.at];
+    let params: [&(dyn ToSql + Sync); 4] = [
+        &history.order_id,
+        &history.status,
+        &history.reason,
+        &history.at,
+    ];
     // Pipelined: both go out before either answer is awaited (one round trip, not two).
     tokio::try_join!(tx.execute(&stmt, &params), tx.enqueue(&event))?;
     Ok(())

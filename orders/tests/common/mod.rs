@@ -217,6 +217,4 @@ pub fn overdue() -> i64 {
     now_ms() - 1_000
 }
 
-pub fn now_ms() -> i64 {
-    orders::deadline::now_ms()
-}
+pub use messaging::clock::now_ms;

@@ -23,7 +23,7 @@ use messaging::store::DbError;
 use messaging::topology::keys;
 use messaging::{Incoming, PgDb};
 
-use super::{Reserved, answer, event_message, refusal, stock_event};
+use super::{ReservationStatus, Reserved, answer, event_message, refusal, stock_event};
 
 /// The schema: the inbox and outbox every service has, then products and reservations.
 pub static MIGRATIONS: [Migration; 2] = [
@@ -176,12 +176,13 @@ pub async fn reserve(db: &PgDb, msg: Incoming, req: ReserveStock) -> Result<Rese
             let stmt = tx
                 .prepare_cached(
                     "INSERT INTO reservations (order_id, product_id, quantity, status)
-                     VALUES ($1, $2, $3, 'RESERVED')
+                     VALUES ($1, $2, $3, $4)
                      ON CONFLICT (order_id) DO NOTHING",
                 )
                 .await?;
+            let status = ReservationStatus::Reserved;
             if tx
-                .execute(&stmt, &[&req.order_id, &req.product_id, &quantity])
+                .execute(&stmt, &[&req.order_id, &req.product_id, &quantity, &status])
                 .await?
                 == 0
             {
@@ -221,10 +222,12 @@ pub async fn reserve(db: &PgDb, msg: Incoming, req: ReserveStock) -> Result<Rese
             });
             let stmt = tx
                 .prepare_cached(
-                    "UPDATE reservations SET status = 'REJECTED', reason = $2 WHERE order_id = $1",
+                    "UPDATE reservations SET status = $3, reason = $2 WHERE order_id = $1",
                 )
                 .await?;
-            tx.execute(&stmt, &[&req.order_id, &reason]).await?;
+            let status = ReservationStatus::Rejected;
+            tx.execute(&stmt, &[&req.order_id, &reason, &status])
+                .await?;
             let answer = answer(&req, product.as_ref(), Some(&reason));
             enqueue(tx, cause, keys::STOCK_REJECTED, &req.order_id, &answer).await?;
             Ok(Reserved::Rejected(reason))

@@ -304,7 +304,7 @@ pub async fn record_event(
                 &event_type,
                 &order_id,
                 &body,
-                &delivery.status.as_str(),
+                &delivery.status,
                 &delivery.next_attempt_at,
                 &traceparent,
                 &delivery.error,
@@ -506,7 +506,7 @@ async fn settle_attempt(
         &update,
         &[
             &settlement.delivery_id,
-            &state.status.as_str(),
+            &state.status,
             &state.next_attempt_at,
             &state.error,
             &record.status_code.map(i32::from),
@@ -636,7 +636,7 @@ pub async fn replay(tx: &PgTx<'_>, id: &str) -> Result<Result<Delivery, ReplayRe
         "UPDATE deliveries SET status = $3, manual_next = true, next_attempt_at = $2,
                 updated_at = now(), claimed_by = NULL, claimed_until = NULL
          WHERE id = $1",
-        &[&id, &now_ms(), &DeliveryStatus::Pending.as_str()],
+        &[&id, &now_ms(), &DeliveryStatus::Pending],
     )
     .await?;
     Ok(get_delivery(&***tx, id)
