@@ -44,3 +44,15 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// Publishes `msg` as the services would (their envelope's properties) through the raw test
+/// client, and waits for the confirm.
+pub async fn publish_message(
+    client: &testkit::amqp::TestClient,
+    msg: &messaging::OutgoingMessage,
+) -> anyhow::Result<()> {
+    let properties = msg.properties("test");
+    client
+        .publish(&msg.exchange, &msg.routing_key, &msg.body, properties)
+        .await
+}

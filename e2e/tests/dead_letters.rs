@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use e2e::{Backend, Options, System};
+use e2e::{Backend, Options, System, publish_message};
 use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use messaging::OutgoingMessage;
 use messaging::contracts::CreateOrder;
@@ -31,15 +31,7 @@ async fn dead_letter_replayed(backend: Backend) {
     };
     let msg =
         OutgoingMessage::json(COMMANDS, keys::ORDERS_CREATE, Some("order-dlq"), &create).unwrap();
-    client
-        .publish(
-            &msg.exchange,
-            &msg.routing_key,
-            &msg.body,
-            msg.properties("test"),
-        )
-        .await
-        .unwrap();
+    publish_message(&client, &msg).await.unwrap();
     let got = client
         .channel
         .basic_get(

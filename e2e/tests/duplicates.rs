@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use e2e::{Backend, Options, System};
+use e2e::{Backend, Options, System, publish_message};
 use messaging::OutgoingMessage;
 use messaging::contracts::{ReserveStock, StockAnswer};
 use messaging::topology::{COMMANDS, EVENTS, ORDERS_QUEUE, WEBHOOKS_QUEUE, keys};
@@ -36,14 +36,7 @@ async fn stock_reserved_five_times(backend: Backend) {
     };
     let reply =
         OutgoingMessage::json(EVENTS, keys::STOCK_RESERVED, Some(&order_id), &answer).unwrap();
-    let sends = (0..5).map(|_| {
-        client.publish(
-            &reply.exchange,
-            &reply.routing_key,
-            &reply.body,
-            reply.properties("test"),
-        )
-    });
+    let sends = (0..5).map(|_| publish_message(&client, &reply));
     for sent in futures::future::join_all(sends).await {
         sent.unwrap();
     }
@@ -122,36 +115,12 @@ async fn reserve_stock_twice(backend: Backend) {
     };
     let msg =
         OutgoingMessage::json(COMMANDS, keys::RESERVE_STOCK, Some("order-1"), &reserve).unwrap();
-    client
-        .publish(
-            &msg.exchange,
-            &msg.routing_key,
-            &msg.body,
-            msg.properties("test"),
-        )
-        .await
-        .unwrap();
-    client
-        .publish(
-            &msg.exchange,
-            &msg.routing_key,
-            &msg.body,
-            msg.properties("test"),
-        )
-        .await
-        .unwrap();
+    publish_message(&client, &msg).await.unwrap();
+    publish_message(&client, &msg).await.unwrap();
     // Another message id for the same order is a duplicate too (the reservation is per order).
     let again =
         OutgoingMessage::json(COMMANDS, keys::RESERVE_STOCK, Some("order-1"), &reserve).unwrap();
-    client
-        .publish(
-            &again.exchange,
-            &again.routing_key,
-            &again.body,
-            again.properties("test"),
-        )
-        .await
-        .unwrap();
+    publish_message(&client, &again).await.unwrap();
 
     let answered = eventually(Duration::from_secs(20), || async {
         (client.ready_count(ORDERS_QUEUE).await.ok()? >= 1).then_some(())

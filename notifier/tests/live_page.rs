@@ -23,14 +23,7 @@ use testkit::browser::Browser;
 async fn publish_order(amqp: &TestClient, order_id: &str) {
     let event = event(order_id, Some("c1"), Some("s1"));
     let msg = OutgoingMessage::json(EVENTS, keys::ORDER_CREATED, Some(order_id), &event).unwrap();
-    amqp.publish(
-        &msg.exchange,
-        &msg.routing_key,
-        &msg.body,
-        msg.properties("test"),
-    )
-    .await
-    .unwrap();
+    publish_message(amqp, &msg).await.unwrap();
 }
 
 const STATUS: &str = "document.getElementById('status').textContent";

@@ -65,15 +65,7 @@ async fn start_publisher(env: &TestEnv, notifier_url: &str) -> messaging::servic
 /// Publishes an order event on `saga.events` as the orders service does.
 async fn publish_event(client: &TestClient, kind: &str, event: &messaging::contracts::OrderEvent) {
     let msg = OutgoingMessage::json(EVENTS, kind, Some(&event.order_id), event).unwrap();
-    client
-        .publish(
-            &msg.exchange,
-            &msg.routing_key,
-            &msg.body,
-            msg.properties("test"),
-        )
-        .await
-        .unwrap();
+    publish_message(client, &msg).await.unwrap();
 }
 
 /// Waits until `client` has `count` messages of `kind`, and checks there are not more.

@@ -73,15 +73,7 @@ async fn an_endpoint_failing_twice_gets_three_signed_attempts_and_one_delivery(k
     assert!(body["timestamp"].is_string());
 
     // The same AMQP message again (a redelivery) creates nothing; a new one does.
-    client
-        .publish(
-            &msg.exchange,
-            &msg.routing_key,
-            &msg.body,
-            msg.properties("test"),
-        )
-        .await
-        .unwrap();
+    publish_message(&client, &msg).await.unwrap();
     publish(&client, keys::ORDER_CREATED, "order-3b").await;
     wait_for_status(&base, "order-3b", "delivered").await;
     let for_order = deliveries(&base, "").await;
@@ -411,15 +403,7 @@ async fn subscriptions_api_validates_and_a_bad_event_goes_to_the_dlq(kind: Kind)
         &order_event("o", None, None, "PENDING"),
     );
     poison.body = br#"{"orderId": 42}"#.to_vec();
-    client
-        .publish(
-            &poison.exchange,
-            &poison.routing_key,
-            &poison.body,
-            poison.properties("test"),
-        )
-        .await
-        .unwrap();
+    publish_message(&client, &poison).await.unwrap();
     let dead = testkit::eventually(LONG, || async {
         let n = client.ready_count(&dlq(WEBHOOKS_QUEUE)).await.ok()?;
         (n == 1).then_some(())

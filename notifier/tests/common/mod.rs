@@ -158,3 +158,15 @@ pub use testkit::ws::{WsClient, has_order};
 pub async fn cleanup(env: TestEnv) {
     env.cleanup().await;
 }
+
+/// Publishes `msg` as the services would (their envelope's properties) through the raw test
+/// client, and waits for the confirm.
+pub async fn publish_message(
+    client: &testkit::amqp::TestClient,
+    msg: &messaging::OutgoingMessage,
+) -> anyhow::Result<()> {
+    let properties = msg.properties("test");
+    client
+        .publish(&msg.exchange, &msg.routing_key, &msg.body, properties)
+        .await
+}

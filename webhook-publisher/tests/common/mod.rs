@@ -520,15 +520,7 @@ pub async fn publish(client: &TestClient, kind: &str, order_id: &str) -> Outgoin
         kind,
         &order_event(order_id, Some("c1"), Some("s1"), "PENDING"),
     );
-    client
-        .publish(
-            &msg.exchange,
-            &msg.routing_key,
-            &msg.body,
-            msg.properties("test"),
-        )
-        .await
-        .unwrap();
+    publish_message(client, &msg).await.unwrap();
     msg
 }
 
@@ -575,4 +567,16 @@ pub async fn subscribe(base: &str, url: &str, events: &[&str]) -> Value {
         .unwrap();
     assert_eq!(response.status(), 201);
     response.json().await.unwrap()
+}
+
+/// Publishes `msg` as the services would (their envelope's properties) through the raw test
+/// client, and waits for the confirm.
+pub async fn publish_message(
+    client: &testkit::amqp::TestClient,
+    msg: &messaging::OutgoingMessage,
+) -> anyhow::Result<()> {
+    let properties = msg.properties("test");
+    client
+        .publish(&msg.exchange, &msg.routing_key, &msg.body, properties)
+        .await
 }
