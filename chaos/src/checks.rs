@@ -19,11 +19,11 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::events::TapReport;
 use crate::load::{LoadOutcome, Product};
-use crate::management::QueueStats;
 use crate::schedule::{Done, Target};
 use crate::sink::SinkReport;
 use crate::snapshot::OrderRow;
 use crate::ws::WsReport;
+use testkit::management::QueueStats;
 
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -325,6 +325,39 @@ fn stock(e: &Evidence) -> Check {
 }
 
 fn events(e: &Evidence, figures: &mut Figures) -> Check {
+    let (mut passed, mut detail) = tap_events(e, figures);
+    let decided: Vec<(&String, String)> = e
+        .orders
+        .iter()
+        .filter(|(_, o)| TERMINAL.contains(&o.status.as_str()))
+        .map(|(id, o)| (id, format!("order.{}", o.status.to_lowercase())))
+        .collect();
+    match e.sink {
+        Some(sink) => {
+            let (ok, text) = sink_received(sink, &decided);
+            passed &= ok;
+            detail.push_str(&text);
+        }
+        None => detail.push_str("; webhook sink: not in this run"),
+    }
+    match e.ws {
+        Some(ws) => {
+            let (ok, text) = ws_shown(ws, &decided);
+            passed &= ok;
+            detail.push_str(&text);
+        }
+        None => detail.push_str("; ADMIN WebSocket: not in this run"),
+    }
+    Check {
+        number: 3,
+        name: "no order confirmed twice, every terminal event seen",
+        passed,
+        detail,
+    }
+}
+
+/// On the bus (the tap): no order confirmed twice, the terminal event of every decided order.
+fn tap_events(e: &Evidence, figures: &mut Figures) -> (bool, String) {
     let duplicated: Vec<String> = e
         .tap
         .by_order
@@ -370,134 +403,63 @@ fn events(e: &Evidence, figures: &mut Figures) -> Check {
     if !unseen.is_empty() {
         detail.push_str(&format!("; missing e.g. {}", sample(&unseen)));
     }
-    let mut passed = duplicated.is_empty() && unseen.is_empty();
-    let decided: Vec<(&String, String)> = e
-        .orders
-        .iter()
-        .filter(|(_, o)| TERMINAL.contains(&o.status.as_str()))
-        .map(|(id, o)| (id, format!("order.{}", o.status.to_lowercase())))
+    (duplicated.is_empty() && unseen.is_empty(), detail)
+}
+
+/// At the webhook sink: the terminal event of every `decided` order, every signature and body
+/// valid.
+fn sink_received(sink: &SinkReport, decided: &[(&String, String)]) -> (bool, String) {
+    let got: std::collections::HashSet<(&str, &str)> = sink
+        .by_webhook
+        .values()
+        .filter(|r| r.accepted > 0)
+        .map(|r| (r.order_id.as_str(), r.event_type.as_str()))
         .collect();
-    match e.sink {
-        Some(sink) => {
-            let got: std::collections::HashSet<(&str, &str)> = sink
-                .by_webhook
-                .values()
-                .filter(|r| r.accepted > 0)
-                .map(|r| (r.order_id.as_str(), r.event_type.as_str()))
-                .collect();
-            let missing = decided
-                .iter()
-                .filter(|(id, kind)| !got.contains(&(id.as_str(), kind.as_str())))
-                .count();
-            let retried = sink.by_webhook.values().filter(|r| r.refused > 0).count();
-            passed &= missing == 0 && sink.bad_signatures == 0 && sink.bad_bodies == 0;
-            detail.push_str(&format!(
-                "; webhook sink: terminal events missing {missing}, bad signatures {}, {} webhooks refused on purpose and retried",
-                sink.bad_signatures, retried
-            ));
-        }
-        None => detail.push_str("; webhook sink: not in this run"),
-    }
-    match e.ws {
-        Some(ws) => {
-            let got: std::collections::HashSet<(&str, &str)> = ws
-                .by_webhook
-                .values()
-                .map(|s| (s.order_id.as_str(), s.event_type.as_str()))
-                .collect();
-            let missing = decided
-                .iter()
-                .filter(|(id, kind)| !got.contains(&(id.as_str(), kind.as_str())))
-                .count();
-            let twice = ws.by_webhook.values().filter(|s| s.times > 1).count();
-            passed &= missing == 0 && twice == 0;
-            detail.push_str(&format!(
-                "; ADMIN WebSocket: terminal events missing {missing}, shown twice {twice}, connects {}",
-                ws.connects
-            ));
-        }
-        None => detail.push_str("; ADMIN WebSocket: not in this run"),
-    }
-    Check {
-        number: 3,
-        name: "no order confirmed twice, every terminal event seen",
-        passed,
-        detail,
-    }
+    let missing = decided
+        .iter()
+        .filter(|(id, kind)| !got.contains(&(id.as_str(), kind.as_str())))
+        .count();
+    let retried = sink.by_webhook.values().filter(|r| r.refused > 0).count();
+    (
+        missing == 0 && sink.bad_signatures == 0 && sink.bad_bodies == 0,
+        format!(
+            "; webhook sink: terminal events missing {missing}, bad signatures {}, {} webhooks refused on purpose and retried",
+            sink.bad_signatures, retried
+        ),
+    )
+}
+
+/// On the ADMIN WebSocket: the terminal event of every `decided` order, none shown twice.
+fn ws_shown(ws: &WsReport, decided: &[(&String, String)]) -> (bool, String) {
+    let got: std::collections::HashSet<(&str, &str)> = ws
+        .by_webhook
+        .values()
+        .map(|s| (s.order_id.as_str(), s.event_type.as_str()))
+        .collect();
+    let missing = decided
+        .iter()
+        .filter(|(id, kind)| !got.contains(&(id.as_str(), kind.as_str())))
+        .count();
+    let twice = ws.by_webhook.values().filter(|s| s.times > 1).count();
+    (
+        missing == 0 && twice == 0,
+        format!(
+            "; ADMIN WebSocket: terminal events missing {missing}, shown twice {twice}, connects {}",
+            ws.connects
+        ),
+    )
 }
 
 fn broker(e: &Evidence) -> Check {
-    let find = |name: &str| e.queues.iter().find(|q| q.name == name);
     let mut problems = Vec::new();
-    let mut parts = Vec::new();
-    for queue in e.work_queues {
-        match find(queue) {
-            Some(q) => {
-                let count = |c: Option<i64>| c.map_or("?".to_owned(), |c| c.to_string());
-                parts.push(format!(
-                    "{} {}/{}",
-                    q.name,
-                    count(q.messages_ready),
-                    count(q.messages_unacknowledged)
-                ));
-                match q.in_queue() {
-                    Some(0) => {}
-                    Some(_) => problems.push(format!("{} not drained", q.name)),
-                    None => problems.push(format!("{} has no counts yet", q.name)),
-                }
-            }
-            None => problems.push(format!("{queue} missing")),
-        }
-    }
-    for queue in topology::WORK_QUEUES {
-        let dlq = topology::dlq(queue);
-        match find(&dlq) {
-            Some(q) => match q.in_queue() {
-                Some(0) => {}
-                Some(total) => problems.push(format!("{dlq} holds {total}")),
-                None => problems.push(format!("{dlq} has no counts yet")),
-            },
-            None => problems.push(format!("{dlq} missing")),
-        }
-    }
-    for queue in topology::WORK_QUEUES {
-        if !e.work_queues.contains(&queue)
-            && let Some(q) = find(queue)
-        {
-            parts.push(format!(
-                "{queue} {} ready (no consumer in this run, not checked)",
-                q.messages_ready.map_or("?".to_owned(), |c| c.to_string())
-            ));
-        }
-    }
+    let parts = work_queues_drained(e, &mut problems);
+    dead_letter_queues_empty(e, &mut problems);
     // One entry per instance: with several instances, each must be back.
     let missing: Vec<_> = missing_connections(e.expected_connections, e.connections);
     if !missing.is_empty() {
         problems.push(format!("connections missing: {}", missing.join(", ")));
     }
-    let mut wanted: BTreeMap<(&str, &str), (i64, usize)> = BTreeMap::new();
-    for (queue, tag, prefetch) in e.expected_consumers {
-        wanted.entry((queue, tag)).or_insert((*prefetch, 0)).1 += 1;
-    }
-    for ((queue, tag), (prefetch, instances)) in &wanted {
-        let found: Vec<i64> = e
-            .consumers
-            .iter()
-            .filter(|(q, t, _)| q == queue && t == tag)
-            .map(|(_, _, p)| *p)
-            .collect();
-        if found.is_empty() {
-            problems.push(format!("no consumer {tag} on {queue}"));
-        } else if found.len() < *instances {
-            problems.push(format!(
-                "{} consumer(s) {tag} on {queue}, {instances} expected (one per instance)",
-                found.len()
-            ));
-        }
-        if let Some(p) = found.iter().find(|p| *p != prefetch) {
-            problems.push(format!("{tag} has prefetch {p}, not {prefetch}"));
-        }
-    }
+    let wanted = consumers_back(e, &mut problems);
     let detail = format!(
         "ready/unacked {}; DLQs {}; consumers {} with prefetch; connections {}{}",
         parts.join(", "),
@@ -528,6 +490,90 @@ fn broker(e: &Evidence) -> Check {
         passed: problems.is_empty(),
         detail,
     }
+}
+
+/// The counts of the work queues: those of this run must be empty (a problem each otherwise);
+/// the others are shown, not checked. Returns the counts for the detail.
+fn work_queues_drained(e: &Evidence, problems: &mut Vec<String>) -> Vec<String> {
+    let find = |name: &str| e.queues.iter().find(|q| q.name == name);
+    let mut parts = Vec::new();
+    for queue in e.work_queues {
+        match find(queue) {
+            Some(q) => {
+                let count = |c: Option<i64>| c.map_or("?".to_owned(), |c| c.to_string());
+                parts.push(format!(
+                    "{} {}/{}",
+                    q.name,
+                    count(q.messages_ready),
+                    count(q.messages_unacknowledged)
+                ));
+                match q.in_queue() {
+                    Some(0) => {}
+                    Some(_) => problems.push(format!("{} not drained", q.name)),
+                    None => problems.push(format!("{} has no counts yet", q.name)),
+                }
+            }
+            None => problems.push(format!("{queue} missing")),
+        }
+    }
+    for queue in topology::WORK_QUEUES {
+        if !e.work_queues.contains(&queue)
+            && let Some(q) = find(queue)
+        {
+            parts.push(format!(
+                "{queue} {} ready (no consumer in this run, not checked)",
+                q.messages_ready.map_or("?".to_owned(), |c| c.to_string())
+            ));
+        }
+    }
+    parts
+}
+
+/// Every work queue's dead-letter queue must be there and known empty.
+fn dead_letter_queues_empty(e: &Evidence, problems: &mut Vec<String>) {
+    for queue in topology::WORK_QUEUES {
+        let dlq = topology::dlq(queue);
+        match e.queues.iter().find(|q| q.name == dlq) {
+            Some(q) => match q.in_queue() {
+                Some(0) => {}
+                Some(total) => problems.push(format!("{dlq} holds {total}")),
+                None => problems.push(format!("{dlq} has no counts yet")),
+            },
+            None => problems.push(format!("{dlq} missing")),
+        }
+    }
+}
+
+/// Every expected consumer is back, once per instance, with its prefetch. Returns what was
+/// wanted: (queue, tag) → (prefetch, instances).
+fn consumers_back<'a>(
+    e: &Evidence<'a>,
+    problems: &mut Vec<String>,
+) -> BTreeMap<(&'a str, &'a str), (i64, usize)> {
+    let mut wanted: BTreeMap<(&str, &str), (i64, usize)> = BTreeMap::new();
+    for (queue, tag, prefetch) in e.expected_consumers {
+        wanted.entry((queue, tag)).or_insert((*prefetch, 0)).1 += 1;
+    }
+    for ((queue, tag), (prefetch, instances)) in &wanted {
+        let found: Vec<i64> = e
+            .consumers
+            .iter()
+            .filter(|(q, t, _)| q == queue && t == tag)
+            .map(|(_, _, p)| *p)
+            .collect();
+        if found.is_empty() {
+            problems.push(format!("no consumer {tag} on {queue}"));
+        } else if found.len() < *instances {
+            problems.push(format!(
+                "{} consumer(s) {tag} on {queue}, {instances} expected (one per instance)",
+                found.len()
+            ));
+        }
+        if let Some(p) = found.iter().find(|p| *p != prefetch) {
+            problems.push(format!("{tag} has prefetch {p}, not {prefetch}"));
+        }
+    }
+    wanted
 }
 
 fn recovery(e: &Evidence, figures: &mut Figures) -> Check {

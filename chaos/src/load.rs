@@ -179,33 +179,25 @@ pub async fn run(
     plan: LoadPlan,
 ) -> LoadOutcome {
     let started = Instant::now();
-    let mut unexpected_at_start = Vec::new();
-    let customers: Arc<Vec<(String, String)>> = Arc::new(
-        (0..CUSTOMERS)
-            .filter_map(|i| {
-                let sub = format!("customer-{i}");
-                match tokens.issue(&sub, Role::Client) {
-                    Ok(token) => Some((sub, token)),
-                    Err(e) => {
-                        unexpected_at_start.push(format!("{e:#}"));
-                        None
-                    }
-                }
-            })
-            .collect(),
-    );
+    let (customers, unexpected_at_start) = customers(&tokens);
     if customers.is_empty() {
         return LoadOutcome {
             unexpected: unexpected_at_start,
             ..Default::default()
         };
     }
-    let next = Arc::new(AtomicUsize::new(0));
     let counters = Arc::new(Counters::default());
-    let accepted = Arc::new(Mutex::new(HashMap::new()));
-    let unexpected = Arc::new(Mutex::new(Vec::new()));
-    let products = Arc::new(products);
-    let spacing = plan.duration / plan.orders.max(1) as u32;
+    let orders = Arc::new(Orders {
+        next: AtomicUsize::new(0),
+        total: plan.orders,
+        started,
+        spacing: plan.duration / plan.orders.max(1) as u32,
+        replay_share: plan.replay_share,
+        products,
+        customers,
+        accepted: Mutex::new(HashMap::new()),
+        unexpected: Mutex::new(Vec::new()),
+    });
     let mut workers = tokio::task::JoinSet::new();
     let gateways = Arc::new(gateways);
     for worker in 0..plan.concurrency.max(1) {
@@ -216,74 +208,11 @@ pub async fn run(
             counters: counters.clone(),
             max_attempts: plan.max_attempts,
         };
-        let (next, accepted, unexpected, products, customers) = (
-            next.clone(),
-            accepted.clone(),
-            unexpected.clone(),
-            products.clone(),
-            customers.clone(),
-        );
-        let (total, replay_share) = (plan.orders, plan.replay_share);
-        workers.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= total {
-                    break;
-                }
-                tokio::time::sleep_until(started + spacing * i as u32).await;
-                let (product, quantity, replay) = {
-                    let mut rng = rand::rng();
-                    let p = rng.random_range(0..products.len());
-                    (
-                        products[p].id.clone(),
-                        rng.random_range(1..=3i64),
-                        rng.random_bool(replay_share),
-                    )
-                };
-                let key = format!("chaos-{}", uuid::Uuid::new_v4());
-                let (customer, token) = &customers[i % customers.len()];
-                let body = json!({
-                    "productId": product,
-                    "quantity": quantity,
-                    "customerId": customer,
-                });
-                match client.place(&key, token, &body).await {
-                    Placed::Accepted { order_id, attempts } => {
-                        let accepted_at = started.elapsed();
-                        if replay {
-                            client.counters.replays.fetch_add(1, Ordering::Relaxed);
-                            if let Placed::Accepted {
-                                order_id: again, ..
-                            } = client.place(&key, token, &body).await
-                                && again != order_id
-                            {
-                                unexpected.lock().await.push(format!(
-                                    "replay of key {key} named order {again}, not {order_id}"
-                                ));
-                            }
-                        }
-                        accepted.lock().await.insert(
-                            order_id,
-                            Accepted {
-                                product_id: product,
-                                quantity,
-                                key,
-                                attempts,
-                                at: accepted_at,
-                            },
-                        );
-                    }
-                    Placed::GaveUp => {
-                        client.counters.gave_up.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Placed::Unexpected(what) => unexpected.lock().await.push(what),
-                }
-            }
-        });
+        workers.spawn(orders.clone().place_all(client));
     }
     while workers.join_next().await.is_some() {}
-    let accepted = std::mem::take(&mut *accepted.lock().await);
-    let mut unexpected = std::mem::take(&mut *unexpected.lock().await);
+    let accepted = std::mem::take(&mut *orders.accepted.lock().await);
+    let mut unexpected = std::mem::take(&mut *orders.unexpected.lock().await);
     unexpected.extend(unexpected_at_start);
     LoadOutcome {
         accepted,
@@ -295,6 +224,107 @@ pub async fn run(
         unexpected,
         replays: counters.replays.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
+    }
+}
+
+/// The load's customers, `(sub, token)` each, and the errors of the tokens that could not be
+/// issued.
+fn customers(tokens: &Tokens) -> (Vec<(String, String)>, Vec<String>) {
+    let mut errors = Vec::new();
+    let customers = (0..CUSTOMERS)
+        .filter_map(|i| {
+            let sub = format!("customer-{i}");
+            match tokens.issue(&sub, Role::Client) {
+                Ok(token) => Some((sub, token)),
+                Err(e) => {
+                    errors.push(format!("{e:#}"));
+                    None
+                }
+            }
+        })
+        .collect();
+    (customers, errors)
+}
+
+/// The orders of the load, shared by the clients: which one is next, when each is due, and what
+/// became of them.
+struct Orders {
+    next: AtomicUsize,
+    total: usize,
+    started: Instant,
+    /// Order `i` is due at `started + spacing × i`.
+    spacing: Duration,
+    replay_share: f64,
+    products: Vec<Product>,
+    customers: Vec<(String, String)>,
+    accepted: Mutex<HashMap<String, Accepted>>,
+    unexpected: Mutex<Vec<String>>,
+}
+
+impl Orders {
+    /// One client: takes the next order, waits until it is due and places it, until none is
+    /// left.
+    async fn place_all(self: Arc<Self>, client: Client) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::SeqCst);
+            if i >= self.total {
+                break;
+            }
+            tokio::time::sleep_until(self.started + self.spacing * i as u32).await;
+            self.place(&client, i).await;
+        }
+    }
+
+    /// Places order `i` (a random product and quantity, replayed once with the same key for a
+    /// share of them) and records what happened.
+    async fn place(&self, client: &Client, i: usize) {
+        let (product, quantity, replay) = {
+            let mut rng = rand::rng();
+            let p = rng.random_range(0..self.products.len());
+            (
+                self.products[p].id.clone(),
+                rng.random_range(1..=3i64),
+                rng.random_bool(self.replay_share),
+            )
+        };
+        let key = format!("chaos-{}", uuid::Uuid::new_v4());
+        let (customer, token) = &self.customers[i % self.customers.len()];
+        let body = json!({
+            "productId": product,
+            "quantity": quantity,
+            "customerId": customer,
+        });
+        match client.place(&key, token, &body).await {
+            Placed::Accepted { order_id, attempts } => {
+                let accepted_at = self.started.elapsed();
+                if replay {
+                    client.counters.replays.fetch_add(1, Ordering::Relaxed);
+                    if let Placed::Accepted {
+                        order_id: again, ..
+                    } = client.place(&key, token, &body).await
+                        && again != order_id
+                    {
+                        self.unexpected.lock().await.push(format!(
+                            "replay of key {key} named order {again}, not {order_id}"
+                        ));
+                    }
+                }
+                self.accepted.lock().await.insert(
+                    order_id,
+                    Accepted {
+                        product_id: product,
+                        quantity,
+                        key,
+                        attempts,
+                        at: accepted_at,
+                    },
+                );
+            }
+            Placed::GaveUp => {
+                client.counters.gave_up.fetch_add(1, Ordering::Relaxed);
+            }
+            Placed::Unexpected(what) => self.unexpected.lock().await.push(what),
+        }
     }
 }
 

@@ -26,9 +26,24 @@ impl Summary<'_> {
     }
 
     pub fn table(&self) -> String {
-        let count = |s: &str| self.figures.by_status.get(s).copied().unwrap_or(0);
-        let kills = self
-            .actions
+        let rows = self.rows();
+        let width = rows
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
+        let mut out = String::new();
+        let _ = writeln!(out, "| {:width$} | value |", "figure");
+        let _ = writeln!(out, "|{}|-------|", "-".repeat(width + 2));
+        for (k, v) in rows {
+            let _ = writeln!(out, "| {k:width$} | {v} |");
+        }
+        out
+    }
+
+    /// Each kill of the schedule as the table shows it.
+    fn kills(&self) -> String {
+        self.actions
             .iter()
             .map(|d| {
                 let mut s = format!("{} at {:.0}s", d.action.target, d.killed_at);
@@ -44,8 +59,12 @@ impl Summary<'_> {
                 s
             })
             .collect::<Vec<_>>()
-            .join(", ");
-        let recovery = if self.figures.recovery.is_empty() {
+            .join(", ")
+    }
+
+    /// The recovery time of each broker kill.
+    fn recovery(&self) -> String {
+        if self.figures.recovery.is_empty() {
             "–".to_owned()
         } else {
             self.figures
@@ -54,8 +73,14 @@ impl Summary<'_> {
                 .map(|r| r.map_or("none".into(), |s| format!("{s:.1} s")))
                 .collect::<Vec<_>>()
                 .join(", ")
-        };
-        let rows: Vec<(&str, String)> = vec![
+        }
+    }
+
+    /// The figures of the table: (figure, value).
+    fn rows(&self) -> Vec<(&'static str, String)> {
+        let count = |s: &str| self.figures.by_status.get(s).copied().unwrap_or(0);
+        let (kills, recovery) = (self.kills(), self.recovery());
+        vec![
             ("accepted (202)", self.load.accepted.len().to_string()),
             ("confirmed", count("CONFIRMED").to_string()),
             ("rejected", count("REJECTED").to_string()),
@@ -106,19 +131,7 @@ impl Summary<'_> {
                     self.total_seconds
                 ),
             ),
-        ];
-        let width = rows
-            .iter()
-            .map(|(k, _)| k.chars().count())
-            .max()
-            .unwrap_or(0);
-        let mut out = String::new();
-        let _ = writeln!(out, "| {:width$} | value |", "figure");
-        let _ = writeln!(out, "|{}|-------|", "-".repeat(width + 2));
-        for (k, v) in rows {
-            let _ = writeln!(out, "| {k:width$} | {v} |");
-        }
-        out
+        ]
     }
 
     pub fn markdown(&self) -> String {

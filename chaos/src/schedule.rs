@@ -82,7 +82,7 @@ impl FromStr for Action {
             "leader-node" => Target::Node(NodePick::Leader),
             node if node.starts_with("node") => {
                 let n: usize = node["node".len()..].parse().map_err(|_| err())?;
-                if !(1..=crate::cluster::SIZE).contains(&n) {
+                if !(1..=testkit::broker_cluster::SIZE).contains(&n) {
                     return Err(err());
                 }
                 Target::Node(NodePick::Index(n - 1))

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::processes::{Proc, Spec, free_port};
+use testkit::child::{Proc, Spec};
+use testkit::ports::free_port;
 
 /// The prefetch the work-queue consumers are configured with; check 4 expects it back on
 /// every consumer after the reconnects.
@@ -145,55 +146,7 @@ impl ServiceProc {
         let data_dir = run_dir.join(&label);
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("create {}", data_dir.display()))?;
-        let mut env: BTreeMap<String, String> = [
-            ("HTTP_ADDR", format!("127.0.0.1:{port}")),
-            ("AMQP_URL", shared.amqp_url.clone()),
-            ("REDIS_URL", shared.redis_url.clone()),
-            ("REDIS_KEY_PREFIX", shared.redis_prefix.clone()),
-            ("DATA_DIR", data_dir.display().to_string()),
-            ("RUST_LOG", shared.rust_log.clone()),
-            ("JWT_SECRET", shared.jwt_secret.clone()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        if let Some(url) = shared.database_urls.get(&service) {
-            env.insert("DATABASE_URL".into(), url.clone());
-        }
-        match service {
-            Service::Orders => {
-                env.insert(
-                    "ORDER_DEADLINE_MS".into(),
-                    shared.order_deadline_ms.to_string(),
-                );
-                env.insert("ORDERS_PREFETCH".into(), PREFETCH.to_string());
-            }
-            Service::Products => {
-                env.insert("PRODUCTS_PREFETCH".into(), PREFETCH.to_string());
-            }
-            Service::WebhookPublisher => {
-                let notifier = shared
-                    .ports
-                    .get(&Service::Notifier)
-                    .copied()
-                    .unwrap_or(8085);
-                env.insert(
-                    "NOTIFIER_URL".into(),
-                    format!("http://127.0.0.1:{notifier}/webhooks"),
-                );
-                env.insert("WEBHOOK_SECRET".into(), shared.webhook_secret.clone());
-                env.insert("WEBHOOKS_PREFETCH".into(), PREFETCH.to_string());
-                // The harness's webhook sink listens on this machine.
-                env.insert("WEBHOOK_ALLOWED_NETWORKS".into(), "127.0.0.0/8".into());
-            }
-            Service::Notifier => {
-                env.insert("WEBHOOK_SECRET".into(), shared.webhook_secret.clone());
-                // The harness's WebSocket client reads every event and every stats update
-                // (two messages per event, thousands a minute): room for bursts after a kill.
-                env.insert("WS_CLIENT_BUFFER".into(), "8192".into());
-            }
-            Service::Gateway => {}
-        }
+        let env = environment(service, port, &data_dir, shared);
         let proc = Proc::new(Spec {
             name: label.clone(),
             program,
@@ -265,6 +218,66 @@ impl ServiceProc {
     pub fn sigkill(&mut self) {
         self.proc.kill();
     }
+}
+
+/// The environment of one instance of `service`: the shared settings, its port and data
+/// directory, and what only that service reads.
+fn environment(
+    service: Service,
+    port: u16,
+    data_dir: &Path,
+    shared: &Shared,
+) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = [
+        ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("AMQP_URL", shared.amqp_url.clone()),
+        ("REDIS_URL", shared.redis_url.clone()),
+        ("REDIS_KEY_PREFIX", shared.redis_prefix.clone()),
+        ("DATA_DIR", data_dir.display().to_string()),
+        ("RUST_LOG", shared.rust_log.clone()),
+        ("JWT_SECRET", shared.jwt_secret.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if let Some(url) = shared.database_urls.get(&service) {
+        env.insert("DATABASE_URL".into(), url.clone());
+    }
+    match service {
+        Service::Orders => {
+            env.insert(
+                "ORDER_DEADLINE_MS".into(),
+                shared.order_deadline_ms.to_string(),
+            );
+            env.insert("ORDERS_PREFETCH".into(), PREFETCH.to_string());
+        }
+        Service::Products => {
+            env.insert("PRODUCTS_PREFETCH".into(), PREFETCH.to_string());
+        }
+        Service::WebhookPublisher => {
+            let notifier = shared
+                .ports
+                .get(&Service::Notifier)
+                .copied()
+                .unwrap_or(8085);
+            env.insert(
+                "NOTIFIER_URL".into(),
+                format!("http://127.0.0.1:{notifier}/webhooks"),
+            );
+            env.insert("WEBHOOK_SECRET".into(), shared.webhook_secret.clone());
+            env.insert("WEBHOOKS_PREFETCH".into(), PREFETCH.to_string());
+            // The harness's webhook sink listens on this machine.
+            env.insert("WEBHOOK_ALLOWED_NETWORKS".into(), "127.0.0.0/8".into());
+        }
+        Service::Notifier => {
+            env.insert("WEBHOOK_SECRET".into(), shared.webhook_secret.clone());
+            // The harness's WebSocket client reads every event and every stats update
+            // (two messages per event, thousands a minute): room for bursts after a kill.
+            env.insert("WS_CLIENT_BUFFER".into(), "8192".into());
+        }
+        Service::Gateway => {}
+    }
+    env
 }
 
 /// Where the service binaries are: next to this executable (`target/<profile>/`, also when this

@@ -4,16 +4,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use tracing::{info, warn};
 
-use crate::cluster::Cluster;
-use crate::management::Management;
-use crate::node::{BrokerNode, NodePorts};
-use crate::processes::{self, free_port};
-use crate::redis::RedisServer;
+use testkit::broker_cluster::Cluster;
+use testkit::broker_node::{BrokerNode, NodePorts};
+use testkit::management::{DEFAULT_VHOST, Management};
+use testkit::ports::{self, free_port};
+use testkit::redis_server::RedisServer;
+
+use crate::broker_conf::shipped_settings;
 use crate::schedule::{Action, Done, NodePick, Target};
 use crate::services::{Service, ServiceProc, Shared};
 
@@ -34,7 +36,7 @@ impl Broker {
 
     pub fn management(&self, http: reqwest::Client) -> Management {
         match self {
-            Broker::Single(node) => Management::new(&node.management_url(), http),
+            Broker::Single(node) => Management::any(vec![node.management_url()], http),
             Broker::Cluster(cluster) => cluster.management(http),
         }
     }
@@ -55,6 +57,115 @@ impl Broker {
             Broker::Cluster(cluster) => Some(cluster),
         }
     }
+}
+
+impl Broker {
+    /// Starts the private broker in `dir`: one node, or a three-node cluster; `redis_port` is
+    /// only printed with it.
+    async fn start(dir: &Path, cluster: bool, redis_port: u16) -> Result<Self> {
+        let started = Instant::now();
+        if cluster {
+            let mut cluster = Cluster::init(dir, vec![shipped_settings()])?;
+            cluster
+                .start()
+                .await
+                .context("start the private broker cluster")?;
+            for node in &cluster.nodes {
+                println!(
+                    "cluster node {} (AMQP {}, management {}, dist {})",
+                    node.node_name, node.ports.amqp, node.ports.management, node.ports.dist
+                );
+            }
+            println!(
+                "broker cluster of {} nodes formed in {:.1} s (epmd {}); redis on {}",
+                cluster.nodes.len(),
+                started.elapsed().as_secs_f64(),
+                cluster.epmd_port,
+                redis_port
+            );
+            Ok(Broker::Cluster(cluster))
+        } else {
+            let mut node =
+                BrokerNode::init(dir, NodePorts::free()?, "chaos", vec![shipped_settings()])?;
+            node.start()
+                .await
+                .context("start the private broker node")?;
+            println!(
+                "broker node {} up in {:.1} s (AMQP {}, management {}, dist {}, epmd {}); redis on {}",
+                node.node_name,
+                started.elapsed().as_secs_f64(),
+                node.ports.amqp,
+                node.ports.management,
+                node.ports.dist,
+                node.ports.epmd,
+                redis_port
+            );
+            Ok(Broker::Single(Box::new(node)))
+        }
+    }
+}
+
+/// What a kill and restart learned on the way, for its [`Done`].
+#[derive(Default)]
+struct Found {
+    /// For the broker or a node: when it accepted connections again.
+    up_again: Option<SystemTime>,
+    /// For a cluster node: the node that was killed.
+    node: Option<String>,
+    note: Option<String>,
+}
+
+/// With `--postgres`: the private PostgreSQL and a database per stateful service (their
+/// `DATABASE_URL`s); otherwise nothing.
+async fn start_postgres(
+    options: &SystemOptions,
+) -> Result<(Option<testkit::PgCluster>, BTreeMap<Service, String>)> {
+    if !options.postgres {
+        return Ok((None, BTreeMap::new()));
+    }
+    let started = Instant::now();
+    let cluster = testkit::PgCluster::start()
+        .await
+        .context("start the private PostgreSQL")?;
+    let mut urls = BTreeMap::new();
+    for service in &options.services {
+        if let Some(db) = service.database() {
+            urls.insert(*service, cluster.create_database(db).await?);
+        }
+    }
+    println!(
+        "private PostgreSQL up in {:.1} s on {} (databases {:?})",
+        started.elapsed().as_secs_f64(),
+        cluster.port(),
+        urls.keys().filter_map(|s| s.database()).collect::<Vec<_>>()
+    );
+    Ok((Some(cluster), urls))
+}
+
+/// The processes of the run's services (not started yet): the first instance of each, and
+/// instances 2… of those that scale.
+fn service_procs(
+    options: &SystemOptions,
+    bin_dir: &Path,
+    run_dir: &Path,
+    shared: &Shared,
+) -> Result<(BTreeMap<Service, ServiceProc>, Vec<ServiceProc>)> {
+    let mut services = BTreeMap::new();
+    let mut extra = Vec::new();
+    for service in options.services.iter().copied() {
+        services.insert(
+            service,
+            ServiceProc::new(service, 1, bin_dir, run_dir, shared)?,
+        );
+        if service.scales() {
+            for instance in 2..=options.instances.max(1) {
+                extra.push(ServiceProc::new(
+                    service, instance, bin_dir, run_dir, shared,
+                )?);
+            }
+        }
+    }
+    Ok((services, extra))
 }
 
 pub struct System {
@@ -102,65 +213,8 @@ impl System {
     ) -> Result<Self> {
         let mut redis = RedisServer::new(&run_dir.join("redis"), free_port()?)?;
         redis.start().await?;
-        let started = Instant::now();
-        let broker = if options.cluster {
-            let mut cluster = Cluster::init(&run_dir.join("rabbitmq"))?;
-            cluster
-                .start()
-                .await
-                .context("start the private broker cluster")?;
-            for node in &cluster.nodes {
-                println!(
-                    "cluster node {} (AMQP {}, management {}, dist {})",
-                    node.node_name, node.ports.amqp, node.ports.management, node.ports.dist
-                );
-            }
-            println!(
-                "broker cluster of {} nodes formed in {:.1} s (epmd {}); redis on {}",
-                cluster.nodes.len(),
-                started.elapsed().as_secs_f64(),
-                cluster.epmd_port,
-                redis.port
-            );
-            Broker::Cluster(cluster)
-        } else {
-            let mut node = BrokerNode::init(&run_dir.join("rabbitmq"), NodePorts::free()?)?;
-            node.start()
-                .await
-                .context("start the private broker node")?;
-            println!(
-                "broker node {} up in {:.1} s (AMQP {}, management {}, dist {}, epmd {}); redis on {}",
-                node.node_name,
-                started.elapsed().as_secs_f64(),
-                node.ports.amqp,
-                node.ports.management,
-                node.ports.dist,
-                node.ports.epmd,
-                redis.port
-            );
-            Broker::Single(Box::new(node))
-        };
-        let (postgres, database_urls) = if options.postgres {
-            let started = Instant::now();
-            let cluster = testkit::PgCluster::start()
-                .await
-                .context("start the private PostgreSQL")?;
-            let mut urls = BTreeMap::new();
-            for service in &options.services {
-                if let Some(db) = service.database() {
-                    urls.insert(*service, cluster.create_database(db).await?);
-                }
-            }
-            println!(
-                "private PostgreSQL up in {:.1} s on {} (databases {:?})",
-                started.elapsed().as_secs_f64(),
-                cluster.port(),
-                urls.keys().filter_map(|s| s.database()).collect::<Vec<_>>()
-            );
-            (Some(cluster), urls)
-        } else {
-            (None, BTreeMap::new())
-        };
+        let broker = Broker::start(&run_dir.join("rabbitmq"), options.cluster, redis.port).await?;
+        let (postgres, database_urls) = start_postgres(options).await?;
         let shared = Shared {
             amqp_url: broker.amqp_url(),
             redis_url: redis.url(),
@@ -176,21 +230,7 @@ impl System {
                 .collect::<std::io::Result<_>>()?,
             database_urls: database_urls.clone(),
         };
-        let mut services = BTreeMap::new();
-        let mut extra = Vec::new();
-        for service in options.services.iter().copied() {
-            services.insert(
-                service,
-                ServiceProc::new(service, 1, bin_dir, run_dir, &shared)?,
-            );
-            if service.scales() {
-                for instance in 2..=options.instances.max(1) {
-                    extra.push(ServiceProc::new(
-                        service, instance, bin_dir, run_dir, &shared,
-                    )?);
-                }
-            }
-        }
+        let (services, extra) = service_procs(options, bin_dir, run_dir, &shared)?;
         let admin_token = messaging::auth::issue_for(
             options.jwt_secret.as_bytes(),
             "chaos-admin",
@@ -208,19 +248,25 @@ impl System {
             http,
             admin_token,
         };
-        let http = system.http.clone();
-        for service in options.services.iter().copied() {
-            system.service_mut(service)?.start(&http).await?;
+        system.start_services(&options.services).await?;
+        Ok(system)
+    }
+
+    /// Starts the services in order (every instance of one before the next service), then
+    /// waits until each is ready.
+    async fn start_services(&mut self, order: &[Service]) -> Result<()> {
+        let http = self.http.clone();
+        for service in order.iter().copied() {
+            self.service_mut(service)?.start(&http).await?;
             // The others together: instances starting at once is what the migrations' lock is for.
-            for proc in system.extra.iter_mut().filter(|p| p.service == service) {
+            for proc in self.extra.iter_mut().filter(|p| p.service == service) {
                 proc.start(&http).await?;
             }
         }
-        for proc in system.services.values().chain(&system.extra) {
-            proc.wait_ready(&system.http, Duration::from_secs(60))
-                .await?;
+        for proc in self.services.values().chain(&self.extra) {
+            proc.wait_ready(&self.http, Duration::from_secs(60)).await?;
         }
-        Ok(system)
+        Ok(())
     }
 
     fn service_mut(&mut self, service: Service) -> Result<&mut ServiceProc> {
@@ -275,68 +321,10 @@ impl System {
         let since = |t: Instant| t.duration_since(load_started).as_secs_f64();
         let killed_at = since(Instant::now());
         println!("[{killed_at:6.1}s] SIGKILL {}", action.target);
-        let mut up_again = None;
-        let mut note = None;
-        let mut killed_node = None;
-        let result: Result<()> = async {
-            match action.target {
-                Target::Broker => {
-                    let Broker::Single(node) = &mut self.broker else {
-                        anyhow::bail!("`broker` kills the single node; on a cluster kill node1…node3, gateway-node or leader-node");
-                    };
-                    node.sigkill().await?;
-                    tokio::time::sleep(action.down).await;
-                    let (_, at) = node.start().await?;
-                    up_again = Some(at);
-                }
-                Target::Node(pick) => {
-                    let i = self.pick_node(pick).await?;
-                    let Broker::Cluster(cluster) = &mut self.broker else {
-                        anyhow::bail!("no cluster");
-                    };
-                    let name = cluster.nodes[i].node_name.clone();
-                    println!("[{:6.1}s]   {} is {name}", since(Instant::now()), action.target);
-                    killed_node = Some(name);
-                    cluster.sigkill(i).await?;
-                    tokio::time::sleep(action.down).await;
-                    let (_, at) = cluster.restart(i).await?;
-                    up_again = Some(at);
-                }
-                Target::Redis => {
-                    self.redis.sigkill().await;
-                    tokio::time::sleep(action.down).await;
-                    self.redis.start().await?;
-                }
-                Target::Postgres => {
-                    let Some(postgres) = self.postgres.as_mut() else {
-                        anyhow::bail!("`postgres` needs --postgres");
-                    };
-                    println!(
-                        "[{:6.1}s]   pg_ctl stop -m immediate (port {})",
-                        since(Instant::now()),
-                        postgres.port()
-                    );
-                    postgres.restart(action.down).await?;
-                }
-                Target::Service(service) => {
-                    let http = self.http.clone();
-                    if service == Service::WebhookPublisher {
-                        let (pending, retrying) = self.wait_pending_deliveries().await;
-                        println!(
-                            "[{:6.1}s]   {pending} deliveries pending, {retrying} of them waiting for a retry",
-                            since(Instant::now())
-                        );
-                        note = Some(format!("{retrying} deliveries mid-retry"));
-                    }
-                    let proc = self.service_mut(service)?;
-                    proc.sigkill();
-                    tokio::time::sleep(action.down).await;
-                    proc.start(&http).await?;
-                }
-            }
-            Ok(())
-        }
-        .await;
+        let mut found = Found::default();
+        let result = self
+            .kill_and_restart(action, load_started, &mut found)
+            .await;
         let restarted_at = since(Instant::now());
         let error = result.err().map(|e| format!("{e:#}"));
         match &error {
@@ -357,11 +345,84 @@ impl System {
             action,
             killed_at,
             restarted_at,
-            up_again,
-            node: killed_node,
-            note,
+            up_again: found.up_again,
+            node: found.node,
+            note: found.note,
             error,
         }
+    }
+
+    /// The kill and restart of [`System::execute`]; what it learns on the way goes to `found`
+    /// even when it fails half-way.
+    async fn kill_and_restart(
+        &mut self,
+        action: Action,
+        load_started: Instant,
+        found: &mut Found,
+    ) -> Result<()> {
+        let since = |t: Instant| t.duration_since(load_started).as_secs_f64();
+        match action.target {
+            Target::Broker => {
+                let Broker::Single(node) = &mut self.broker else {
+                    anyhow::bail!(
+                        "`broker` kills the single node; on a cluster kill node1…node3, gateway-node or leader-node"
+                    );
+                };
+                node.sigkill().await?;
+                tokio::time::sleep(action.down).await;
+                let (_, at) = node.start().await?;
+                found.up_again = Some(at);
+            }
+            Target::Node(pick) => {
+                let i = self.pick_node(pick).await?;
+                let Broker::Cluster(cluster) = &mut self.broker else {
+                    anyhow::bail!("no cluster");
+                };
+                let name = cluster.nodes[i].node_name.clone();
+                println!(
+                    "[{:6.1}s]   {} is {name}",
+                    since(Instant::now()),
+                    action.target
+                );
+                found.node = Some(name);
+                cluster.sigkill(i).await?;
+                tokio::time::sleep(action.down).await;
+                let (_, at) = cluster.restart(i).await?;
+                found.up_again = Some(at);
+            }
+            Target::Redis => {
+                self.redis.sigkill().await;
+                tokio::time::sleep(action.down).await;
+                self.redis.start().await?;
+            }
+            Target::Postgres => {
+                let Some(postgres) = self.postgres.as_mut() else {
+                    anyhow::bail!("`postgres` needs --postgres");
+                };
+                println!(
+                    "[{:6.1}s]   pg_ctl stop -m immediate (port {})",
+                    since(Instant::now()),
+                    postgres.port()
+                );
+                postgres.restart(action.down).await?;
+            }
+            Target::Service(service) => {
+                let http = self.http.clone();
+                if service == Service::WebhookPublisher {
+                    let (pending, retrying) = self.wait_pending_deliveries().await;
+                    println!(
+                        "[{:6.1}s]   {pending} deliveries pending, {retrying} of them waiting for a retry",
+                        since(Instant::now())
+                    );
+                    found.note = Some(format!("{retrying} deliveries mid-retry"));
+                }
+                let proc = self.service_mut(service)?;
+                proc.sigkill();
+                tokio::time::sleep(action.down).await;
+                proc.start(&http).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The index of the cluster node `pick` names now (polls the management API, whose view
@@ -380,7 +441,7 @@ impl System {
         loop {
             let node = match pick {
                 NodePick::OfGateway => mgmt.node_of_connection(&gateway).await.ok().flatten(),
-                _ => mgmt.queues().await.ok().and_then(|queues| {
+                _ => mgmt.queues(DEFAULT_VHOST).await.ok().and_then(|queues| {
                     queues
                         .into_iter()
                         .find(|q| q.name == messaging::topology::ORDERS_QUEUE)
@@ -446,7 +507,7 @@ impl System {
         drop(self);
         let mut left = Vec::new();
         for port in ports {
-            if !processes::wait_closed(port, Duration::from_secs(5)).await {
+            if !ports::wait_closed(port, Duration::from_secs(5)).await {
                 left.push(port);
             }
         }

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use e2e::amqp::TestClient;
-use e2e::{Options, System, TestEnv};
+use e2e::{Options, System};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use testkit::TestEnv;
+use testkit::amqp::TestClient;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -20,8 +20,8 @@ use messaging::service::Running;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use crate::TestEnv;
-use crate::env::Databases;
+use testkit::TestEnv;
+use testkit::env::Databases;
 
 /// The secret the tests sign their tokens with.
 pub const JWT_SECRET: &str = "e2e-jwt-secret";
@@ -199,7 +199,7 @@ impl System {
         if self.options.backend == Backend::Sqlite {
             return Ok(None);
         }
-        let db = crate::env::database(&self.databases, &self.vhost, service).await?;
+        let db = testkit::env::database(&self.databases, &self.vhost, service).await?;
         let mut config = PgConfig::parse(&db.url)?;
         config.pool_size = PG_POOL_SIZE;
         config.lease = PG_LEASE;
@@ -445,7 +445,7 @@ impl System {
 
     /// Waits until a service's `/ready` says 200.
     pub async fn wait_ready(&self, base: &str) -> Result<()> {
-        crate::wait_ready(base, Duration::from_secs(20)).await
+        testkit::wait_ready(base, Duration::from_secs(20)).await
     }
 
     /// Stops orders and starts it again with another order deadline (its data is kept).
@@ -613,7 +613,7 @@ impl System {
             Service::Gateway => anyhow::bail!("the gateway keeps no database"),
         };
         cell.get_or_try_init(|| async {
-            let db = crate::env::database(&self.databases, &self.vhost, name).await?;
+            let db = testkit::env::database(&self.databases, &self.vhost, name).await?;
             db.connect().await
         })
         .await
@@ -690,7 +690,7 @@ impl System {
             Backend::Sqlite => Some(self.orders_db().await?),
             Backend::Postgres => None,
         };
-        let statuses = crate::eventually(timeout, || {
+        let statuses = testkit::eventually(timeout, || {
             let (sqlite, wanted) = (sqlite.clone(), wanted.clone());
             async move {
                 let all = match sqlite {

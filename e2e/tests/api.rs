@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use e2e::{Options, System, TestEnv};
+use e2e::{Options, System};
 use serde_json::{Value, json};
+use testkit::TestEnv;
 
 async fn problem(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();

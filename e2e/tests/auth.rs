@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use e2e::system::{CUSTOMER, JWT_SECRET, token};
-use e2e::{Options, System, TestEnv};
+use e2e::{Options, System};
 use messaging::auth::{Claims, Role};
 use reqwest::Method;
 use serde_json::{Value, json};
+use testkit::TestEnv;
 
 fn order_body(product: &str) -> Value {
     json!({"productId": product, "quantity": 1})

@@ -10,8 +10,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use e2e::env::TestEnv;
 use testkit::TestDatabase;
+use testkit::TestEnv;
 
 const SERVICES: [&str; 5] = [
     "gateway",
@@ -31,11 +31,6 @@ fn bin_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("its address").port()
-}
-
 struct Started {
     name: &'static str,
     child: tokio::process::Child,
@@ -50,7 +45,7 @@ async fn start(env: &TestEnv, name: &'static str, database: Option<&str>) -> Res
             binary.display()
         );
     }
-    let port = free_port();
+    let port = testkit::ports::free_port().expect("a free port");
     let data_dir = env.data_dir(name);
     let mut command = tokio::process::Command::new(binary);
     command

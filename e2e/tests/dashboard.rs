@@ -10,12 +10,13 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use e2e::browser::Browser;
 use e2e::system::{CUSTOMER, token};
-use e2e::ws::WsClient;
-use e2e::{Options, System, TestEnv};
+use e2e::{Options, System};
 use messaging::auth::Role;
 use serde_json::{Value, json};
+use testkit::TestEnv;
+use testkit::browser::Browser;
+use testkit::ws::WsClient;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -300,7 +301,7 @@ async fn stock_changes_reach_admins_and_the_products_seller_over_the_websocket()
     };
     let expected = vec![(3, 3, "created".to_owned()), (1, -2, "reserved".to_owned())];
     for who in [&admin, &seller] {
-        let got = e2e::eventually(WAIT, || async {
+        let got = testkit::eventually(WAIT, || async {
             let got = of_gadget(who);
             (got.len() >= 2).then_some(got)
         })
@@ -313,7 +314,7 @@ async fn stock_changes_reach_admins_and_the_products_seller_over_the_websocket()
     }
     // The customer saw its order decided; by then neither it nor seller-2 got a stock change.
     client
-        .wait_for(|m| m["type"] == "order.confirmed" && e2e::ws::has_order(&order)(m))
+        .wait_for(|m| m["type"] == "order.confirmed" && testkit::ws::has_order(&order)(m))
         .await;
     assert!(other.of_type("stock.updated").is_empty());
     assert!(client.of_type("stock.updated").is_empty());

@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
-use e2e::amqp::TestClient;
-use e2e::{Backend, Options, System, TestEnv, eventually};
+use e2e::{Backend, Options, System, publish_message};
 use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use messaging::OutgoingMessage;
 use messaging::contracts::CreateOrder;
 use messaging::deadletter;
 use messaging::topology::{COMMANDS, ORDERS_INTAKE_QUEUE, dlq, keys};
+use testkit::amqp::TestClient;
+use testkit::{TestEnv, eventually};
 
 async fn dead_letter_replayed(backend: Backend) {
     let env = TestEnv::new("dlq-replay").await.unwrap();
@@ -30,7 +31,7 @@ async fn dead_letter_replayed(backend: Backend) {
     };
     let msg =
         OutgoingMessage::json(COMMANDS, keys::ORDERS_CREATE, Some("order-dlq"), &create).unwrap();
-    client.publish_message(&msg).await.unwrap();
+    publish_message(&client, &msg).await.unwrap();
     let got = client
         .channel
         .basic_get(

@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
-use e2e::amqp::TestClient;
-use e2e::{Backend, Options, System, TestEnv, eventually};
+use e2e::{Backend, Options, System, publish_message};
 use messaging::OutgoingMessage;
 use messaging::contracts::{ReserveStock, StockAnswer};
 use messaging::topology::{COMMANDS, EVENTS, ORDERS_QUEUE, WEBHOOKS_QUEUE, keys};
+use testkit::amqp::TestClient;
+use testkit::{TestEnv, eventually};
 
 async fn stock_reserved_five_times(backend: Backend) {
     let env = TestEnv::new("dup-reply").await.unwrap();
@@ -35,7 +36,7 @@ async fn stock_reserved_five_times(backend: Backend) {
     };
     let reply =
         OutgoingMessage::json(EVENTS, keys::STOCK_RESERVED, Some(&order_id), &answer).unwrap();
-    let sends = (0..5).map(|_| client.publish_message(&reply));
+    let sends = (0..5).map(|_| publish_message(&client, &reply));
     for sent in futures::future::join_all(sends).await {
         sent.unwrap();
     }
@@ -114,12 +115,12 @@ async fn reserve_stock_twice(backend: Backend) {
     };
     let msg =
         OutgoingMessage::json(COMMANDS, keys::RESERVE_STOCK, Some("order-1"), &reserve).unwrap();
-    client.publish_message(&msg).await.unwrap();
-    client.publish_message(&msg).await.unwrap();
+    publish_message(&client, &msg).await.unwrap();
+    publish_message(&client, &msg).await.unwrap();
     // Another message id for the same order is a duplicate too (the reservation is per order).
     let again =
         OutgoingMessage::json(COMMANDS, keys::RESERVE_STOCK, Some("order-1"), &reserve).unwrap();
-    client.publish_message(&again).await.unwrap();
+    publish_message(&client, &again).await.unwrap();
 
     let answered = eventually(Duration::from_secs(20), || async {
         (client.ready_count(ORDERS_QUEUE).await.ok()? >= 1).then_some(())

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use e2e::{Options, System, TestEnv};
+use e2e::{Options, System};
 use serde_json::{Value, json};
+use testkit::TestEnv;
 
 /// `(status, reason)` of each history entry, and checks that the times run forward and match
 /// the order's own `createdAt` / `updatedAt`.

@@ -13,9 +13,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use e2e::system::count;
-use e2e::{Backend, Instances, Options, Service, System, TestEnv, eventually};
+use e2e::{Backend, Instances, Options, Service, System};
 use futures::StreamExt;
 use serde_json::{Value, json};
+use testkit::{TestEnv, eventually};
 
 const ORDERS: usize = 400;
 const STOCK: i64 = 100;

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use e2e::{Options, System, TestEnv, eventually};
+use e2e::{Options, System};
 use serde_json::Value;
+use testkit::{TestEnv, eventually};
 
 const TOOLS: &str = "is installed by scripts/ensure-test-tools.sh (Debian's prometheus package)";
 

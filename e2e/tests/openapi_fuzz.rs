@@ -4,7 +4,8 @@
 
 use std::process::Stdio;
 
-use e2e::{Options, System, TestEnv};
+use e2e::{Options, System};
+use testkit::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn schemathesis_finds_no_5xx_and_no_schema_violation() {

@@ -3,17 +3,18 @@
 
 use std::time::Duration;
 
-use e2e::amqp::TestClient;
-use e2e::redis_server::RedisServer;
 use e2e::system::count;
-use e2e::{Backend, Options, System, TestEnv, eventually};
+use e2e::{Backend, Options, System};
 use messaging::contracts::OrderEvent;
 use messaging::topology::{WEBHOOKS_QUEUE, keys};
+use testkit::amqp::TestClient;
+use testkit::redis_server::RedisServer;
+use testkit::{TestEnv, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn orders_wait_for_redis_and_are_decided_once_it_returns() {
     let env = TestEnv::new("redis-outage").await.unwrap();
-    let mut redis = RedisServer::start().await.unwrap();
+    let mut redis = RedisServer::private().await.unwrap();
     let options = Options {
         redis_url: Some(redis.url()),
         ..Options::default()
@@ -26,7 +27,7 @@ async fn orders_wait_for_redis_and_are_decided_once_it_returns() {
     for _ in 0..20 {
         before.push(system.accepted_order(&product, 1).await.unwrap());
     }
-    redis.stop().await.unwrap();
+    redis.sigkill().await;
     let mut during = Vec::new();
     for _ in 0..20 {
         during.push(system.accepted_order(&product, 1).await.unwrap());
@@ -61,7 +62,7 @@ async fn orders_wait_for_redis_and_are_decided_once_it_returns() {
         decided_during.is_empty(),
         "orders were decided without Redis: {decided_during:?}"
     );
-    redis.restart().await.unwrap();
+    redis.start().await.unwrap();
 
     let all: Vec<String> = before.iter().chain(&during).cloned().collect();
     let statuses = system
@@ -92,7 +93,7 @@ async fn orders_wait_for_redis_and_are_decided_once_it_returns() {
     assert_eq!((total, confirmed.len()), (20, 20));
 
     system.stop().await;
-    redis.stop().await.unwrap();
+    redis.sigkill().await;
     env.cleanup().await;
 }
 

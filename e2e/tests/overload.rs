@@ -6,14 +6,15 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use e2e::amqp::TestClient;
-use e2e::{Options, System, TestEnv, eventually};
+use e2e::{Options, System};
 use futures::future::join_all;
 use lapin::options::BasicPublishOptions;
 use messaging::OutgoingMessage;
 use messaging::contracts::CreateOrder;
 use messaging::topology::{COMMANDS, ORDERS_INTAKE_QUEUE, keys};
 use serde_json::{Value, json};
+use testkit::amqp::TestClient;
+use testkit::{TestEnv, eventually};
 
 /// What one `POST /orders` answered.
 struct Answer {
@@ -389,7 +390,7 @@ async fn a_full_intake_queue_is_a_nack_and_a_503() {
     let gateway = system.url("");
 
     // An operator lowers the intake queue's length limit with a policy (docs/operations.md).
-    let mgmt = e2e::env::management_url();
+    let mgmt = testkit::rabbit::management_url();
     let http = reqwest::Client::new();
     let policy = json!({
         "pattern": format!("^{ORDERS_INTAKE_QUEUE}$"),

@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
-use e2e::amqp::TestClient;
-use e2e::{Backend, Options, System, TestEnv, eventually};
+use e2e::{Backend, Options, System};
 use lapin::BasicProperties;
 use messaging::topology::{
     COMMANDS, EVENTS, ORDERS_INTAKE_QUEUE, ORDERS_QUEUE, PRODUCTS_QUEUE, dlq, keys,
 };
+use testkit::amqp::TestClient;
+use testkit::{TestEnv, eventually};
 
 fn props(message_id: Option<&str>, kind: &str) -> BasicProperties {
     let props = BasicProperties::default()

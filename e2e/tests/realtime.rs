@@ -4,9 +4,10 @@
 use std::time::{Duration, Instant};
 
 use e2e::system::{CUSTOMER, token};
-use e2e::ws::{WsClient, has_order};
-use e2e::{Options, System, TestEnv};
+use e2e::{Options, System};
 use messaging::auth::Role;
+use testkit::TestEnv;
+use testkit::ws::{WsClient, has_order};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_order_reaches_the_websocket_clients_it_belongs_to_once() {

@@ -3,14 +3,15 @@
 
 use std::time::Duration;
 
-use e2e::management::Management;
-use e2e::{Options, System, TestEnv, eventually};
+use e2e::{Options, System};
+use testkit::management::Management;
+use testkit::{TestEnv, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn services_come_back_after_their_connection_is_closed() {
     let env = TestEnv::new("reconnect").await.unwrap();
     let system = System::start(&env, Options::default()).await.unwrap();
-    let mgmt = Management::new(&e2e::env::management_url());
+    let mgmt = Management::new(&testkit::rabbit::management_url());
     let product = system.create_product(10).await.unwrap();
 
     // Every service shows up under its own name.

@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use e2e::system::token;
-use e2e::{Options, System, TestEnv};
+use e2e::{Options, System};
 use messaging::auth::Role;
 use reqwest::Method;
 use serde_json::{Value, json};
+use testkit::TestEnv;
 
 /// `POST /products` as ADMIN; returns the product id.
 async fn product(system: &System, name: &str, price: f64, stock: i64, seller: &str) -> String {

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use e2e::system::count;
-use e2e::{Backend, Options, System, TestEnv};
+use e2e::{Backend, Options, System};
+use testkit::TestEnv;
 
 async fn three_orders_fit(backend: Backend) {
     let env = TestEnv::new("stock10").await.unwrap();

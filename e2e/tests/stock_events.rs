@@ -9,12 +9,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use e2e::amqp::TestClient;
-use e2e::{Options, System, TestEnv, eventually};
+use e2e::{Options, System};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use messaging::topology::{EVENTS, keys};
 use serde_json::{Value, json};
+use testkit::amqp::TestClient;
+use testkit::{TestEnv, eventually};
 
 const CAPTURE: &str = "test.stock_events.capture";
 

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeSet;
 
-use e2e::TestEnv;
-use e2e::amqp::TestClient;
 use serde_json::Value;
+use testkit::TestEnv;
+use testkit::amqp::TestClient;
 
 /// (name, sorted arguments) of each queue, or (source, key, destination) of each binding.
 fn queues(defs: &Value) -> BTreeSet<(String, String)> {
@@ -62,7 +62,7 @@ async fn the_broker_holds_exactly_the_described_topology() {
 
     let url = format!(
         "{}/api/definitions/{}",
-        e2e::env::management_url(),
+        testkit::rabbit::management_url(),
         env.vhost
     );
     let exported: Value = reqwest::Client::new()

@@ -7,8 +7,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use e2e::{Options, System, TestEnv, eventually};
+use e2e::{Options, System};
 use serde_json::json;
+use testkit::{TestEnv, eventually};
 
 /// An HTTP endpoint that records the `traceparent` of every webhook it receives.
 async fn sink() -> (String, Arc<Mutex<Vec<String>>>) {

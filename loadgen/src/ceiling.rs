@@ -5,7 +5,7 @@
 //! carry; the saga can at best reach `ceiling ÷ messages per order` orders/s.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
@@ -89,109 +89,183 @@ pub async fn run(settings: &Settings) -> Result<Outcome, CeilingError> {
     let consumer_conn = Connection::connect(&settings.amqp_url, props).await?;
     let counters = Arc::new(Counters::default());
     let body = Arc::new(vec![b'x'; settings.body_size]);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut names = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
 
     for n in 0..settings.queues.max(1) {
         let name = format!("loadgen_ceiling_{n}");
-        let setup = publisher_conn.create_channel().await?;
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-        setup
-            .queue_declare(
-                name.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await?;
+        declare_quorum_queue(&publisher_conn, &name).await?;
         names.push(name.clone());
-
-        let consumer = consumer_conn.create_channel().await?;
-        consumer
-            .basic_qos(settings.prefetch, BasicQosOptions::default())
-            .await?;
-        let mut stream = consumer
-            .basic_consume(
-                name.as_str().into(),
-                format!("loadgen.ceiling.{n}").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let c = counters.clone();
+        // Places in the queue: the publisher takes one per message, the consumer gives it back.
         let backlog = Arc::new(Semaphore::new(settings.backlog.max(1)));
-        let consumed = backlog.clone();
-        let coalesce = settings.coalesce_acks;
-        tasks.spawn(async move {
-            while let Some(Ok(delivery)) = stream.next().await {
-                // The deliveries already received are "finished" together, like handlers
-                // whose writes shared one commit in the services.
-                let (mut last, mut count) = (delivery.delivery_tag, 1usize);
-                while coalesce && let Some(Some(Ok(next))) = stream.next().now_or_never() {
-                    (last, count) = (next.delivery_tag, count + 1);
-                }
-                let multiple = count > 1;
-                if consumer
-                    .basic_ack(last, BasicAckOptions { multiple })
-                    .await
-                    .is_ok()
-                {
-                    c.consumed.fetch_add(count as u64, Ordering::Relaxed);
-                }
-                consumed.add_permits(count);
-            }
-        });
-
-        let channel = publisher_conn.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let window = Arc::new(Semaphore::new(settings.window.max(1)));
-        let (c, body, stop) = (counters.clone(), body.clone(), stop.clone());
-        tasks.spawn(async move {
-            let mut seq = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(queued) = backlog.acquire().await else {
-                    break;
-                };
-                // Given back by the consumer when it has the message.
-                queued.forget();
-                let Ok(permit) = window.clone().acquire_owned().await else {
-                    break;
-                };
-                seq += 1;
-                let published = channel
-                    .basic_publish(
-                        "".into(),
-                        name.as_str().into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        &body,
-                        properties(seq),
-                    )
-                    .await;
-                let Ok(pending) = published else { break };
-                let c = c.clone();
-                tokio::spawn(async move {
-                    match pending.await {
-                        Ok(Confirmation::Ack(_)) => c.confirmed.fetch_add(1, Ordering::Relaxed),
-                        _ => c.nacked.fetch_add(1, Ordering::Relaxed),
-                    };
-                    drop(permit);
-                });
-            }
-        });
+        let consumer = consume(
+            &consumer_conn,
+            n,
+            &name,
+            settings,
+            counters.clone(),
+            backlog.clone(),
+        )
+        .await?;
+        tasks.spawn(consumer);
+        let publisher = publish(
+            &publisher_conn,
+            name,
+            settings,
+            (counters.clone(), body.clone(), stop.clone()),
+            backlog,
+        )
+        .await?;
+        tasks.spawn(publisher);
     }
 
+    let measured = measure(settings, &counters).await;
+    stop.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tasks.abort_all();
+    clean_up(&publisher_conn, &consumer_conn, &names).await?;
+    Ok(measured.outcome(&counters))
+}
+
+/// Declares the durable quorum queue `name`.
+async fn declare_quorum_queue(conn: &Connection, name: &str) -> Result<(), CeilingError> {
+    let setup = conn.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    setup
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Subscribes to queue `name` (consumer `n`) at the services' prefetch; the returned task acks
+/// what it receives, counts it, and gives its places in the backlog back.
+async fn consume(
+    conn: &Connection,
+    n: usize,
+    name: &str,
+    settings: &Settings,
+    counters: Arc<Counters>,
+    backlog: Arc<Semaphore>,
+) -> Result<impl Future<Output = ()> + Send + 'static, CeilingError> {
+    let consumer = conn.create_channel().await?;
+    consumer
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut stream = consumer
+        .basic_consume(
+            name.into(),
+            format!("loadgen.ceiling.{n}").as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let coalesce = settings.coalesce_acks;
+    Ok(async move {
+        while let Some(Ok(delivery)) = stream.next().await {
+            // The deliveries already received are "finished" together, like handlers
+            // whose writes shared one commit in the services.
+            let (mut last, mut count) = (delivery.delivery_tag, 1usize);
+            while coalesce && let Some(Some(Ok(next))) = stream.next().now_or_never() {
+                (last, count) = (next.delivery_tag, count + 1);
+            }
+            let multiple = count > 1;
+            if consumer
+                .basic_ack(last, BasicAckOptions { multiple })
+                .await
+                .is_ok()
+            {
+                counters.consumed.fetch_add(count as u64, Ordering::Relaxed);
+            }
+            backlog.add_permits(count);
+        }
+    })
+}
+
+/// Opens a confirming channel; the returned task publishes to queue `name` until `stop`, each
+/// message once it has a place in the backlog and in the window of unconfirmed publishes, and
+/// counts the confirms.
+async fn publish(
+    conn: &Connection,
+    name: String,
+    settings: &Settings,
+    (counters, body, stop): (Arc<Counters>, Arc<Vec<u8>>, Arc<AtomicBool>),
+    backlog: Arc<Semaphore>,
+) -> Result<impl Future<Output = ()> + Send + 'static, CeilingError> {
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let window = Arc::new(Semaphore::new(settings.window.max(1)));
+    Ok(async move {
+        let mut seq = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(queued) = backlog.acquire().await else {
+                break;
+            };
+            // Given back by the consumer when it has the message.
+            queued.forget();
+            let Ok(permit) = window.clone().acquire_owned().await else {
+                break;
+            };
+            seq += 1;
+            let published = channel
+                .basic_publish(
+                    "".into(),
+                    name.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &body,
+                    properties(seq),
+                )
+                .await;
+            let Ok(pending) = published else { break };
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                match pending.await {
+                    Ok(Confirmation::Ack(_)) => counters.confirmed.fetch_add(1, Ordering::Relaxed),
+                    _ => counters.nacked.fetch_add(1, Ordering::Relaxed),
+                };
+                drop(permit);
+            });
+        }
+    })
+}
+
+/// What was confirmed and consumed in the measured window.
+struct Measured {
+    confirmed: u64,
+    consumed: u64,
+    elapsed: Duration,
+}
+
+impl Measured {
+    fn outcome(&self, counters: &Counters) -> Outcome {
+        let secs = self.elapsed.as_secs_f64();
+        Outcome {
+            confirmed_per_sec: self.confirmed as f64 / secs,
+            consumed_per_sec: self.consumed as f64 / secs,
+            nacked: counters.nacked.load(Ordering::Relaxed),
+            measured_for: self.elapsed,
+        }
+    }
+}
+
+/// Lets the queues warm up, then counts confirms and deliveries over `settings.duration`.
+async fn measure(settings: &Settings, counters: &Counters) -> Measured {
     tokio::time::sleep(settings.warmup).await;
     let (c0, k0, t0) = (
         counters.confirmed.load(Ordering::Relaxed),
@@ -199,27 +273,26 @@ pub async fn run(settings: &Settings) -> Result<Outcome, CeilingError> {
         Instant::now(),
     );
     tokio::time::sleep(settings.duration).await;
-    let (c1, k1, elapsed) = (
-        counters.confirmed.load(Ordering::Relaxed),
-        counters.consumed.load(Ordering::Relaxed),
-        t0.elapsed(),
-    );
-    stop.store(true, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    tasks.abort_all();
+    Measured {
+        confirmed: counters.confirmed.load(Ordering::Relaxed) - c0,
+        consumed: counters.consumed.load(Ordering::Relaxed) - k0,
+        elapsed: t0.elapsed(),
+    }
+}
+
+/// Deletes the queues and closes both connections.
+async fn clean_up(
+    publisher_conn: &Connection,
+    consumer_conn: &Connection,
+    names: &[String],
+) -> Result<(), CeilingError> {
     let cleanup = publisher_conn.create_channel().await?;
-    for name in &names {
+    for name in names {
         let _ = cleanup
             .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
     let _ = publisher_conn.close(200, "done".into()).await;
     let _ = consumer_conn.close(200, "done".into()).await;
-    let secs = elapsed.as_secs_f64();
-    Ok(Outcome {
-        confirmed_per_sec: (c1 - c0) as f64 / secs,
-        consumed_per_sec: (k1 - k0) as f64 / secs,
-        nacked: counters.nacked.load(Ordering::Relaxed),
-        measured_for: elapsed,
-    })
+    Ok(())
 }

@@ -1,6 +1,21 @@
 //! The load generator of issue 5: places orders through the gateway (open or closed loop),
 //! times `POST /orders` and POST → terminal event with HDR histograms, samples the CPU and
 //! memory of the service processes, and measures the broker's own ceiling for comparison.
+//!
+//! The binary (`src/main.rs`) is the command line: a load run, or `loadgen ceiling`. Its pieces
+//! are tested in `tests/pieces.rs`; the open-loop smoke run against the whole system is in
+//! `e2e/tests/loadgen.rs` (this crate depends on no service, and nothing here on `e2e`).
+//!
+//! Layout:
+//! - `target.rs`: the gateway(s) under load, a token and a product to order.
+//! - `open_loop.rs`: orders started at a fixed rate; `closed_loop.rs`: a fixed number of
+//!   clients.
+//! - `events.rs`: the listener on `saga.events` that times each order's terminal event.
+//! - `recorder.rs`: the HDR histograms, outcomes and errors; `series.rs`: their interval series.
+//! - `procstat.rs`: CPU and memory of the service processes from `/proc`.
+//! - `webhooks.rs`: delivered webhooks from the publisher's `/metrics`.
+//! - `report.rs`: the markdown report of a run.
+//! - `ceiling.rs`: the broker alone, through quorum queues with confirms and acks.
 
 pub mod ceiling;
 pub mod closed_loop;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use loadgen::events::{self, Tracker};
 use loadgen::procstat::{self, Watched};
-use loadgen::recorder::Recorder;
+use loadgen::recorder::{Recorder, Snapshot};
 use loadgen::report::{ProcessUse, RunReport};
 use loadgen::series;
 use loadgen::target::Target;
@@ -140,12 +140,10 @@ fn sample_all(list: &[Watched]) -> Vec<Option<procstat::Sample>> {
     list.iter().map(|w| procstat::sample(w.pid).ok()).collect()
 }
 
+/// A load run: listen to the terminal events, place the load while sampling the processes,
+/// wait for the outstanding orders, count the webhooks, print the report.
 async fn run_load(args: LoadArgs) -> Result<()> {
-    let (mode, offered) = match (args.rate, args.concurrency) {
-        (Some(rate), None) if rate > 0.0 => ("open loop", format!("{rate} orders/s (open loop)")),
-        (None, Some(c)) if c > 0 => ("closed loop", format!("{c} clients (closed loop)")),
-        _ => bail!("give either --rate N (open loop) or --concurrency N (closed loop)"),
-    };
+    let (mode, offered) = offered(&args)?;
     let Some(jwt_secret) = args.jwt_secret.as_deref() else {
         bail!("give --jwt-secret (or JWT_SECRET): the gateway's token secret");
     };
@@ -171,88 +169,42 @@ async fn run_load(args: LoadArgs) -> Result<()> {
         None => None,
     };
 
-    let duration = secs(args.duration);
-    let mem_task = args.mem_every.map(|every| {
-        let list = processes.clone();
-        tokio::spawn(async move {
-            let start = Instant::now();
-            let mut tick = tokio::time::interval(secs(every));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let row: Vec<String> = list
-                    .iter()
-                    .map(|w| match procstat::sample(w.pid) {
-                        Ok(s) => format!("{}={:.1}MiB", w.name, s.rss_kb as f64 / 1024.0),
-                        Err(_) => format!("{}=gone", w.name),
-                    })
-                    .collect();
-                println!(
-                    "mem t={:.0}s {}",
-                    start.elapsed().as_secs_f64(),
-                    row.join(" ")
-                );
-            }
-        })
-    });
-
-    let series_task = args
-        .series_every
-        .map(|every| series::spawn(recorder.clone(), secs(every)));
-
-    let before = sample_all(&processes);
-    let started = Instant::now();
-    let attempted = match (args.rate, args.concurrency) {
-        (Some(rate), _) => open_loop::run(&target, rate, duration, &recorder, &tracker).await,
-        (_, Some(c)) => closed_loop::run(&target, c, duration, &recorder, &tracker).await,
-        _ => 0,
-    };
-    let load_time = started.elapsed();
-    let load_end = Instant::now();
-    let after = sample_all(&processes);
-    let at_load_end = recorder.snapshot();
-    for task in [mem_task, series_task].into_iter().flatten() {
-        task.abort();
-    }
-
-    let drain_end = Instant::now() + secs(args.drain);
-    while tracker.outstanding() > 0 && Instant::now() < drain_end {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let placed = place_load(&args, &target, &processes, &recorder, &tracker).await;
+    let drain_end = drain(&tracker, secs(args.drain)).await;
     let webhooks = match (&args.webhook_metrics, webhooks_before) {
         (Some(url), Some(before)) => {
             // Deliveries trail the orders; give them the drain time too.
             let wait_until = drain_end.min(Instant::now() + Duration::from_secs(5));
             tokio::time::sleep_until(wait_until.into()).await;
             let delivered = webhooks::delivered(&target.http, url).await? - before;
-            Some((delivered, started.elapsed()))
+            Some((delivered, placed.started.elapsed()))
         }
         _ => None,
     };
     let final_ = recorder.snapshot();
     let outstanding = tracker.outstanding();
     let drained_after = (outstanding == 0).then(|| {
-        final_
-            .last_terminal
-            .map_or(Duration::ZERO, |t| t.saturating_duration_since(load_end))
+        final_.last_terminal.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(placed.ended)
+        })
     });
     let report = RunReport {
         title: args
             .title
             .unwrap_or_else(|| format!("{mode}: {offered} for {:.0} s", args.duration)),
         offered,
-        load_time,
-        at_load_end,
+        load_time: placed.load_time,
+        at_load_end: placed.at_load_end,
         final_: final_.clone(),
         completion_span: final_
             .last_terminal
-            .map(|t| t.saturating_duration_since(started)),
-        attempted,
+            .map(|t| t.saturating_duration_since(placed.started)),
+        attempted: placed.attempted,
         outstanding,
         drained_after,
         processes: processes
             .into_iter()
-            .zip(before.into_iter().zip(after))
+            .zip(placed.before.into_iter().zip(placed.after))
             .map(|(watched, (before, after))| ProcessUse {
                 watched,
                 before,
@@ -263,6 +215,102 @@ async fn run_load(args: LoadArgs) -> Result<()> {
     };
     println!("{}", report.render());
     Ok(())
+}
+
+/// The mode of the run and the load it offers, from `--rate` or `--concurrency`.
+fn offered(args: &LoadArgs) -> Result<(&'static str, String)> {
+    Ok(match (args.rate, args.concurrency) {
+        (Some(rate), None) if rate > 0.0 => ("open loop", format!("{rate} orders/s (open loop)")),
+        (None, Some(c)) if c > 0 => ("closed loop", format!("{c} clients (closed loop)")),
+        _ => bail!("give either --rate N (open loop) or --concurrency N (closed loop)"),
+    })
+}
+
+/// The load phase as it went.
+struct Placed {
+    attempted: usize,
+    started: Instant,
+    load_time: Duration,
+    ended: Instant,
+    /// The watched processes before and after the load.
+    before: Vec<Option<procstat::Sample>>,
+    after: Vec<Option<procstat::Sample>>,
+    at_load_end: Snapshot,
+}
+
+/// Places the load for `--duration` (open or closed loop), sampling the processes before and
+/// after and, when asked, printing their memory and the latency series as it runs.
+async fn place_load(
+    args: &LoadArgs,
+    target: &Target,
+    processes: &[Watched],
+    recorder: &Arc<Recorder>,
+    tracker: &Arc<Tracker>,
+) -> Placed {
+    let duration = secs(args.duration);
+    let mem_task = args
+        .mem_every
+        .map(|every| print_memory(processes.to_vec(), secs(every)));
+    let series_task = args
+        .series_every
+        .map(|every| series::spawn(recorder.clone(), secs(every)));
+
+    let before = sample_all(processes);
+    let started = Instant::now();
+    let attempted = match (args.rate, args.concurrency) {
+        (Some(rate), _) => open_loop::run(target, rate, duration, recorder, tracker).await,
+        (_, Some(c)) => closed_loop::run(target, c, duration, recorder, tracker).await,
+        _ => 0,
+    };
+    let load_time = started.elapsed();
+    let ended = Instant::now();
+    let after = sample_all(processes);
+    let at_load_end = recorder.snapshot();
+    for task in [mem_task, series_task].into_iter().flatten() {
+        task.abort();
+    }
+    Placed {
+        attempted,
+        started,
+        load_time,
+        ended,
+        before,
+        after,
+        at_load_end,
+    }
+}
+
+/// Prints the RSS of every process in `list` every `every` until aborted.
+fn print_memory(list: Vec<Watched>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let row: Vec<String> = list
+                .iter()
+                .map(|w| match procstat::sample(w.pid) {
+                    Ok(s) => format!("{}={:.1}MiB", w.name, s.rss_kb as f64 / 1024.0),
+                    Err(_) => format!("{}=gone", w.name),
+                })
+                .collect();
+            println!(
+                "mem t={:.0}s {}",
+                start.elapsed().as_secs_f64(),
+                row.join(" ")
+            );
+        }
+    })
+}
+
+/// Waits until no order is outstanding, at most `drain`; returns when the drain time ends.
+async fn drain(tracker: &Tracker, drain: Duration) -> Instant {
+    let drain_end = Instant::now() + drain;
+    while tracker.outstanding() > 0 && Instant::now() < drain_end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drain_end
 }
 
 async fn run_ceiling(args: CeilingArgs) -> Result<()> {

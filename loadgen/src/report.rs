@@ -105,6 +105,26 @@ pub fn process_table(processes: &[ProcessUse], elapsed: Duration) -> String {
 
 impl RunReport {
     pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "### {}\n", self.title);
+        let _ = writeln!(out, "| measure | value |\n|---|---|");
+        self.write_throughput(&mut out);
+        self.write_completion(&mut out);
+        let f = &self.final_;
+        let _ = writeln!(
+            out,
+            "\n| latency (ms) | p50 | p90 | p99 | p99.9 | max | n |\n|---|---|---|---|---|---|---|"
+        );
+        let _ = writeln!(out, "{}", latency_row("POST /orders", &f.post));
+        let _ = writeln!(out, "{}", latency_row("POST → terminal event", &f.terminal));
+        if !self.processes.is_empty() {
+            let _ = writeln!(out, "\n{}", process_table(&self.processes, self.load_time));
+        }
+        out
+    }
+
+    /// The rows of what was offered, accepted and decided, during the load and in all.
+    fn write_throughput(&self, out: &mut String) {
         let secs = self.load_time.as_secs_f64().max(1e-9);
         let f = &self.final_;
         let terminal_in_load: u64 = self.at_load_end.outcomes.values().sum();
@@ -115,9 +135,6 @@ impl RunReport {
             .map(|(k, v)| format!("{k} {v}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut out = String::new();
-        let _ = writeln!(out, "### {}\n", self.title);
-        let _ = writeln!(out, "| measure | value |\n|---|---|");
         let _ = writeln!(out, "| offered | {} |", self.offered);
         let _ = writeln!(out, "| load phase | {secs:.1} s |");
         let _ = writeln!(out, "| POSTs attempted | {} |", self.attempted);
@@ -155,6 +172,11 @@ impl RunReport {
                 span.as_secs_f64()
             );
         }
+    }
+
+    /// The rows of what was left after the load: outstanding orders, the drain, errors and
+    /// webhook deliveries.
+    fn write_completion(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "| accepted but no terminal event after the drain | {} |",
@@ -168,7 +190,7 @@ impl RunReport {
                 None => "not within the drain time".into(),
             }
         );
-        let _ = writeln!(out, "| errors | {} |", errors_text(f));
+        let _ = writeln!(out, "| errors | {} |", errors_text(&self.final_));
         if let Some((delivered, over)) = self.webhooks {
             let _ = writeln!(
                 out,
@@ -177,15 +199,5 @@ impl RunReport {
                 over.as_secs_f64()
             );
         }
-        let _ = writeln!(
-            out,
-            "\n| latency (ms) | p50 | p90 | p99 | p99.9 | max | n |\n|---|---|---|---|---|---|---|"
-        );
-        let _ = writeln!(out, "{}", latency_row("POST /orders", &f.post));
-        let _ = writeln!(out, "{}", latency_row("POST → terminal event", &f.terminal));
-        if !self.processes.is_empty() {
-            let _ = writeln!(out, "\n{}", process_table(&self.processes, self.load_time));
-        }
-        out
     }
 }

@@ -3,7 +3,7 @@
 //! `saga.events` and see it appear on the page through publisher and notifier; then restart the
 //! notifier on the same port and see the page go "reconnecting" and come back by itself.
 //!
-//! The browser is driven by `e2e::browser`; `scripts/ensure-test-tools.sh` installs chromium.
+//! The browser is driven by `testkit::browser`; `scripts/ensure-test-tools.sh` installs chromium.
 //! Without chromium the test fails, saying so.
 
 mod common;
@@ -11,19 +11,19 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use e2e::TestEnv;
-use e2e::amqp::TestClient;
-use e2e::browser::Browser;
 use messaging::OutgoingMessage;
 use messaging::signature::Secret;
 use messaging::topology::{EVENTS, keys};
 use notifier::auth::Role;
 use serde_json::Value;
+use testkit::TestEnv;
+use testkit::amqp::TestClient;
+use testkit::browser::Browser;
 
 async fn publish_order(amqp: &TestClient, order_id: &str) {
     let event = event(order_id, Some("c1"), Some("s1"));
     let msg = OutgoingMessage::json(EVENTS, keys::ORDER_CREATED, Some(order_id), &event).unwrap();
-    amqp.publish_message(&msg).await.unwrap();
+    publish_message(amqp, &msg).await.unwrap();
 }
 
 const STATUS: &str = "document.getElementById('status').textContent";
@@ -62,14 +62,14 @@ async fn the_live_page_shows_events_and_reconnects_by_itself() {
         prune_every: webhook_publisher::retention::PRUNE_EVERY,
     };
     let publisher = webhook_publisher::spawn(publisher_config).await.unwrap();
-    let amqp = e2e::eventually(LONG, || async {
+    let amqp = testkit::eventually(LONG, || async {
         TestClient::connect(&env.amqp_url).await.ok()
     })
     .await
     .unwrap();
     // The publisher declares the topology when it connects; wait for it before publishing.
     let ready = format!("{}/ready", publisher.url());
-    e2e::eventually(LONG, || async {
+    testkit::eventually(LONG, || async {
         reqwest::get(&ready)
             .await
             .ok()?

@@ -8,13 +8,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
-use e2e::TestEnv;
-use e2e::amqp::TestClient;
 use messaging::OutgoingMessage;
 use messaging::signature::Secret;
 use messaging::topology::{EVENTS, keys};
 use notifier::auth::Role;
 use serde_json::json;
+use testkit::TestEnv;
+use testkit::amqp::TestClient;
 
 fn publisher_config(env: &TestEnv, notifier_url: &str) -> webhook_publisher::Config {
     webhook_publisher::Config {
@@ -46,7 +46,7 @@ async fn start_publisher(env: &TestEnv, notifier_url: &str) -> messaging::servic
         .await
         .unwrap();
     let ready = format!("{}/ready", running.url());
-    let up = e2e::eventually(LONG, || {
+    let up = testkit::eventually(LONG, || {
         let ready = ready.clone();
         async move {
             reqwest::get(&ready)
@@ -65,12 +65,12 @@ async fn start_publisher(env: &TestEnv, notifier_url: &str) -> messaging::servic
 /// Publishes an order event on `saga.events` as the orders service does.
 async fn publish_event(client: &TestClient, kind: &str, event: &messaging::contracts::OrderEvent) {
     let msg = OutgoingMessage::json(EVENTS, kind, Some(&event.order_id), event).unwrap();
-    client.publish_message(&msg).await.unwrap();
+    publish_message(client, &msg).await.unwrap();
 }
 
 /// Waits until `client` has `count` messages of `kind`, and checks there are not more.
 async fn stats_after(client: &WsClient, kind: &str, count: usize) -> Vec<serde_json::Value> {
-    let all = e2e::eventually(LONG, || async {
+    let all = testkit::eventually(LONG, || async {
         (client.of_type(kind).len() >= count).then_some(())
     })
     .await;
@@ -131,7 +131,7 @@ async fn every_role_gets_exactly_its_events_through_publisher_and_notifier() {
 
     // Once the admin has everything, every event is fanned out; a last event per owner then
     // marks the end of each client's stream (one Redis channel, one queue per client: in order).
-    let all = e2e::eventually(LONG, || async {
+    let all = testkit::eventually(LONG, || async {
         (admin.order_events().len() >= everything.len()).then_some(())
     })
     .await;
@@ -489,7 +489,7 @@ async fn rooms_are_joined_only_when_the_token_allows_and_narrow_the_feed() {
     ask(&c1, json!({"type": "join", "room": "order-never-seen"})).await;
     ask(&c1, json!({"type": "join", "room": "lobby"})).await;
     ask(&c1, json!({"type": "dance"})).await;
-    let errors = e2e::eventually(LONG, || async {
+    let errors = testkit::eventually(LONG, || async {
         let errors = c1.of_type("error");
         (errors.len() == 4).then_some(errors)
     })
@@ -604,7 +604,7 @@ async fn a_silent_client_is_disconnected_and_a_live_one_is_kept() {
 #[tokio::test]
 async fn a_redis_outage_is_a_503_the_sender_retries_and_the_notifier_recovers() {
     let env = TestEnv::new("nt-redis").await.unwrap();
-    let mut redis = e2e::redis_server::RedisServer::start().await.unwrap();
+    let mut redis = testkit::redis_server::RedisServer::private().await.unwrap();
     let mut cfg = config(&env);
     cfg.common.redis_url = redis.url();
     let notifier = start(cfg).await;
@@ -618,8 +618,8 @@ async fn a_redis_outage_is_a_503_the_sender_retries_and_the_notifier_recovers() 
             .as_u16()
     };
 
-    redis.stop().await.unwrap();
-    let down = e2e::eventually(LONG, || async {
+    redis.sigkill().await;
+    let down = testkit::eventually(LONG, || async {
         (ready_status().await == 503).then_some(())
     })
     .await;
@@ -637,8 +637,8 @@ async fn a_redis_outage_is_a_503_the_sender_retries_and_the_notifier_recovers() 
     );
 
     // Redis is back: the listener resubscribes and the retried webhook goes through once.
-    redis.restart().await.unwrap();
-    let up = e2e::eventually(LONG, || async {
+    redis.start().await.unwrap();
+    let up = testkit::eventually(LONG, || async {
         (ready_status().await == 200).then_some(())
     })
     .await;
@@ -646,7 +646,7 @@ async fn a_redis_outage_is_a_503_the_sender_retries_and_the_notifier_recovers() 
         up.is_some(),
         "the notifier did not recover after Redis came back"
     );
-    let accepted = e2e::eventually(LONG, || async {
+    let accepted = testkit::eventually(LONG, || async {
         // Each try is a fresh attempt, as the publisher would send it: new timestamp, same id.
         let ts = now();
         let signature = Secret::parse(SECRET).unwrap().sign("msg_outage", ts, &body);

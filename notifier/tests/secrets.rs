@@ -20,7 +20,7 @@ async fn run(secrets: &[(&str, &str)]) -> (bool, String) {
         .env("HTTP_ADDR", "127.0.0.1:0")
         .env("REDIS_URL", "redis://127.0.0.1:1")
         .envs(secrets.iter().copied());
-    e2e::exit_of(command).await
+    testkit::process::exit_of(command).await
 }
 
 #[tokio::test]

@@ -14,11 +14,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::*;
-use e2e::TestEnv;
 use messaging::topology::keys;
 use notifier::auth::Role;
 use notifier::telegram::{Retry, Settings};
 use serde_json::{Value, json};
+use testkit::TestEnv;
 
 const BOT_TOKEN: &str = "4242:stand-in-secret";
 
@@ -117,7 +117,7 @@ impl Server {
 
     /// Waits until at least `count` requests arrived; returns them all.
     async fn wait_for(&self, count: usize) -> Vec<Received> {
-        let got = e2e::eventually(LONG, || async {
+        let got = testkit::eventually(LONG, || async {
             let received = self.received();
             (received.len() >= count).then_some(received)
         })

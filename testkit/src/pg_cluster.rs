@@ -17,6 +17,8 @@ use anyhow::{Context, Result, bail};
 use tokio::process::Command;
 use tokio_postgres::NoTls;
 
+use crate::ports;
+
 /// A PostgreSQL server of this process, on its own port and data directory.
 pub struct PgCluster {
     bin: PathBuf,
@@ -78,7 +80,7 @@ impl PgCluster {
         // A free port can be taken between the probe and the server's bind: try a few.
         let mut last = None;
         for _ in 0..5 {
-            cluster.port = free_port()?;
+            cluster.port = ports::free_port()?;
             match cluster.start_again().await {
                 Ok(()) => return Ok(cluster),
                 Err(e) => last = Some(e),
@@ -152,7 +154,7 @@ impl PgCluster {
             );
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while port_open(self.port).await {
+        while ports::listening(self.port).await {
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "port {} still open after the stop",
@@ -318,18 +320,6 @@ fn run_as(created: &Path) -> Result<Option<(u32, u32)>> {
         .context("running as root, and there is no postgres user to run the private PostgreSQL as")
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn port_open(port: u16) -> bool {
-    tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,7 +366,10 @@ mod tests {
         let dir = cluster.dir.path().to_path_buf();
         drop(client);
         drop(cluster);
-        assert!(!port_open(port).await, "the server still listens on {port}");
+        assert!(
+            !ports::listening(port).await,
+            "the server still listens on {port}"
+        );
         assert!(!dir.exists(), "{} was not removed", dir.display());
     }
 }

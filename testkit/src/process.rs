@@ -1,6 +1,7 @@
-//! A service binary that must refuse to start: run with settings that point nowhere (no broker,
-//! no Redis on port 1), development secrets, no colours, plus the test's `vars`; it must exit
-//! non-zero within 30 s, and its stderr is returned for the test to read.
+//! A service binary that must refuse to start. [`refused_start`] runs it with settings that
+//! point nowhere (no broker, no Redis on port 1), development secrets, no colours, plus the
+//! test's `vars`; it must exit non-zero within 30 s, and its stderr is returned for the test to
+//! read. [`exit_of`] runs a command the test built and returns how it ended and what it printed.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -67,4 +68,23 @@ pub async fn assert_bad_database_settings_refused(binary: &str, service: &str) {
     .await;
     assert!(stderr.contains("DATABASE_POOL_SIZE"), "{stderr}");
     assert!(!data_dir.exists(), "a refused start created {data_dir:?}");
+}
+
+/// Runs a service binary that is expected to refuse its configuration and exit: returns whether
+/// it exited successfully and what it printed (stdout, then stderr). Panics if it is still
+/// running after 30 s, i.e. if it started instead of refusing.
+pub async fn exit_of(mut command: tokio::process::Command) -> (bool, String) {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().expect("start the service binary");
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the service started instead of refusing its configuration")
+        .expect("wait for the service binary");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
 }

@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 
+/// The shared broker's management API.
 pub fn management_url() -> String {
     std::env::var("RABBITMQ_MANAGEMENT_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into())
 }
@@ -57,11 +58,15 @@ impl Vhost {
 
     /// Deletes the vhost and everything in it.
     pub async fn delete(self) {
-        let _ = self
-            .http
-            .delete(format!("{}/api/vhosts/{}", management_url(), self.name))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await;
+        delete_vhost(&self.http, &self.name).await;
     }
+}
+
+/// Deletes vhost `name` and everything in it; a failure is ignored (the test is over).
+pub async fn delete_vhost(http: &reqwest::Client, name: &str) {
+    let _ = http
+        .delete(format!("{}/api/vhosts/{name}", management_url()))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await;
 }

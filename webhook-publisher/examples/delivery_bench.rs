@@ -24,11 +24,11 @@ use anyhow::{Context, Result, bail};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
-use e2e::TestEnv;
-use e2e::amqp::TestClient;
 use messaging::OutgoingMessage;
 use messaging::contracts::OrderEvent;
 use messaging::topology::EVENTS;
+use testkit::TestEnv;
+use testkit::amqp::TestClient;
 use tokio::process::{Child, Command};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -109,12 +109,6 @@ async fn start_sink() -> Result<(String, Arc<AtomicUsize>)> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok((format!("http://{addr}/webhooks"), received))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn spawn_publisher(env: &TestEnv, args: &Args, sink: &str, port: u16) -> Result<Child> {
@@ -279,11 +273,11 @@ async fn delivered_metric(http: &reqwest::Client, base: &str) -> Result<usize> {
 
 async fn run(env: &TestEnv, args: &Args) -> Result<String> {
     let (sink, received) = start_sink().await?;
-    let port = free_port()?;
+    let port = testkit::ports::free_port()?;
     let child = spawn_publisher(env, args, &sink, port)?;
     let pid = child.id().context("the publisher exited at once")?;
     let base = format!("http://127.0.0.1:{port}");
-    e2e::wait_ready(&base, Duration::from_secs(20)).await?;
+    testkit::wait_ready(&base, Duration::from_secs(20)).await?;
     let client = TestClient::connect(&env.amqp_url).await?;
     let http = reqwest::Client::new();
     tokio::time::sleep(Duration::from_millis(500)).await;

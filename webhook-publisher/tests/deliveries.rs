@@ -7,9 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use e2e::TestEnv;
-use e2e::amqp::TestClient;
 use messaging::topology::{WEBHOOKS_QUEUE, dlq, keys};
+use testkit::TestEnv;
+use testkit::amqp::TestClient;
 
 on_both_backends!(
     an_endpoint_failing_twice_gets_three_signed_attempts_and_one_delivery,
@@ -73,7 +73,7 @@ async fn an_endpoint_failing_twice_gets_three_signed_attempts_and_one_delivery(k
     assert!(body["timestamp"].is_string());
 
     // The same AMQP message again (a redelivery) creates nothing; a new one does.
-    client.publish_message(&msg).await.unwrap();
+    publish_message(&client, &msg).await.unwrap();
     publish(&client, keys::ORDER_CREATED, "order-3b").await;
     wait_for_status(&base, "order-3b", "delivered").await;
     let for_order = deliveries(&base, "").await;
@@ -165,7 +165,7 @@ async fn a_dead_endpoint_does_not_delay_a_healthy_one(kind: Kind) {
     for i in 0..10 {
         publish(&client, keys::ORDER_CREATED, &format!("order-d{i}")).await;
     }
-    let all_there = e2e::eventually(LONG, || async {
+    let all_there = testkit::eventually(LONG, || async {
         (healthy.received().len() == 10).then_some(())
     })
     .await;
@@ -176,7 +176,7 @@ async fn a_dead_endpoint_does_not_delay_a_healthy_one(kind: Kind) {
     );
     // The healthy endpoint answered them all while the dead one holds only its own permits and
     // has not finished a single attempt: the healthy deliveries never waited for it.
-    let delivered = e2e::eventually(LONG, || async {
+    let delivered = testkit::eventually(LONG, || async {
         (deliveries(&base, "status=delivered").await.len() == 10).then_some(())
     })
     .await;
@@ -184,7 +184,7 @@ async fn a_dead_endpoint_does_not_delay_a_healthy_one(kind: Kind) {
         delivered.is_some(),
         "the healthy deliveries were not all recorded as delivered"
     );
-    let dead_busy = e2e::eventually(LONG, || async {
+    let dead_busy = testkit::eventually(LONG, || async {
         (dead.received().len() == 2).then_some(())
     })
     .await;
@@ -219,7 +219,7 @@ async fn pending_retries_resume_after_a_restart(kind: Kind) {
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
     publish(&client, keys::ORDER_CANCELLED, "order-r").await;
 
-    let two = e2e::eventually(LONG, || async {
+    let two = testkit::eventually(LONG, || async {
         (endpoint.received().len() >= 2).then_some(())
     })
     .await;
@@ -264,7 +264,7 @@ async fn gone_disables_the_subscription_and_retry_after_is_honoured(kind: Kind) 
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
 
     publish(&client, keys::ORDER_CREATED, "order-g").await;
-    let delivered = e2e::eventually(LONG, || async {
+    let delivered = testkit::eventually(LONG, || async {
         let list = deliveries(
             &base,
             &format!("subscription={}", busy_sub["id"].as_str().unwrap()),
@@ -283,7 +283,7 @@ async fn gone_disables_the_subscription_and_retry_after_is_honoured(kind: Kind) 
     );
 
     // The 410 is settled independently of the other endpoint: wait for it.
-    let default = e2e::eventually(LONG, || async {
+    let default = testkit::eventually(LONG, || async {
         let subscriptions = get_json(&format!("{base}/subscriptions")).await;
         let default = subscriptions
             .as_array()?
@@ -302,7 +302,7 @@ async fn gone_disables_the_subscription_and_retry_after_is_honoured(kind: Kind) 
 
     // A disabled subscription gets no new deliveries.
     publish(&client, keys::ORDER_CREATED, "order-g2").await;
-    let second = e2e::eventually(LONG, || async {
+    let second = testkit::eventually(LONG, || async {
         let list = deliveries(&base, "event=order.created").await;
         list.iter()
             .any(|d| d["orderId"] == "order-g2")
@@ -403,8 +403,8 @@ async fn subscriptions_api_validates_and_a_bad_event_goes_to_the_dlq(kind: Kind)
         &order_event("o", None, None, "PENDING"),
     );
     poison.body = br#"{"orderId": 42}"#.to_vec();
-    client.publish_message(&poison).await.unwrap();
-    let dead = e2e::eventually(LONG, || async {
+    publish_message(&client, &poison).await.unwrap();
+    let dead = testkit::eventually(LONG, || async {
         let n = client.ready_count(&dlq(WEBHOOKS_QUEUE)).await.ok()?;
         (n == 1).then_some(())
     })
@@ -433,7 +433,7 @@ async fn timeouts_and_long_answers_are_recorded_in_the_history(kind: Kind) {
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
     publish(&client, keys::ORDER_CREATED, "order-h").await;
 
-    let failed = e2e::eventually(LONG, || async {
+    let failed = testkit::eventually(LONG, || async {
         let list = deliveries(&base, "status=failed").await;
         (list.len() == 2).then_some(list)
     })
@@ -481,7 +481,7 @@ async fn a_publisher_killed_mid_attempt_retries_after_the_lease(kind: Kind) {
     publish(&client, keys::ORDER_CONFIRMED, "order-k").await;
 
     // The third attempt is in flight when the process dies: no drain, no bookkeeping.
-    let third = e2e::eventually(LONG, || async {
+    let third = testkit::eventually(LONG, || async {
         (endpoint.received().len() == 3).then_some(())
     })
     .await;

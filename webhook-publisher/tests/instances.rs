@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use e2e::TestEnv;
-use e2e::amqp::TestClient;
 use messaging::topology::{WEBHOOKS_QUEUE, dlq, keys};
+use testkit::TestEnv;
+use testkit::amqp::TestClient;
 use webhook_publisher::Config;
 
 /// The configuration every instance of a test shares: one vhost, one PostgreSQL database.
@@ -49,7 +49,7 @@ async fn two_publishers_deliver_every_event_once_per_subscription() {
         let msg = publish(&client, keys::ORDER_CREATED, &format!("order-two-{i}")).await;
         ids.push(format!("msg_{}", msg.message_id));
     }
-    let all = e2e::eventually(LONG, || async {
+    let all = testkit::eventually(LONG, || async {
         let done = notifier.received().len() >= EVENTS && other.received().len() >= EVENTS;
         done.then_some(())
     })
@@ -60,7 +60,7 @@ async fn two_publishers_deliver_every_event_once_per_subscription() {
         notifier.received().len(),
         other.received().len()
     );
-    let delivered = e2e::eventually(LONG, || async {
+    let delivered = testkit::eventually(LONG, || async {
         let n = store
             .count(
                 &cfg,
@@ -128,7 +128,7 @@ async fn a_publisher_killed_mid_retry_leaves_its_retries_to_the_other() {
     let msg = publish(&client, keys::ORDER_CONFIRMED, "order-takeover").await;
 
     // Two failed attempts, and the third in flight, all from A (the only instance yet).
-    let third = e2e::eventually(LONG, || async {
+    let third = testkit::eventually(LONG, || async {
         (endpoint.received().len() == 3).then_some(())
     })
     .await;
@@ -183,7 +183,7 @@ async fn a_subscription_made_through_one_instance_is_delivered_to_by_another() {
 
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
     publish(&client, keys::ORDER_CONFIRMED, "order-shared").await;
-    let got = e2e::eventually(LONG, || async {
+    let got = testkit::eventually(LONG, || async {
         (late.received().len() == 1).then_some(())
     })
     .await;

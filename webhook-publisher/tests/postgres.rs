@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use e2e::TestEnv;
-use e2e::amqp::TestClient;
 use messaging::PgDb;
 use messaging::pg::PgConfig;
 use messaging::signature::Secret;
 use messaging::store::InboxRetention;
 use messaging::topology::{WEBHOOKS_QUEUE, dlq, keys};
 use testkit::TestDatabase;
+use testkit::TestEnv;
+use testkit::amqp::TestClient;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use webhook_publisher::storage::{NewEvent, Store};
@@ -112,7 +112,7 @@ async fn a_claim_holds_until_its_lease_runs_out_and_only_the_holder_records() {
     assert!(claim(&a, lease).await.is_empty());
 
     // A "dies": its lease runs out and B takes the delivery.
-    let by_b = e2e::eventually(LONG, || async {
+    let by_b = testkit::eventually(LONG, || async {
         let jobs = claim(&b, lease).await;
         (!jobs.is_empty()).then_some(jobs)
     })
@@ -244,7 +244,7 @@ async fn postgres_unreachable_at_start_or_lost_mid_run_is_waited_for() {
     assert_eq!(listed.status(), 500);
 
     gate.open();
-    e2e::wait_ready(&base, LONG)
+    testkit::wait_ready(&base, LONG)
         .await
         .expect("the publisher never became ready once PostgreSQL was reachable");
     // The schema is made, the default subscription too, and events are delivered.
@@ -256,7 +256,7 @@ async fn postgres_unreachable_at_start_or_lost_mid_run_is_waited_for() {
 
     // PostgreSQL is lost mid-run: not ready, and an event waits unacked, not lost.
     gate.close();
-    let not_ready = e2e::eventually(LONG, || async {
+    let not_ready = testkit::eventually(LONG, || async {
         let ready = http.get(format!("{base}/ready")).send().await.ok()?;
         (ready.status() == 503).then_some(())
     })
@@ -268,7 +268,7 @@ async fn postgres_unreachable_at_start_or_lost_mid_run_is_waited_for() {
     assert_eq!(client.ready_count(&dlq(WEBHOOKS_QUEUE)).await.unwrap(), 0);
     // It comes back: the event is recorded and delivered, once.
     gate.open();
-    e2e::wait_ready(&base, LONG)
+    testkit::wait_ready(&base, LONG)
         .await
         .expect("not ready again after PostgreSQL came back");
     wait_for_status(&base, "order-while-away", "delivered").await;

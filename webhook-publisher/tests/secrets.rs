@@ -21,7 +21,7 @@ async fn run(secrets: &[(&str, &str)]) -> (bool, String) {
         .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
         .env("DATA_DIR", &dir)
         .envs(secrets.iter().copied());
-    e2e::exit_of(command).await
+    testkit::process::exit_of(command).await
 }
 
 #[tokio::test]

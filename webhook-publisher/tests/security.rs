@@ -9,11 +9,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use e2e::TestEnv;
-use e2e::amqp::TestClient;
 use messaging::auth::Role;
 use messaging::topology::keys;
 use serde_json::{Value, json};
+use testkit::TestEnv;
+use testkit::amqp::TestClient;
 
 on_both_backends!(
     a_secret_is_shown_at_creation_and_on_request_only,
@@ -62,7 +62,7 @@ async fn the_api_needs_an_admin_token_and_health_does_not() {
     )
     .unwrap();
     let expired = messaging::auth::issue(
-        e2e::system::JWT_SECRET.as_bytes(),
+        JWT_SECRET.as_bytes(),
         &messaging::auth::Claims {
             sub: "admin".into(),
             role: Role::Admin,
@@ -244,7 +244,7 @@ async fn every_forbidden_address_class_is_refused_at_registration() {
 /// The detail (with attempts) of the delivery of `order_id` to `subscription_id`, once it has
 /// `status`.
 async fn wait_delivery(base: &str, subscription_id: &str, order_id: &str, status: &str) -> Value {
-    let found = e2e::eventually(LONG, || async {
+    let found = testkit::eventually(LONG, || async {
         let list = deliveries(base, &format!("subscription={subscription_id}")).await;
         let delivery = list.into_iter().find(|d| d["orderId"] == order_id)?;
         (delivery["status"] == status).then_some(delivery)
@@ -396,7 +396,7 @@ async fn finished_history_is_deleted_after_the_retention_and_pending_is_kept(kin
     subscribe(&base, &broken.url(), &["order.*"]).await;
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
     publish(&client, keys::ORDER_CREATED, "order-old").await;
-    let finished = e2e::eventually(LONG, || async {
+    let finished = testkit::eventually(LONG, || async {
         let list = deliveries(&base, "").await;
         let done = list.iter().filter(|d| d["status"] != "pending").count();
         (list.len() == 2 && done == 2).then_some(list)
@@ -408,7 +408,7 @@ async fn finished_history_is_deleted_after_the_retention_and_pending_is_kept(kin
     // A subscription whose endpoint never answers: its delivery stays pending.
     let waiting = subscribe(&base, &hanging.url(), &["order.*"]).await;
     publish(&client, keys::ORDER_CREATED, "order-pending").await;
-    e2e::eventually(LONG, || async {
+    testkit::eventually(LONG, || async {
         let list = deliveries(&base, "").await;
         let old_left = list.iter().any(|d| d["orderId"] == "order-old");
         (!old_left).then_some(())
@@ -471,7 +471,7 @@ async fn a_corrupt_event_filter_fails_loudly(kind: Kind) {
 
     let client = TestClient::connect(&env.amqp_url).await.unwrap();
     publish(&client, keys::ORDER_CREATED, "order-corrupt").await;
-    let failed = e2e::eventually(LONG, || async {
+    let failed = testkit::eventually(LONG, || async {
         let list = deliveries(&base, &format!("subscription={id}")).await;
         list.into_iter().find(|d| d["orderId"] == "order-corrupt")
     })

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use e2e::TestEnv;
 use messaging::config::CommonConfig;
 use messaging::contracts::OrderEvent;
 use messaging::service::Running;
@@ -13,6 +12,7 @@ use messaging::signature::Secret;
 use notifier::Config;
 use notifier::auth::Role;
 use serde_json::{Value, json};
+use testkit::TestEnv;
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const JWT_SECRET: &str = "test-jwt-secret";
@@ -41,7 +41,7 @@ pub fn config(env: &TestEnv) -> Config {
 /// Spawns a notifier and waits until it listens on the events channel.
 pub async fn start(config: Config) -> Running {
     let running = notifier::spawn(config).await.unwrap();
-    e2e::wait_ready(&running.url(), LONG)
+    testkit::wait_ready(&running.url(), LONG)
         .await
         .expect("the notifier never became ready");
     running
@@ -152,9 +152,21 @@ pub async fn post_signed_body(base: &str, id: &str, body: Vec<u8>) -> Value {
 }
 
 #[allow(unused_imports)]
-pub use e2e::ws::{WsClient, has_order};
+pub use testkit::ws::{WsClient, has_order};
 
 /// Deletes the test's Redis keys and its vhost.
 pub async fn cleanup(env: TestEnv) {
     env.cleanup().await;
+}
+
+/// Publishes `msg` as the services would (their envelope's properties) through the raw test
+/// client, and waits for the confirm.
+pub async fn publish_message(
+    client: &testkit::amqp::TestClient,
+    msg: &messaging::OutgoingMessage,
+) -> anyhow::Result<()> {
+    let properties = msg.properties("test");
+    client
+        .publish(&msg.exchange, &msg.routing_key, &msg.body, properties)
+        .await
 }

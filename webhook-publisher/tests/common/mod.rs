@@ -16,9 +16,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use e2e::TestEnv;
-use e2e::amqp::TestClient;
-use e2e::system::{JWT_SECRET, token};
 use messaging::OutgoingMessage;
 use messaging::auth::Role;
 use messaging::config::CommonConfig;
@@ -27,6 +24,8 @@ use messaging::service::Running;
 use messaging::signature::Secret;
 use messaging::topology::EVENTS;
 use serde_json::Value;
+use testkit::TestEnv;
+use testkit::amqp::TestClient;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +35,20 @@ use webhook_publisher::schedule::RetrySchedule;
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const LONG: Duration = Duration::from_secs(30);
+/// The publisher's JWT secret in these tests; [`token`] signs with it.
+pub const JWT_SECRET: &str = "webhook-publisher-test-jwt-secret";
+
+/// A token signed with [`JWT_SECRET`], valid for an hour.
+pub fn token(sub: &str, role: Role, seller_id: Option<&str>) -> String {
+    messaging::auth::issue_for(
+        JWT_SECRET.as_bytes(),
+        sub,
+        role,
+        seller_id,
+        Duration::from_secs(3600),
+    )
+    .expect("sign a test token")
+}
 
 /// One request the endpoint received.
 #[derive(Debug, Clone)]
@@ -473,7 +486,7 @@ pub fn client_as(role: Role) -> reqwest::Client {
 /// Spawns the publisher and waits until it consumes (its topology is then declared).
 pub async fn start(config: Config) -> Running {
     let running = webhook_publisher::spawn(config).await.unwrap();
-    e2e::wait_ready(&running.url(), LONG)
+    testkit::wait_ready(&running.url(), LONG)
         .await
         .expect("the publisher never became ready");
     running
@@ -507,7 +520,7 @@ pub async fn publish(client: &TestClient, kind: &str, order_id: &str) -> Outgoin
         kind,
         &order_event(order_id, Some("c1"), Some("s1"), "PENDING"),
     );
-    client.publish_message(&msg).await.unwrap();
+    publish_message(client, &msg).await.unwrap();
     msg
 }
 
@@ -529,7 +542,7 @@ pub async fn deliveries(base: &str, query: &str) -> Vec<Value> {
 
 /// Waits until the delivery of `order_id` has `status`, and returns its detail.
 pub async fn wait_for_status(base: &str, order_id: &str, status: &str) -> Value {
-    let found = e2e::eventually(LONG, || async {
+    let found = testkit::eventually(LONG, || async {
         let list = deliveries(base, "").await;
         let delivery = list.into_iter().find(|d| d["orderId"] == order_id)?;
         (delivery["status"] == status).then_some(delivery)
@@ -554,4 +567,16 @@ pub async fn subscribe(base: &str, url: &str, events: &[&str]) -> Value {
         .unwrap();
     assert_eq!(response.status(), 201);
     response.json().await.unwrap()
+}
+
+/// Publishes `msg` as the services would (their envelope's properties) through the raw test
+/// client, and waits for the confirm.
+pub async fn publish_message(
+    client: &testkit::amqp::TestClient,
+    msg: &messaging::OutgoingMessage,
+) -> anyhow::Result<()> {
+    let properties = msg.properties("test");
+    client
+        .publish(&msg.exchange, &msg.routing_key, &msg.body, properties)
+        .await
 }

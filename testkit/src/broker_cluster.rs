@@ -15,9 +15,10 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use tracing::info;
 
+use crate::broker_node::{self, BrokerNode, NodePorts, NodeSetup};
+use crate::child::Proc;
 use crate::management::Management;
-use crate::node::{self, BrokerNode, NodePorts, NodeSetup};
-use crate::processes::{self, Proc};
+use crate::ports;
 
 /// Nodes in the cluster: a quorum queue of three keeps serving with one node down.
 pub const SIZE: usize = 3;
@@ -32,9 +33,10 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Writes the configuration of [`SIZE`] nodes under `dir`/n1…n3 (nothing is started yet).
-    pub fn init(dir: &Path) -> Result<Self> {
-        let epmd_port = processes::free_port()?;
+    /// Writes the configuration of [`SIZE`] nodes under `dir`/n1…n3, each with the
+    /// `rabbitmq.conf` lines `conf` and the peer discovery (nothing is started yet).
+    pub fn init(dir: &Path, conf: Vec<String>) -> Result<Self> {
+        let epmd_port = ports::free_port()?;
         let ports: Vec<NodePorts> = (0..SIZE)
             .map(|_| {
                 Ok(NodePorts {
@@ -47,13 +49,14 @@ impl Cluster {
             .iter()
             .map(|p| format!("clu{}@localhost", p.amqp))
             .collect();
-        let mut discovery = vec![
+        let mut node_conf = conf;
+        node_conf.extend([
             "cluster_formation.peer_discovery_backend = classic_config".to_owned(),
             // A node whose peers are all down waits for them a little, then boots alone.
             "cluster_formation.discovery_retry_limit = 10".into(),
             "cluster_formation.discovery_retry_interval = 500".into(),
-        ];
-        discovery.extend(
+        ]);
+        node_conf.extend(
             names.iter().enumerate().map(|(i, name)| {
                 format!("cluster_formation.classic_config.nodes.{} = {name}", i + 1)
             }),
@@ -65,7 +68,7 @@ impl Cluster {
             .map(|(i, (ports, name))| {
                 let setup = NodeSetup {
                     name: name.clone(),
-                    extra_conf: discovery.clone(),
+                    extra_conf: node_conf.clone(),
                     own_epmd: false,
                 };
                 BrokerNode::init_with(&dir.join(format!("n{}", i + 1)), ports, setup)
@@ -74,14 +77,14 @@ impl Cluster {
         std::fs::create_dir_all(dir)?;
         Ok(Self {
             nodes,
-            epmd: node::epmd_process(epmd_port, &dir.join("epmd.log")),
+            epmd: broker_node::epmd_process(epmd_port, &dir.join("epmd.log")),
             epmd_port,
         })
     }
 
     /// Starts the epmd and the nodes and waits until every node sees all three running.
     pub async fn start(&mut self) -> Result<()> {
-        node::start_epmd(&mut self.epmd, self.epmd_port).await?;
+        broker_node::start_epmd(&mut self.epmd, self.epmd_port).await?;
         let started = Instant::now();
         let (first, others) = self
             .nodes

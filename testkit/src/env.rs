@@ -1,16 +1,17 @@
 //! [`TestEnv`]: a private vhost on the shared broker, a Redis key prefix, a temp directory, and
-//! (for tests on PostgreSQL) a database of its own per service.
+//! (for tests on PostgreSQL) a database of its own per service; all of it removed by
+//! [`TestEnv::cleanup`], or when the test panics, on drop.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
-use testkit::TestDatabase;
-use uuid::Uuid;
+use anyhow::Result;
 
-pub use testkit::rabbit::{amqp_base, management_url};
-use testkit::redis::delete_keys;
+use crate::TestDatabase;
+use crate::rabbit::{Vhost, delete_vhost};
+use crate::redis::delete_keys;
 
+/// The shared Redis (`TEST_REDIS_URL`, by default `redis://127.0.0.1:6379`).
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -27,41 +28,22 @@ pub struct TestEnv {
     cleaned: bool,
 }
 
-/// A test's PostgreSQL databases by service, shared with the [`crate::System`] that asks for them.
+/// A test's PostgreSQL databases by service, shared with whatever starts the services (e2e's
+/// `System`) and asks for them.
 pub type Databases = Arc<tokio::sync::Mutex<HashMap<String, TestDatabase>>>;
 
 impl TestEnv {
     /// Creates a fresh vhost named after the test, grants guest on it, and a temp dir.
     pub async fn new(name: &str) -> Result<Self> {
-        let id = Uuid::new_v4().simple().to_string();
-        let vhost = format!("test-{name}-{}", &id[..8]);
-        let http = reqwest::Client::new();
-        let mgmt = management_url();
-        let put = |path: String, body: serde_json::Value| {
-            http.put(format!("{mgmt}{path}"))
-                .basic_auth("guest", Some("guest"))
-                .json(&body)
-                .send()
-        };
-        let created = put(format!("/api/vhosts/{vhost}"), serde_json::json!({}))
-            .await
-            .context("management API unreachable: is rabbitmq_management enabled?")?;
-        if !created.status().is_success() {
-            bail!("could not create vhost {vhost}: {}", created.status());
-        }
-        let perms = serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"});
-        let granted = put(format!("/api/permissions/{vhost}/guest"), perms).await?;
-        if !granted.status().is_success() {
-            bail!("could not grant guest on {vhost}: {}", granted.status());
-        }
+        let vhost = Vhost::create(name).await?;
         Ok(Self {
-            amqp_url: format!("{}/{vhost}", amqp_base()),
+            amqp_url: vhost.url(),
             redis_url: redis_url(),
-            redis_prefix: format!("{vhost}:"),
-            vhost,
+            redis_prefix: format!("{}:", vhost.name),
+            vhost: vhost.name,
             dir: tempfile::tempdir()?,
             databases: Databases::default(),
-            http,
+            http: reqwest::Client::new(),
             cleaned: false,
         })
     }
@@ -71,7 +53,7 @@ impl TestEnv {
         self.dir.path().join(service)
     }
 
-    /// The databases of this test, for a [`crate::System`] to create them in.
+    /// The databases of this test, for whatever starts the services to create them in.
     pub fn databases(&self) -> Databases {
         self.databases.clone()
     }
@@ -87,13 +69,7 @@ impl TestEnv {
     pub async fn cleanup(mut self) {
         self.cleaned = true;
         drop_databases(&self.databases).await;
-        let url = format!("{}/api/vhosts/{}", management_url(), self.vhost);
-        let _ = self
-            .http
-            .delete(url)
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await;
+        delete_vhost(&self.http, &self.vhost).await;
         if let Err(e) = delete_keys(&self.redis_url, &self.redis_prefix).await {
             tracing::warn!(error = %e, prefix = %self.redis_prefix, "could not delete the test's Redis keys");
         }
@@ -147,12 +123,7 @@ impl Drop for TestEnv {
                 return;
             };
             runtime.block_on(async {
-                let url = format!("{}/api/vhosts/{vhost}", management_url());
-                let _ = reqwest::Client::new()
-                    .delete(url)
-                    .basic_auth("guest", Some("guest"))
-                    .send()
-                    .await;
+                delete_vhost(&reqwest::Client::new(), &vhost).await;
                 let _ = delete_keys(&redis_url, &prefix).await;
                 drop_databases(&databases).await;
             });

@@ -1,13 +1,12 @@
-//! Child processes the harness owns: each runs in a process group of its own, so that a SIGKILL
+//! Child processes a test owns: each runs in a process group of its own, so that a SIGKILL
 //! reaches everything it started (the broker's shell wrapper, `beam.smp` and its helpers), and
-//! a guard kills the group when it is dropped, whether the run passed, failed or panicked.
+//! a guard kills the group when it is dropped, whether the test passed, failed or panicked.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use rustix::process::{Pid, Signal, kill_process_group};
 use tracing::{info, warn};
@@ -25,12 +24,8 @@ pub enum ProcessError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{name} did not listen on 127.0.0.1:{port} within {waited:?}")]
-    NotListening {
-        name: String,
-        port: u16,
-        waited: Duration,
-    },
+    #[error(transparent)]
+    NotListening(#[from] crate::ports::NotListening),
 }
 
 /// How to start one process: program, arguments, environment and where its output goes.
@@ -130,51 +125,4 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Whether something accepts TCP connections on 127.0.0.1:`port`.
-pub async fn listening(port: u16) -> bool {
-    matches!(
-        tokio::time::timeout(
-            Duration::from_millis(500),
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-        )
-        .await,
-        Ok(Ok(_))
-    )
-}
-
-/// Waits until 127.0.0.1:`port` accepts connections, at most `wait`.
-pub async fn wait_listening(name: &str, port: u16, wait: Duration) -> Result<(), ProcessError> {
-    let deadline = tokio::time::Instant::now() + wait;
-    while tokio::time::Instant::now() < deadline {
-        if listening(port).await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(ProcessError::NotListening {
-        name: name.to_owned(),
-        port,
-        waited: wait,
-    })
-}
-
-/// Waits until nothing accepts connections on 127.0.0.1:`port` any more, at most `wait`.
-pub async fn wait_closed(port: u16, wait: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + wait;
-    while tokio::time::Instant::now() < deadline {
-        if !listening(port).await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }

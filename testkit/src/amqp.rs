@@ -1,4 +1,8 @@
 //! Raw AMQP access for tests: publish what a misbehaving peer would send, count and drain queues.
+//!
+//! Raw on purpose: the test kit knows nothing of the services' envelope, so a test that sends a
+//! well-formed message passes `msg.properties(..)` of its `OutgoingMessage` to
+//! [`TestClient::publish`].
 
 use anyhow::{Context, Result};
 use lapin::options::{
@@ -57,17 +61,6 @@ impl TestClient {
             "test publish to {exchange}/{routing_key} not routed"
         );
         Ok(())
-    }
-
-    /// Publishes a well-formed message through the same envelope the services use.
-    pub async fn publish_message(&self, msg: &messaging::OutgoingMessage) -> Result<()> {
-        self.publish(
-            &msg.exchange,
-            &msg.routing_key,
-            &msg.body,
-            msg.properties("test"),
-        )
-        .await
     }
 
     /// Ready messages in `queue` (exact, unlike the management API's sampled counts).

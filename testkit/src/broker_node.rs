@@ -1,5 +1,6 @@
 //! A private RabbitMQ node: own node name, AMQP, distribution, management and epmd ports, own
-//! data directory, management plugin enabled. It never touches the broker on 5672/15672.
+//! data directory, management plugin enabled, plus the `rabbitmq.conf` lines its user passes
+//! (the settings the project ships, say). It never touches the broker on 5672/15672.
 //!
 //! The node runs in the foreground of Debian's `/usr/lib/rabbitmq/bin/rabbitmq-server` (not the
 //! `/usr/sbin` wrapper, which switches user and Erlang cookie when run as root) in a process
@@ -13,13 +14,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::info;
 
-use crate::processes::{self, Proc, ProcessError, Spec};
+use crate::child::{Proc, ProcessError, Spec};
+use crate::ports;
 
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
-/// The broker settings compose ships, so that the chaos runs against the broker as configured in
-/// production (its WAL size above all); the definitions line is left out, the services declare
-/// their topology themselves.
-const SHIPPED_CONF: &str = include_str!("../../deploy/rabbitmq/rabbitmq.conf");
 /// First boot (with the management plugin) takes 5–9 s, a restart after SIGKILL 7–8 s on 2 cores.
 const BOOT_WAIT: Duration = Duration::from_secs(120);
 
@@ -32,6 +30,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Process(#[from] ProcessError),
+    #[error(transparent)]
+    NotListening(#[from] ports::NotListening),
     #[error("the broker did not let go of port {0} after SIGKILL")]
     PortStillOpen(u16),
 }
@@ -48,10 +48,10 @@ pub struct NodePorts {
 impl NodePorts {
     pub fn free() -> std::io::Result<Self> {
         Ok(Self {
-            amqp: processes::free_port()?,
-            management: processes::free_port()?,
-            dist: processes::free_port()?,
-            epmd: processes::free_port()?,
+            amqp: ports::free_port()?,
+            management: ports::free_port()?,
+            dist: ports::free_port()?,
+            epmd: ports::free_port()?,
         })
     }
 }
@@ -77,11 +77,18 @@ pub struct BrokerNode {
 }
 
 impl BrokerNode {
-    /// Writes the configuration of a standalone node under `dir` (nothing is started yet).
-    pub fn init(dir: &Path, ports: NodePorts) -> Result<Self, NodeError> {
+    /// Writes the configuration of a standalone node named `<prefix><AMQP port>@localhost` with
+    /// an epmd of its own and the `rabbitmq.conf` lines `conf` under `dir` (nothing is started
+    /// yet).
+    pub fn init(
+        dir: &Path,
+        ports: NodePorts,
+        prefix: &str,
+        conf: Vec<String>,
+    ) -> Result<Self, NodeError> {
         let setup = NodeSetup {
-            name: format!("chaos{}@localhost", ports.amqp),
-            extra_conf: Vec::new(),
+            name: format!("{prefix}{}@localhost", ports.amqp),
+            extra_conf: conf,
             own_epmd: true,
         };
         Self::init_with(dir, ports, setup)
@@ -103,7 +110,6 @@ impl BrokerNode {
             "disk_free_limit.absolute = 50MB".into(),
             // Counts in the management API settle faster (the default is 5 s).
             "collect_statistics_interval = 1000".into(),
-            shipped_settings(),
         ]
         .into_iter()
         .chain(setup.extra_conf)
@@ -180,10 +186,9 @@ impl BrokerNode {
         let _ = std::fs::remove_file(self.dir.join("node.pid"));
         let started = Instant::now();
         self.server.start()?;
-        processes::wait_listening("rabbitmq (AMQP)", self.ports.amqp, BOOT_WAIT).await?;
+        ports::wait_listening("rabbitmq (AMQP)", self.ports.amqp, BOOT_WAIT).await?;
         let up = (Instant::now(), SystemTime::now());
-        processes::wait_listening("rabbitmq (management)", self.ports.management, BOOT_WAIT)
-            .await?;
+        ports::wait_listening("rabbitmq (management)", self.ports.management, BOOT_WAIT).await?;
         info!(node = %self.node_name, amqp = self.ports.amqp, boot = ?started.elapsed(), "broker node accepts connections");
         self.up_since = Some(up);
         Ok(up)
@@ -194,7 +199,7 @@ impl BrokerNode {
         self.server.kill();
         self.up_since = None;
         for port in [self.ports.amqp, self.ports.management] {
-            if !processes::wait_closed(port, Duration::from_secs(10)).await {
+            if !ports::wait_closed(port, Duration::from_secs(10)).await {
                 return Err(NodeError::PortStillOpen(port));
             }
         }
@@ -222,18 +227,9 @@ pub fn epmd_process(port: u16, log: &Path) -> Proc {
 pub async fn start_epmd(epmd: &mut Proc, port: u16) -> Result<(), NodeError> {
     if !epmd.is_running() {
         epmd.start()?;
-        processes::wait_listening("epmd", port, Duration::from_secs(10)).await?;
+        ports::wait_listening("epmd", port, Duration::from_secs(10)).await?;
     }
     Ok(())
-}
-
-/// The lines of compose's `rabbitmq.conf` other than `load_definitions`.
-fn shipped_settings() -> String {
-    SHIPPED_CONF
-        .lines()
-        .filter(|line| !line.trim_start().starts_with("load_definitions"))
-        .map(|line| format!("{line}\n"))
-        .collect()
 }
 
 impl Drop for BrokerNode {
@@ -243,41 +239,5 @@ impl Drop for BrokerNode {
         if let Some(epmd) = &mut self.epmd {
             epmd.kill();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// compose.cluster.yaml's nodes get `cluster.conf` instead of `rabbitmq.conf`: it must keep
-    /// every other setting, so that the cluster runs as configured as the single node.
-    #[test]
-    fn the_cluster_config_keeps_every_shipped_setting() {
-        let cluster = include_str!("../../deploy/rabbitmq/cluster.conf");
-        let settings = |text: &str| -> Vec<String> {
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_owned)
-                .collect()
-        };
-        let cluster = settings(cluster);
-        for line in settings(&shipped_settings()) {
-            assert!(cluster.contains(&line), "cluster.conf lacks {line:?}");
-        }
-        assert!(!cluster.iter().any(|l| l.starts_with("load_definitions")));
-        let names: Vec<&String> = cluster
-            .iter()
-            .filter(|l| l.starts_with("cluster_formation.classic_config.nodes."))
-            .collect();
-        assert_eq!(names.len(), crate::cluster::SIZE, "{names:?}");
-    }
-
-    #[test]
-    fn the_node_gets_the_shipped_settings_but_not_the_definitions() {
-        let settings = shipped_settings();
-        assert!(settings.contains("raft.wal_max_size_bytes"), "{settings}");
-        assert!(!settings.contains("load_definitions"), "{settings}");
     }
 }
