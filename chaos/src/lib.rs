@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use messaging::auth::Role;
+use jwt_auth::Role;
 use messaging::topology::{ORDERS_INTAKE_QUEUE, ORDERS_QUEUE, PRODUCTS_QUEUE, WEBHOOKS_QUEUE};
 
 use crate::events::{EventTap, TAP_QUEUE};
@@ -231,7 +231,7 @@ pub async fn run(options: Options) -> Result<Outcome> {
             order_deadline_ms: options.order_deadline_ms,
             rust_log: options.service_log.clone(),
             jwt_secret: tokens.secret().to_owned(),
-            webhook_secret: messaging::signature::Secret::generate().expose().to_owned(),
+            webhook_secret: webhook_signing::Secret::generate().expose().to_owned(),
             services: services.clone(),
             cluster: options.cluster,
             instances: usize::from(options.instances),

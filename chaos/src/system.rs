@@ -191,10 +191,10 @@ impl System {
                 }
             }
         }
-        let admin_token = messaging::auth::issue_for(
+        let admin_token = jwt_auth::issue_for(
             options.jwt_secret.as_bytes(),
             "chaos-admin",
-            messaging::auth::Role::Admin,
+            jwt_auth::Role::Admin,
             None,
             Duration::from_secs(7200),
         )?;

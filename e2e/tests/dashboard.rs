@@ -14,7 +14,7 @@ use e2e::browser::Browser;
 use e2e::system::{CUSTOMER, token};
 use e2e::ws::WsClient;
 use e2e::{Options, System, TestEnv};
-use messaging::auth::Role;
+use jwt_auth::Role;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);

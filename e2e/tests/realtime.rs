@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use e2e::system::{CUSTOMER, token};
 use e2e::ws::{WsClient, has_order};
 use e2e::{Options, System, TestEnv};
-use messaging::auth::Role;
+use jwt_auth::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_order_reaches_the_websocket_clients_it_belongs_to_once() {

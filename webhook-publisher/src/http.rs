@@ -17,13 +17,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use messaging::auth::TokenVerifier;
-use messaging::problem::{FieldError, Problem};
-use messaging::signature::Secret;
+use jwt_auth::TokenVerifier;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
+use service_kit::problem::{FieldError, Problem};
 use tracing::{error, info};
+use webhook_signing::Secret;
 
 use crate::auth::{Admin, require_admin};
 use crate::dispatcher::Dispatcher;

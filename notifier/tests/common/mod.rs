@@ -6,13 +6,13 @@
 use std::time::Duration;
 
 use e2e::TestEnv;
-use messaging::config::CommonConfig;
 use messaging::contracts::OrderEvent;
-use messaging::service::Running;
-use messaging::signature::Secret;
 use notifier::Config;
 use notifier::auth::Role;
 use serde_json::{Value, json};
+use service_kit::Running;
+use service_kit::config::CommonConfig;
+use webhook_signing::Secret;
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const JWT_SECRET: &str = "test-jwt-secret";
