@@ -2,7 +2,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p gateway -p orders -p products -p webhook-publisher -p notifier -p messaging --bins \
+RUN cargo build --release --locked -p gateway -p orders -p products -p webhook-publisher -p notifier -p dlq --bins \
  && mkdir /out && cp target/release/gateway target/release/orders target/release/products \
     target/release/webhook-publisher target/release/notifier target/release/dlq target/release/dev-token /out/
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use messaging::auth::Role;
+use jwt_auth::Role;
 use rand::Rng;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -42,7 +42,7 @@ impl Tokens {
 
     /// A token for `sub` with `role`, valid for two hours (longer than any run).
     pub fn issue(&self, sub: &str, role: Role) -> Result<String> {
-        messaging::auth::issue_for(
+        jwt_auth::issue_for(
             self.secret.as_bytes(),
             sub,
             role,

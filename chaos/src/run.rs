@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use messaging::auth::Role;
+use jwt_auth::Role;
 use messaging::topology::{ORDERS_INTAKE_QUEUE, ORDERS_QUEUE, PRODUCTS_QUEUE, WEBHOOKS_QUEUE};
 use testkit::management::{DEFAULT_VHOST, Management, QueueStats};
 use testkit::ws::WsClient;
@@ -169,7 +169,7 @@ async fn start_system(
             order_deadline_ms: options.order_deadline_ms,
             rust_log: options.service_log.clone(),
             jwt_secret: tokens.secret().to_owned(),
-            webhook_secret: messaging::signature::Secret::generate().expose().to_owned(),
+            webhook_secret: webhook_signing::Secret::generate().expose().to_owned(),
             services: options.services(),
             cluster: options.cluster,
             instances: usize::from(options.instances),

@@ -15,9 +15,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use messaging::signature::Secret;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use webhook_signing::Secret;
 
 /// One webhook as the sink saw it.
 #[derive(Debug, Clone, Default)]

@@ -231,10 +231,10 @@ impl System {
             database_urls: database_urls.clone(),
         };
         let (services, extra) = service_procs(options, bin_dir, run_dir, &shared)?;
-        let admin_token = messaging::auth::issue_for(
+        let admin_token = jwt_auth::issue_for(
             options.jwt_secret.as_bytes(),
             "chaos-admin",
-            messaging::auth::Role::Admin,
+            jwt_auth::Role::Admin,
             None,
             Duration::from_secs(7200),
         )?;

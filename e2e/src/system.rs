@@ -12,12 +12,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use jwt_auth::Role;
 use messaging::Db;
-use messaging::auth::Role;
-use messaging::config::CommonConfig;
 use messaging::pg::PgConfig;
-use messaging::service::Running;
 use serde_json::{Value, json};
+use service_kit::Running;
+use service_kit::config::CommonConfig;
 use tokio::sync::OnceCell;
 
 use testkit::TestEnv;
@@ -113,7 +113,7 @@ impl Default for Options {
 
 /// A token signed with [`JWT_SECRET`], valid for an hour.
 pub fn token(sub: &str, role: Role, seller_id: Option<&str>) -> String {
-    messaging::auth::issue_for(
+    jwt_auth::issue_for(
         JWT_SECRET.as_bytes(),
         sub,
         role,
@@ -372,7 +372,7 @@ impl System {
     /// Starts the notifier, then the webhook publisher with its default subscription pointing
     /// at it (retries after 100, 200, 400 ms so tests stay short).
     pub async fn start_realtime(&mut self) -> Result<()> {
-        let secret = messaging::signature::Secret::parse(WEBHOOK_SECRET)?;
+        let secret = webhook_signing::Secret::parse(WEBHOOK_SECRET)?;
         let notifier_config = notifier::Config {
             common: CommonConfig {
                 data_dir: self.common.data_dir.join("notifier"),
@@ -405,7 +405,7 @@ impl System {
         &mut self,
         n: usize,
         notifier_url: &str,
-        secret: messaging::signature::Secret,
+        secret: webhook_signing::Secret,
     ) -> Result<()> {
         let dir = match n {
             0 => "webhook-publisher".to_owned(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use e2e::system::{CUSTOMER, JWT_SECRET, token};
 use e2e::{Options, System};
-use messaging::auth::{Claims, Role};
+use jwt_auth::{Claims, Role};
 use reqwest::Method;
 use serde_json::{Value, json};
 use testkit::TestEnv;
@@ -21,7 +21,7 @@ async fn tokens_roles_and_visibility() {
     let product = system.create_product(10).await.unwrap();
 
     // No token, a token signed with another secret, an expired token: 401 with WWW-Authenticate.
-    let expired = messaging::auth::issue(
+    let expired = jwt_auth::issue(
         JWT_SECRET.as_bytes(),
         &Claims {
             sub: "x".into(),
@@ -31,7 +31,7 @@ async fn tokens_roles_and_visibility() {
         },
     )
     .unwrap();
-    let forged = messaging::auth::issue(
+    let forged = jwt_auth::issue(
         b"another-secret",
         &Claims {
             sub: "x".into(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use e2e::system::{CUSTOMER, token};
 use e2e::{Options, System};
-use messaging::auth::Role;
+use jwt_auth::Role;
 use serde_json::{Value, json};
 use testkit::TestEnv;
 use testkit::browser::Browser;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use e2e::system::{CUSTOMER, token};
 use e2e::{Options, System};
-use messaging::auth::Role;
+use jwt_auth::Role;
 use testkit::TestEnv;
 use testkit::ws::{WsClient, has_order};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use e2e::system::token;
 use e2e::{Options, System};
-use messaging::auth::Role;
+use jwt_auth::Role;
 use reqwest::Method;
 use serde_json::{Value, json};
 use testkit::TestEnv;

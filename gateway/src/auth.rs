@@ -9,8 +9,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use messaging::auth::{Identity, Role};
-use messaging::problem::Problem;
+use jwt_auth::{Identity, Role};
+use service_kit::problem::Problem;
 use tracing::{Span, warn};
 
 use crate::http::AppState;

@@ -10,16 +10,17 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use jwt_auth::{Role, TokenVerifier};
 use messaging::OutgoingMessage;
-use messaging::auth::{Role, TokenVerifier};
 use messaging::broker::{Broker, PublishError};
 use messaging::contracts::{
     CreateOrder, CreateProduct, Found, GetById, OrderView, ProductView, SalesSummary, SellersReport,
 };
-use messaging::problem::{FieldError, Problem};
 use messaging::rpc::{RpcClient, RpcError};
 use messaging::topology::{COMMANDS, keys};
 use serde::de::DeserializeOwned;
+use service_kit::json_body::ValidJson;
+use service_kit::problem::{FieldError, Problem};
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::{info, warn};
@@ -27,7 +28,6 @@ use uuid::Uuid;
 
 use crate::admission::{Admission, Refusal, Shedding};
 use crate::auth::{Caller, forbidden};
-use crate::extract::ValidJson;
 use crate::idempotency::{IdempotencyStore, KeyUse, order_id_for, valid_key};
 use crate::ratelimit::RateLimiter;
 use crate::requests::{
@@ -67,10 +67,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/openapi.json",
             get(|| async { Json(crate::openapi::spec()) }),
         )
-        .fallback(messaging::problem::no_route)
-        .method_not_allowed_fallback(messaging::problem::wrong_method)
-        .layer(crate::extract::body_limit(max_body_bytes))
-        .layer(middleware::from_fn(messaging::ops::record_request))
+        .fallback(service_kit::problem::no_route)
+        .method_not_allowed_fallback(service_kit::problem::wrong_method)
+        .layer(service_kit::json_body::body_limit(max_body_bytes))
+        .layer(middleware::from_fn(service_kit::ops::record_request))
         .layer(cors())
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,

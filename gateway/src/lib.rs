@@ -5,7 +5,6 @@
 
 pub mod admission;
 pub mod auth;
-pub mod extract;
 pub mod http;
 pub mod idempotency;
 pub mod openapi;
@@ -17,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messaging::broker::{Broker, BrokerConfig};
-use messaging::config::{AppEnv, CommonConfig, ExposeSecret, SecretString, env_or};
 use messaging::idempotency::redis_pool;
 use messaging::rpc::RpcClient;
-use messaging::service::Running;
 use messaging::topology::INTAKE_MAX_LENGTH;
+use service_kit::Running;
+use service_kit::config::{AppEnv, CommonConfig, ExposeSecret, SecretString, env_or};
 
 pub const SERVICE: &str = "gateway";
 pub const DEFAULT_PORT: u16 = 3000;
@@ -52,7 +51,7 @@ impl Config {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             rpc_timeout: Duration::from_millis(env_or("RPC_TIMEOUT_MS", 3_000)?),
             max_body_bytes: env_or("MAX_BODY_BYTES", 16 * 1024)?,
-            jwt_secret: messaging::auth::jwt_secret_from_env(app_env)?,
+            jwt_secret: jwt_auth::jwt_secret_from_env(app_env)?,
             rate_limit_per_sec: env_or("RATE_LIMIT_PER_SEC", 20.0)?,
             rate_limit_burst: env_or("RATE_LIMIT_BURST", 40)?,
             admission_limit: env_or("ORDERS_ADMISSION_LIMIT", 1_000)?,
@@ -94,7 +93,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         admission,
         keys: idempotency::IdempotencyStore::new(redis.clone(), &config.common.redis_prefix),
         rpc_timeout: config.rpc_timeout,
-        verifier: messaging::auth::TokenVerifier::new(config.jwt_secret.expose_secret().as_bytes()),
+        verifier: jwt_auth::TokenVerifier::new(config.jwt_secret.expose_secret().as_bytes()),
         limiter: ratelimit::RateLimiter::new(
             redis.clone(),
             &config.common.redis_prefix,
@@ -103,8 +102,8 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         ),
         sellers: sellers::SellerCache::default(),
     };
-    let ready = messaging::ops::broker_and_redis(broker.clone(), redis);
-    let router = http::router(state, config.max_body_bytes).merge(messaging::ops::routes(ready));
+    let ready = service_kit::ops::broker_and_redis(broker.clone(), redis);
+    let router = http::router(state, config.max_body_bytes).merge(service_kit::ops::routes(ready));
     let mut running = Running::start(SERVICE, config.common.http_addr, router).await?;
     running.spawn(move |stop| broker.run(stop));
     Ok(running)

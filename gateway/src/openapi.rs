@@ -2,7 +2,7 @@
 //! at `/openapi.json`.
 
 use messaging::contracts::{HistoryEntry, OrderView, StatusCounts};
-use messaging::problem::{FieldError, Problem};
+use service_kit::problem::{FieldError, Problem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 

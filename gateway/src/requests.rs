@@ -6,12 +6,11 @@
 use messaging::contracts::{
     ProductSales, ProductView, ReportQuery, SalesSummary, SellerSales, SellersReport, StatusCounts,
 };
-use messaging::problem::FieldError;
 use serde::{Deserialize, Serialize};
+use service_kit::json_body::Validate;
+use service_kit::problem::FieldError;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
-
-use crate::extract::Validate;
 
 pub const MAX_QUANTITY: i64 = 1000;
 const MAX_ID_LEN: usize = 64;

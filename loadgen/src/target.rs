@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use messaging::auth::{Claims, Role};
+use jwt_auth::{Claims, Role};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -48,8 +48,7 @@ fn token(secret: &str, sub: &str, role: Role) -> Result<String, TargetError> {
         seller_id: None,
         exp,
     };
-    messaging::auth::issue(secret.as_bytes(), &claims)
-        .map_err(|e| TargetError::Token(e.to_string()))
+    jwt_auth::issue(secret.as_bytes(), &claims).map_err(|e| TargetError::Token(e.to_string()))
 }
 
 #[derive(Deserialize)]

@@ -1,5 +1,9 @@
 //! The bodies of the messages on the bus, one struct per message type. Field names are
 //! camelCase on the wire. Consumers reject unknown shapes as poison (see `Incoming::json`).
+//!
+//! The views the gateway's API also returns (`OrderView`, `HistoryEntry`, `StatusCounts`) derive
+//! `utoipa::ToSchema` only with the `openapi` feature, which the gateway turns on: the services
+//! that only pass these messages along compile no OpenAPI.
 
 use serde::{Deserialize, Serialize};
 
@@ -129,7 +133,8 @@ pub struct ProductView {
 }
 
 /// An order as the orders service reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct OrderView {
     pub order_id: String,
@@ -139,7 +144,10 @@ pub struct OrderView {
     /// Known once products answered (the seller of the product).
     #[serde(default)]
     pub seller_id: Option<String>,
-    #[schema(pattern = "^(PENDING|CONFIRMED|REJECTED|CANCELLED)$")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^(PENDING|CONFIRMED|REJECTED|CANCELLED)$")
+    )]
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -151,10 +159,14 @@ pub struct OrderView {
 }
 
 /// One transition of an order: the state it entered, when, and why (rejections, cancellations).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryEntry {
-    #[schema(pattern = "^(PENDING|CONFIRMED|REJECTED|CANCELLED)$")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^(PENDING|CONFIRMED|REJECTED|CANCELLED)$")
+    )]
     pub status: String,
     /// RFC 3339 (UTC, milliseconds), when the transition committed.
     pub at: String,
@@ -176,7 +188,8 @@ pub struct ReportQuery {
 }
 
 /// Orders per status in a report.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub struct StatusCounts {
     pub pending: i64,

@@ -1,11 +1,21 @@
-//! Messaging plumbing shared by every service of the saga: the message envelope, the broker
-//! topology, a reconnecting broker link with a confirmed publisher, the consumer loop, AMQP
-//! request/response, the Redis idempotency guard, the inbox/outbox on SQLite (`store`) or
-//! PostgreSQL (`pg`) and the outbox relay, and
-//! the operational HTTP endpoints.
+//! Messaging plumbing shared by every service of the saga, the AMQP side only: the message
+//! envelope and contracts, the broker topology, a reconnecting broker link with a confirmed
+//! publisher, the consumer loop, AMQP request/response, dead letters, the Redis idempotency
+//! guard, the inbox/outbox on SQLite (`store`) or PostgreSQL (`pg`) and the outbox relay. No
+//! HTTP: the service runner, the ops endpoints and problem+json are `service-kit`, which builds
+//! on this crate; JWT auth is `jwt-auth`, webhook signatures `webhook-signing`, the dead-letter
+//! tool `dlq`.
+//!
+//! Layout:
+//! - `envelope`, `contracts` — what a message is (properties, headers, body) and its bodies.
+//! - `topology` — exchanges, queues, bindings, routing keys, the DLQs.
+//! - `broker` — the reconnecting link and the confirmed publisher; `acks` — consumer acks.
+//! - `consumer`, `rpc` — the consumer loop (handlers) and request/response over AMQP.
+//! - `deadletter` — reading and replaying dead letters (the `dlq` tool's engine).
+//! - `idempotency` — the Redis guard; `store`, `pg`, `outbox` — inbox/outbox and the relay.
+//! - `config` — `AMQP_URL` and the `env-config` primitives the store reads its settings with.
 
 mod acks;
-pub mod auth;
 pub mod broker;
 pub mod clock;
 pub mod config;
@@ -18,16 +28,11 @@ mod group_commit;
 mod handoff;
 pub mod idempotency;
 mod inbox_retention;
-pub mod ops;
 pub mod outbox;
 pub mod pg;
-pub mod problem;
 pub mod rpc;
-pub mod service;
-pub mod signature;
 mod sqlite_tx;
 pub mod store;
-pub mod telemetry;
 pub mod text_column;
 pub mod topology;
 

@@ -2,15 +2,31 @@
 //! rows wait for an unreachable broker and fall back to zero once the table is empty. Its own
 //! test binary, so its relay is the only one writing to the process's recorder.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use messaging::outbox::Relay;
 use messaging::{Broker, BrokerConfig, Db, OutgoingMessage};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
+
+/// This test binary's Prometheus recorder, installed on first use: the same kind a service's
+/// `/metrics` renders (`service_kit::ops::metrics_handle`, which messaging cannot depend on).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).expect("the only recorder of this test binary");
+            handle
+        })
+        .clone()
+}
 
 /// The value of an unlabelled gauge in the process's `/metrics` text, if it was set.
 fn gauge(name: &str) -> Option<f64> {
-    let text = messaging::ops::metrics_handle().render();
+    let text = metrics_handle().render();
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
@@ -47,7 +63,7 @@ fn message(n: usize) -> OutgoingMessage {
 #[tokio::test]
 async fn backlog_gauges_rise_while_rows_wait_and_fall_when_they_are_gone() {
     // Install the recorder before the relay sets anything.
-    let _ = messaging::ops::metrics_handle();
+    let _ = metrics_handle();
     let dir = std::env::temp_dir().join(format!("outbox-backlog-{}", uuid::Uuid::new_v4()));
     // Every Db has the outbox table; the test needs no schema of its own.
     let db = Db::open(&dir.join("backlog.db"), "")

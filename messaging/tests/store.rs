@@ -1,13 +1,12 @@
 //! The shared SQLite store on a real database file: inbox rows older than the retention are
-//! deleted in the background (in batches, newer rows kept), and a clean stop closes every
-//! connection so no `-wal` or `-shm` file is left.
+//! deleted in the background (in batches, newer rows kept). That a service's clean stop closes
+//! every connection is `service-kit`'s tests/stop.rs.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deadpool_sqlite::rusqlite::params;
 use messaging::Db;
-use messaging::service::Running;
 use messaging::store::InboxRetention;
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -101,43 +100,5 @@ async fn inbox_rows_older_than_the_retention_are_deleted_in_batches() {
 
     db.close().await;
     assert_eq!(wal_files(&dir), Vec::<String>::new());
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clean_stop_leaves_no_wal_or_shm_files() {
-    let dir = temp_dir("clean-stop");
-    let db = Db::open_with(&dir.join("t.db"), "", InboxRetention::default())
-        .await
-        .expect("open");
-    let mut running = Running::start("test", "127.0.0.1:0".parse().unwrap(), axum::Router::new())
-        .await
-        .expect("start");
-    running.close_on_stop(db.clone());
-    for i in 0..20 {
-        db.write(move |tx| Ok(tx.inbox_first_time(&format!("m-{i}"))?))
-            .await
-            .expect("write");
-    }
-    assert_eq!(inbox_ids(&db).await.len(), 20);
-    assert!(
-        !wal_files(&dir).is_empty(),
-        "a running database in WAL mode has its -wal and -shm files"
-    );
-
-    running.stop().await;
-    assert_eq!(wal_files(&dir), Vec::<String>::new());
-    assert!(
-        db.write(|tx| Ok(tx.inbox_first_time("late")?))
-            .await
-            .is_err(),
-        "a closed database takes no more writes"
-    );
-    // Everything written is in the database file itself.
-    let reopened = Db::open_with(&dir.join("t.db"), "", InboxRetention::default())
-        .await
-        .expect("reopen");
-    assert_eq!(inbox_ids(&reopened).await.len(), 20);
-    reopened.close().await;
     let _ = std::fs::remove_dir_all(dir);
 }

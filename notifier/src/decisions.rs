@@ -9,8 +9,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use messaging::problem::Problem;
 use serde_json::{Value, json};
+use service_kit::problem::Problem;
 use tracing::{error, warn};
 
 use crate::AppState;

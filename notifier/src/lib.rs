@@ -9,7 +9,7 @@
 //! it is configured (`telegram.rs`). See `docs/webhooks.md`.
 
 /// Tokens and roles are shared with the gateway.
-pub use messaging::auth;
+pub use jwt_auth as auth;
 pub mod bus;
 pub mod decisions;
 pub mod event;
@@ -25,14 +25,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use messaging::config::{AppEnv, CommonConfig, ExposeSecret, SecretString, env_or};
-use messaging::service::Running;
-use messaging::signature::{Secret, webhook_secret_from_env};
+use jwt_auth::TokenVerifier;
+use service_kit::Running;
+use service_kit::config::{AppEnv, CommonConfig, ExposeSecret, SecretString, env_or};
 use tracing::info;
+use webhook_signing::{Secret, webhook_secret_from_env};
 
 use crate::bus::Bus;
 use crate::hub::Hub;
-use messaging::auth::TokenVerifier;
 
 pub const SERVICE: &str = "notifier";
 pub const DEFAULT_PORT: u16 = 8085;
@@ -61,7 +61,7 @@ impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let app_env = AppEnv::from_env()?;
         let webhook_secret = webhook_secret_from_env(app_env)?;
-        let jwt_secret = messaging::auth::jwt_secret_from_env(app_env)?;
+        let jwt_secret = jwt_auth::jwt_secret_from_env(app_env)?;
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             webhook_secret,
@@ -118,7 +118,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         page: page::render(&config.gateway_public_url).into(),
     };
     let ready_subscribed = subscribed.clone();
-    let ready: messaging::ops::ReadyCheck = Arc::new(move || {
+    let ready: service_kit::ops::ReadyCheck = Arc::new(move || {
         let pool = pool.clone();
         let listening = ready_subscribed.load(Ordering::SeqCst);
         Box::pin(async move {
@@ -136,10 +136,10 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         .route("/webhooks", post(receive::receive))
         .route("/ws", get(ws::upgrade))
         .with_state(state)
-        .layer(axum::middleware::from_fn(messaging::ops::record_request))
-        .merge(messaging::ops::routes(ready))
-        .fallback(messaging::problem::no_route)
-        .method_not_allowed_fallback(messaging::problem::wrong_method);
+        .layer(axum::middleware::from_fn(service_kit::ops::record_request))
+        .merge(service_kit::ops::routes(ready))
+        .fallback(service_kit::problem::no_route)
+        .method_not_allowed_fallback(service_kit::problem::wrong_method);
     let mut running = Running::start(SERVICE, config.common.http_addr, app).await?;
     let (redis_url, channel, listener_hub) =
         (config.common.redis_url.clone(), bus.channel(), hub.clone());

@@ -2,7 +2,7 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    messaging::telemetry::init();
+    service_kit::telemetry::init();
     let config = notifier::Config::from_env()?;
     notifier::spawn(config).await?.run_until_signal().await?;
     Ok(())

@@ -14,10 +14,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use messaging::problem::Problem;
-use messaging::signature::{Secret, WebhookHeaders};
 use serde_json::json;
+use service_kit::problem::Problem;
 use tracing::{error, info, warn};
+use webhook_signing::{Secret, WebhookHeaders};
 
 use crate::AppState;
 use crate::event::{BodyError, EventData, WebhookEvent};

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use common::*;
 use messaging::OutgoingMessage;
-use messaging::signature::Secret;
 use messaging::topology::{EVENTS, keys};
 use notifier::auth::Role;
 use serde_json::Value;
 use testkit::TestEnv;
 use testkit::amqp::TestClient;
 use testkit::browser::Browser;
+use webhook_signing::Secret;
 
 async fn publish_order(amqp: &TestClient, order_id: &str) {
     let event = event(order_id, Some("c1"), Some("s1"));
@@ -39,7 +39,7 @@ async fn the_live_page_shows_events_and_reconnects_by_itself() {
     let notifier = start(config(&env)).await;
     let addr = notifier.addr;
     let publisher_config = webhook_publisher::Config {
-        common: messaging::config::CommonConfig {
+        common: service_kit::config::CommonConfig {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             amqp_url: env.amqp_url.clone(),
             redis_url: env.redis_url.clone(),

@@ -9,16 +9,16 @@ use std::time::Duration;
 
 use common::*;
 use messaging::OutgoingMessage;
-use messaging::signature::Secret;
 use messaging::topology::{EVENTS, keys};
 use notifier::auth::Role;
 use serde_json::json;
 use testkit::TestEnv;
 use testkit::amqp::TestClient;
+use webhook_signing::Secret;
 
 fn publisher_config(env: &TestEnv, notifier_url: &str) -> webhook_publisher::Config {
     webhook_publisher::Config {
-        common: messaging::config::CommonConfig {
+        common: service_kit::config::CommonConfig {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             amqp_url: env.amqp_url.clone(),
             redis_url: env.redis_url.clone(),
@@ -41,7 +41,7 @@ fn publisher_config(env: &TestEnv, notifier_url: &str) -> webhook_publisher::Con
     }
 }
 
-async fn start_publisher(env: &TestEnv, notifier_url: &str) -> messaging::service::Running {
+async fn start_publisher(env: &TestEnv, notifier_url: &str) -> service_kit::Running {
     let running = webhook_publisher::spawn(publisher_config(env, notifier_url))
         .await
         .unwrap();

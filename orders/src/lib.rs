@@ -20,12 +20,12 @@ use std::time::Duration;
 use messaging::Consumer;
 use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
-use messaging::config::{CommonConfig, env_or};
 use messaging::idempotency::{Guard, redis_pool};
 use messaging::outbox::Relay;
 use messaging::pg::PgConfig;
-use messaging::service::Running;
 use messaging::topology::{ORDERS_INTAKE_QUEUE, ORDERS_QUEUE, ORDERS_RPC_QUEUE};
+use service_kit::Running;
+use service_kit::config::{CommonConfig, env_or};
 
 pub const SERVICE: &str = "orders";
 pub const DEFAULT_PORT: u16 = 3002;
@@ -107,11 +107,11 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
             .for_requests(),
     ));
 
-    let ready = messaging::ops::broker_redis_and_store(broker.clone(), redis, &db.backend());
+    let ready = service_kit::ops::broker_redis_and_store(broker.clone(), redis, &db.backend());
     let mut running = Running::start(
         SERVICE,
         config.common.http_addr,
-        messaging::ops::routes(ready),
+        service_kit::ops::routes(ready),
     )
     .await?;
     let (deadline, sweep_every) = (

@@ -9,13 +9,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use messaging::config::CommonConfig;
 use messaging::contracts::{CreateOrder, ReleaseStock, ReserveStock, StockAnswer};
 use messaging::pg::PgConfig;
 use messaging::topology::{COMMANDS, EVENTS, PRODUCTS_QUEUE, keys};
 use messaging::{
     Broker, BrokerConfig, Consumer, HandleError, Incoming, MessageHandler, OutgoingMessage,
 };
+use service_kit::config::CommonConfig;
 use testkit::{TestDatabase, Vhost};
 use tokio_util::sync::CancellationToken;
 

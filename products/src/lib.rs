@@ -13,13 +13,13 @@ use std::sync::Arc;
 
 use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
-use messaging::config::{CommonConfig, env_or};
 use messaging::outbox::Relay;
 use messaging::pg::PgConfig;
-use messaging::service::Running;
 use messaging::store::InboxRetention;
 use messaging::topology::{PRODUCTS_QUEUE, PRODUCTS_RPC_QUEUE};
 use messaging::{Consumer, Db, PgDb};
+use service_kit::Running;
+use service_kit::config::{CommonConfig, env_or};
 
 use crate::store::Store;
 
@@ -83,7 +83,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     ));
 
     let (ready_broker, ready_db) = (broker.clone(), db.clone());
-    let ready: messaging::ops::ReadyCheck = Arc::new(move || {
+    let ready: service_kit::ops::ReadyCheck = Arc::new(move || {
         let connected = ready_broker.is_connected();
         let db = ready_db.clone();
         Box::pin(async move {
@@ -97,7 +97,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     let mut running = Running::start(
         SERVICE,
         config.common.http_addr,
-        messaging::ops::routes(ready),
+        service_kit::ops::routes(ready),
     )
     .await?;
     running.spawn(move |stop| relay.run(stop));

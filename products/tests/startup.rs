@@ -53,9 +53,9 @@ async fn a_schema_newer_than_the_binary_stops_it_with_a_clear_message() {
 }
 
 /// Starts products in this process on `database`, with a broker address nobody listens on.
-async fn spawn_on(database: &str, data_dir: &std::path::Path) -> messaging::service::Running {
+async fn spawn_on(database: &str, data_dir: &std::path::Path) -> service_kit::Running {
     let config = products::Config {
-        common: messaging::config::CommonConfig {
+        common: service_kit::config::CommonConfig {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             amqp_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
             redis_url: "redis://127.0.0.1:1".into(),

@@ -2,7 +2,7 @@
 //! token.
 //!
 //! The token is the gateway's (HS256 with `JWT_SECRET`, claims `sub`, `role`, `exp`), checked by
-//! the shared `messaging::auth::TokenVerifier`. No token, or a malformed, badly signed or expired
+//! the shared `jwt_auth::TokenVerifier`. No token, or a malformed, badly signed or expired
 //! one, is 401 with `WWW-Authenticate: Bearer`; a SELLER or CLIENT token is 403. Both are
 //! problem+json. The API can make the publisher POST to new places, shows order data and hands
 //! out signing secrets, so only an operator may use it.
@@ -11,8 +11,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use messaging::auth::{Role, TokenVerifier};
-use messaging::problem::Problem;
+use jwt_auth::{Role, TokenVerifier};
+use service_kit::problem::Problem;
 use tracing::warn;
 
 /// The subject of the ADMIN token of the request, for the handlers' logs.

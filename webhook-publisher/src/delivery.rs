@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use messaging::signature::Secret;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use secrecy::ExposeSecret;
+use webhook_signing::Secret;
 
 use crate::client::{Clients, describe};
 use crate::schedule::{RetrySchedule, parse_retry_after};

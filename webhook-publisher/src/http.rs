@@ -1,4 +1,6 @@
-//! The HTTP API: subscriptions and delivery history. Errors are `application/problem+json`.
+//! The HTTP API: subscriptions and delivery history. Errors are `application/problem+json`;
+//! a JSON body is read as the gateway reads one (`service_kit::json_body`: 400 when it is not
+//! JSON, 422 with the offending fields when it has the wrong shape or fails the checks below).
 //! Every route needs an ADMIN token (`auth.rs`).
 //!
 //! - `POST /subscriptions {url, events}` → 201 with the subscription and its `whsec_…` secret
@@ -17,13 +19,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use messaging::auth::TokenVerifier;
-use messaging::problem::{FieldError, Problem};
-use messaging::signature::Secret;
+use jwt_auth::TokenVerifier;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
+use service_kit::json_body::{self, invalid};
+use service_kit::problem::{FieldError, Problem};
 use tracing::{error, info};
+use webhook_signing::Secret;
 
 use crate::auth::{Admin, require_admin};
 use crate::dispatcher::Dispatcher;
@@ -70,16 +73,6 @@ fn internal(e: messaging::store::DbError) -> Problem {
         "Internal error",
         "the delivery database could not be read or written; try again",
     )
-}
-
-fn invalid(errors: Vec<FieldError>) -> Problem {
-    Problem::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation",
-        "Invalid request",
-        "some fields are invalid, see errors",
-    )
-    .with_errors(errors)
 }
 
 fn field(field: &str, message: impl Into<String>) -> FieldError {
@@ -140,17 +133,6 @@ async fn validate(
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Problem> {
-    serde_json::from_slice(body).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-body",
-            "Invalid JSON body",
-            format!("the body is not the expected JSON: {e}"),
-        )
-    })
-}
-
 /// A response that shows a secret: no cache may keep it.
 fn with_secret(status: StatusCode, body: serde_json::Value) -> Response {
     let mut response = (status, Json(body)).into_response();
@@ -165,7 +147,7 @@ async fn create_subscription(
     Extension(admin): Extension<Admin>,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let new: NewSubscription = parse_json(&body)?;
+    let new: NewSubscription = json_body::parse(&body)?;
     validate(&new, &state.policy, &state.trusted_url).await?;
     let secret = Secret::generate();
     let shown = secret.clone();

@@ -29,16 +29,16 @@ use secrecy::{ExposeSecret, SecretString};
 
 use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
-use messaging::config::{AppEnv, CommonConfig, env_or};
 use messaging::pg::PgConfig;
-use messaging::service::Running;
-use messaging::signature::{Secret, webhook_secret_from_env};
 use messaging::store::InboxRetention;
 use messaging::topology::WEBHOOKS_QUEUE;
 use messaging::{Consumer, Db, PgDb};
+use service_kit::Running;
+use service_kit::config::{AppEnv, CommonConfig, env_or};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use webhook_signing::{Secret, webhook_secret_from_env};
 
 use crate::client::{ClientSettings, TlsRoots};
 use crate::dispatcher::{Dispatcher, Settings};
@@ -106,7 +106,7 @@ impl Config {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             notifier_url: env_or("NOTIFIER_URL", DEFAULT_NOTIFIER_URL.to_owned())?,
             webhook_secret: webhook_secret_from_env(app_env)?,
-            jwt_secret: messaging::auth::jwt_secret_from_env(app_env)?,
+            jwt_secret: jwt_auth::jwt_secret_from_env(app_env)?,
             schedule,
             timeout: Duration::from_millis(env_or("WEBHOOK_TIMEOUT_MS", 10_000)?),
             endpoint_concurrency: env_or("WEBHOOK_ENDPOINT_CONCURRENCY", 32)?,
@@ -233,7 +233,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
 
     let (ready_broker, ready_store, ready_started) =
         (broker.clone(), store.clone(), started.clone());
-    let ready: messaging::ops::ReadyCheck = Arc::new(move || {
+    let ready: service_kit::ops::ReadyCheck = Arc::new(move || {
         let connected = ready_broker.is_connected();
         let (store, started) = (ready_store.clone(), ready_started.clone());
         Box::pin(async move {
@@ -248,14 +248,14 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     let app = http::router(http::AppState {
         store: store.clone(),
         dispatcher: dispatcher.clone(),
-        verifier: messaging::auth::TokenVerifier::new(config.jwt_secret.expose_secret().as_bytes()),
+        verifier: jwt_auth::TokenVerifier::new(config.jwt_secret.expose_secret().as_bytes()),
         policy,
         trusted_url: config.notifier_url.clone(),
     })
-    .layer(axum::middleware::from_fn(messaging::ops::record_request))
-    .merge(messaging::ops::routes(ready))
-    .fallback(messaging::problem::no_route)
-    .method_not_allowed_fallback(messaging::problem::wrong_method);
+    .layer(axum::middleware::from_fn(service_kit::ops::record_request))
+    .merge(service_kit::ops::routes(ready))
+    .fallback(service_kit::problem::no_route)
+    .method_not_allowed_fallback(service_kit::problem::wrong_method);
     let mut running = Running::start(SERVICE, config.common.http_addr, app).await?;
     if let Some(started_tx) = startup {
         let (store, config) = (store.clone(), config.clone());

@@ -2,7 +2,7 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    messaging::telemetry::init();
+    service_kit::telemetry::init();
     let config = webhook_publisher::Config::from_env()?;
     webhook_publisher::spawn(config)
         .await?

@@ -9,13 +9,13 @@ use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Duration;
 
-use messaging::signature::Secret;
 use messaging::store::{Backend, DbError};
 use messaging::{Db, PgDb};
 use secrecy::SecretString;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
+use webhook_signing::Secret;
 
 use crate::store::pg::{Claimant, Settled};
 use crate::store::{

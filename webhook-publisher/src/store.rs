@@ -16,11 +16,11 @@
 pub mod pg;
 
 use deadpool_sqlite::rusqlite::{self, Connection, OptionalExtension, Row, Transaction, params};
-use messaging::signature::Secret;
 use messaging::store::{DbError, SqliteTx};
 use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::Value;
+use webhook_signing::Secret;
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS subscriptions (

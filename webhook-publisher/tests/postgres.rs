@@ -11,7 +11,6 @@ use std::time::Duration;
 use common::*;
 use messaging::PgDb;
 use messaging::pg::PgConfig;
-use messaging::signature::Secret;
 use messaging::store::InboxRetention;
 use messaging::topology::{WEBHOOKS_QUEUE, dlq, keys};
 use testkit::TestDatabase;
@@ -21,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use webhook_publisher::storage::{NewEvent, Store};
 use webhook_publisher::store::{AttemptRecord, DeliveryStatus, Job, Next, Settlement};
+use webhook_signing::Secret;
 
 /// An instance's store on `db`, its schema migrated.
 async fn instance(db: &TestDatabase, stop: &CancellationToken) -> Store {

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use messaging::auth::Role;
+use jwt_auth::Role;
 use messaging::topology::keys;
 use serde_json::{Value, json};
 use testkit::TestEnv;
@@ -53,7 +53,7 @@ async fn the_api_needs_an_admin_token_and_health_does_not() {
         client.request(method.parse().unwrap(), format!("{base}{path}"))
     };
 
-    let foreign = messaging::auth::issue_for(
+    let foreign = jwt_auth::issue_for(
         b"another-secret-entirely",
         "admin",
         Role::Admin,
@@ -61,9 +61,9 @@ async fn the_api_needs_an_admin_token_and_health_does_not() {
         Duration::from_secs(600),
     )
     .unwrap();
-    let expired = messaging::auth::issue(
+    let expired = jwt_auth::issue(
         JWT_SECRET.as_bytes(),
-        &messaging::auth::Claims {
+        &jwt_auth::Claims {
             sub: "admin".into(),
             role: Role::Admin,
             seller_id: None,

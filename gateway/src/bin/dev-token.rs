@@ -2,8 +2,8 @@
 //! `JWT_SECRET=… cargo run -p gateway --bin dev-token -- --sub alice --role CLIENT`.
 
 use clap::{Parser, ValueEnum};
-use messaging::auth::{Role, issue_for, jwt_secret_from_env};
-use messaging::config::{AppEnv, ExposeSecret};
+use jwt_auth::{Role, issue_for, jwt_secret_from_env};
+use service_kit::config::{AppEnv, ExposeSecret};
 
 #[derive(Clone, Copy, ValueEnum)]
 #[value(rename_all = "SCREAMING_SNAKE_CASE")]

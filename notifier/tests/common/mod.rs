@@ -5,14 +5,14 @@
 
 use std::time::Duration;
 
-use messaging::config::CommonConfig;
 use messaging::contracts::OrderEvent;
-use messaging::service::Running;
-use messaging::signature::Secret;
 use notifier::Config;
 use notifier::auth::Role;
 use serde_json::{Value, json};
+use service_kit::Running;
+use service_kit::config::CommonConfig;
 use testkit::TestEnv;
+use webhook_signing::Secret;
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const JWT_SECRET: &str = "test-jwt-secret";

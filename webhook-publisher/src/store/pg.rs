@@ -22,10 +22,10 @@
 use std::time::Duration;
 
 use messaging::pg::{INBOX_OUTBOX, Migration, PgTx};
-use messaging::signature::Secret;
 use secrecy::SecretString;
 use serde_json::Value;
 use tokio_postgres::{Error, GenericClient, Row};
+use webhook_signing::Secret;
 
 use super::{
     Attempt, DEFAULT_EVENTS, Delivery, DeliveryFilter, DeliveryStatus, GONE_REASON, Job, Recorded,

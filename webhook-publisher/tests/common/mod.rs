@@ -16,14 +16,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use jwt_auth::Role;
 use messaging::OutgoingMessage;
-use messaging::auth::Role;
-use messaging::config::CommonConfig;
 use messaging::contracts::OrderEvent;
-use messaging::service::Running;
-use messaging::signature::Secret;
 use messaging::topology::EVENTS;
 use serde_json::Value;
+use service_kit::Running;
+use service_kit::config::CommonConfig;
 use testkit::TestEnv;
 use testkit::amqp::TestClient;
 use tokio::net::{TcpListener, TcpStream};
@@ -32,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use webhook_publisher::Config;
 use webhook_publisher::client::TlsRoots;
 use webhook_publisher::schedule::RetrySchedule;
+use webhook_signing::Secret;
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const LONG: Duration = Duration::from_secs(30);
@@ -40,7 +40,7 @@ pub const JWT_SECRET: &str = "webhook-publisher-test-jwt-secret";
 
 /// A token signed with [`JWT_SECRET`], valid for an hour.
 pub fn token(sub: &str, role: Role, seller_id: Option<&str>) -> String {
-    messaging::auth::issue_for(
+    jwt_auth::issue_for(
         JWT_SECRET.as_bytes(),
         sub,
         role,

@@ -15,8 +15,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::broker::Broker;
-use crate::store::Backend;
+use messaging::broker::Broker;
+use messaging::store::Backend;
 
 /// Why a service stopped on its own: a task it cannot run without failed for good.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +100,7 @@ impl Running {
     }
 
     /// Runs the broker link (and so every consumer) once `db` is ready: at once for SQLite;
-    /// for PostgreSQL after its schema is up to date, which [`crate::pg::PgDb::run`] brings
+    /// for PostgreSQL after its schema is up to date, which [`messaging::pg::PgDb::run`] brings
     /// about in a critical task of its own while `/ready` says false. `db` is closed on stop.
     pub fn run_broker(&mut self, broker: Broker, db: impl Into<Backend>) {
         let db = db.into();

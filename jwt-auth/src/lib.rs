@@ -4,12 +4,18 @@
 //! A caller presents a JWT (HS256, `JWT_SECRET`) with `sub`, `role` (ADMIN | SELLER | CLIENT),
 //! `seller_id` for sellers, and `exp`. ADMIN sees every order; a CLIENT the orders whose
 //! `customerId` is its `sub`; a SELLER the orders whose `sellerId` is its `seller_id`.
+//!
+//! Layout: one file — [`Role`], [`Claims`] and [`Identity`] (with what it [`Identity::sees`]);
+//! [`TokenVerifier`]; [`issue`] and [`issue_for`] (tests, `dev-token`); [`jwt_secret_from_env`]
+//! (`JWT_SECRET`, read with `env-config`); `hs256`, jsonwebtoken's HS256-only crypto provider.
+//! How a request presents its token is each service's (`gateway`, `webhook-publisher`,
+//! `notifier`): this crate knows no HTTP.
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AppEnv, ConfigError, secret_from_env};
+use env_config::{AppEnv, ConfigError, secret_from_env};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -99,7 +105,7 @@ impl TokenVerifier {
 pub const DEV_JWT_SECRET: &str = "dev-jwt-secret-do-not-use-in-production";
 
 /// `JWT_SECRET`: required, at least 32 bytes, outside development; the development secret
-/// with a warning in it (see [`crate::config::secret_from_env`]).
+/// with a warning in it (see [`env_config::secret_from_env`]).
 pub fn jwt_secret_from_env(app_env: AppEnv) -> Result<SecretString, ConfigError> {
     secret_from_env("JWT_SECRET", app_env, DEV_JWT_SECRET, |text| Ok(text.len()))
 }

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
-use crate::broker::Broker;
+use messaging::broker::Broker;
 
 /// Names a dependency and says whether it answers.
 pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, Vec<(&'static str, bool)>> + Send + Sync>;
@@ -30,7 +30,7 @@ pub fn broker_and_redis(broker: Broker, redis: deadpool_redis::Pool) -> ReadyChe
         Box::pin(async move {
             vec![
                 ("broker", broker.is_connected()),
-                ("redis", crate::idempotency::ping(&redis).await),
+                ("redis", messaging::idempotency::ping(&redis).await),
             ]
         })
     })
@@ -41,10 +41,10 @@ pub fn broker_and_redis(broker: Broker, redis: deadpool_redis::Pool) -> ReadyChe
 pub fn broker_redis_and_store(
     broker: Broker,
     redis: deadpool_redis::Pool,
-    db: &crate::store::Backend,
+    db: &messaging::store::Backend,
 ) -> ReadyCheck {
     let base = broker_and_redis(broker, redis);
-    let crate::store::Backend::Postgres(pg) = db.clone() else {
+    let messaging::store::Backend::Postgres(pg) = db.clone() else {
         return base;
     };
     Arc::new(move || {

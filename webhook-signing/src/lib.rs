@@ -10,6 +10,10 @@
 //! timestamp's freshness, then the signature.
 //!
 //! The key and its text live in `secrecy` boxes (zeroed when dropped, never in a `Debug` form).
+//!
+//! Layout: one file — [`Secret`] (parse, generate, sign, verify, verify a request), the
+//! `webhook-*` headers ([`WebhookHeaders`]) and their errors, and [`webhook_secret_from_env`]
+//! (`WEBHOOK_SECRET`, read with `env-config`). Property tests: tests/properties.rs.
 
 use std::fmt;
 use std::time::Duration;
@@ -20,7 +24,7 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::Sha256;
 
-use crate::config::{AppEnv, ConfigError, secret_from_env};
+use env_config::{AppEnv, ConfigError, secret_from_env};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -180,7 +184,7 @@ impl Secret {
 }
 
 /// `WEBHOOK_SECRET` (`whsec_…`): required, with at least 32 bytes of key, outside development;
-/// [`DEV_SECRET`] with a warning in it (see [`crate::config::secret_from_env`]).
+/// [`DEV_SECRET`] with a warning in it (see [`env_config::secret_from_env`]).
 pub fn webhook_secret_from_env(app_env: AppEnv) -> Result<Secret, ConfigError> {
     let text = secret_from_env("WEBHOOK_SECRET", app_env, DEV_SECRET, |text| {
         Secret::parse(text)

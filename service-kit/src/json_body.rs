@@ -1,15 +1,17 @@
-//! `ValidJson<T>`: a JSON body extractor whose every failure is a problem+json answer.
+//! JSON request bodies whose every failure is a problem+json answer: the `ValidJson<T>`
+//! extractor (the gateway), and [`parse`] and [`invalid`] for a handler that reads the body
+//! itself (the webhook-publisher, whose checks are async).
 //!
 //! 415 when the body is not declared JSON, 413 when it is over the size limit, 400 when it is
 //! not JSON at all, 422 when it is JSON of the wrong shape (missing field, wrong type, unknown
 //! field) or fails validation; 422 bodies list every offending field. The 413 names the limit
 //! in bytes, which [`body_limit`] tells the extractor along with enforcing it.
 
+use crate::problem::{FieldError, Problem};
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::{StatusCode, header};
-use messaging::problem::{FieldError, Problem};
 use serde::de::DeserializeOwned;
 
 /// Field-level checks beyond what the types say.
@@ -125,6 +127,7 @@ fn malformed(e: &serde_json::Error) -> Problem {
     )
 }
 
+/// 422: the body is JSON of the right shape, but these fields are wrong.
 pub fn invalid(errors: Vec<FieldError>) -> Problem {
     let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
     Problem::new(
