@@ -40,3 +40,21 @@ async fn refuses_to_start_without_its_secrets() {
         "{text}"
     );
 }
+
+/// A history retention in seconds that is not a whole positive number stops the publisher at
+/// start, naming the variable (with both secrets right, so nothing else can be the cause).
+#[tokio::test]
+async fn refuses_a_bad_history_retention_in_seconds() {
+    for bad in ["0", "ten", "-5", "1.5"] {
+        let (ok, text) = run(&[
+            ("JWT_SECRET", JWT),
+            ("WEBHOOK_SECRET", WEBHOOK),
+            ("WEBHOOK_HISTORY_RETENTION_SECS", bad),
+        ])
+        .await;
+        assert!(
+            !ok && text.contains("WEBHOOK_HISTORY_RETENTION_SECS"),
+            "{bad}: {text}"
+        );
+    }
+}
