@@ -5,13 +5,14 @@
 //!
 //! The binaries are the ones `cargo test --workspace` builds next to this test's executable.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use testkit::TestDatabase;
 use testkit::TestEnv;
+use testkit::sqlite_files::wal_files;
 
 const SERVICES: [&str; 5] = [
     "gateway",
@@ -103,16 +104,6 @@ async fn terminate(started: Started) -> Result<(std::process::ExitStatus, String
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));
     Ok((output.status, text))
-}
-
-fn wal_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with("-wal") || n.ends_with("-shm"))
-        .collect()
 }
 
 async fn stops_cleanly(test: &str, postgres: bool) {

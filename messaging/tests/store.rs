@@ -2,28 +2,16 @@
 //! deleted in the background (in batches, newer rows kept). That a service's clean stop closes
 //! every connection is `service-kit`'s tests/stop.rs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use deadpool_sqlite::rusqlite::params;
 use messaging::Db;
 use messaging::store::InboxRetention;
+use testkit::sqlite_files::wal_files;
 
 fn temp_dir(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("{name}-{}", uuid::Uuid::new_v4()))
-}
-
-/// The `-wal` and `-shm` files in `dir`.
-fn wal_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with("-wal") || n.ends_with("-shm"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 async fn inbox_ids(db: &Db) -> Vec<String> {

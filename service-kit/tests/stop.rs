@@ -1,24 +1,10 @@
 //! A clean stop of a service closes its databases after its tasks: every connection is closed,
 //! so no SQLite `-wal` or `-shm` file is left, and everything written is in the database file.
 
-use std::path::Path;
-
 use messaging::Db;
 use messaging::store::InboxRetention;
 use service_kit::Running;
-
-/// The `-wal` and `-shm` files in `dir`.
-fn wal_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with("-wal") || n.ends_with("-shm"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use testkit::sqlite_files::wal_files;
 
 async fn inbox_count(db: &Db) -> usize {
     db.call(|c| c.query_row("SELECT count(*) FROM inbox", [], |r| r.get::<_, i64>(0)))

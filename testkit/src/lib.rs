@@ -27,6 +27,7 @@
 //! - Waiting and processes
 //!   - `wait.rs`: [`eventually`] (poll until a check holds) and [`wait_ready`] (a `/ready`).
 //!   - `process.rs`: a service binary that must refuse to start, and what it said.
+//!   - `sqlite_files.rs`: the `-wal`/`-shm` files a SQLite database left in a directory.
 
 pub mod amqp;
 pub mod broker_cluster;
@@ -42,6 +43,7 @@ pub mod process;
 pub mod rabbit;
 pub mod redis;
 pub mod redis_server;
+pub mod sqlite_files;
 pub mod wait;
 pub mod ws;
 
