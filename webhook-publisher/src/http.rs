@@ -32,7 +32,7 @@ use crate::auth::{Admin, require_admin};
 use crate::dispatcher::Dispatcher;
 use crate::egress::{self, Policy};
 use crate::storage::Store;
-use crate::store::{self, DeliveryFilter, EVENT_TYPES, ReplayRefused};
+use crate::store::{self, DeliveryFilter, DeliveryStatus, EVENT_TYPES, ReplayRefused};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -231,7 +231,6 @@ struct DeliveryQuery {
     limit: Option<usize>,
 }
 
-const STATUSES: [&str; 3] = ["pending", "delivered", "failed"];
 const MAX_LIMIT: usize = 500;
 
 async fn list_deliveries(
@@ -247,15 +246,16 @@ async fn list_deliveries(
         )
     })?;
     let empty_to_none = |v: Option<String>| v.filter(|s| !s.is_empty());
-    let status = empty_to_none(query.status);
-    if let Some(s) = &status
-        && !STATUSES.contains(&s.as_str())
-    {
-        return Err(invalid(vec![field(
-            "status",
-            format!("{s:?} is not one of {}", STATUSES.join(", ")),
-        )]));
-    }
+    let status = match empty_to_none(query.status) {
+        None => None,
+        Some(s) => Some(s.parse::<DeliveryStatus>().map_err(|_| {
+            let known = DeliveryStatus::ALL.map(DeliveryStatus::as_str);
+            invalid(vec![field(
+                "status",
+                format!("{s:?} is not one of {}", known.join(", ")),
+            )])
+        })?),
+    };
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(invalid(vec![field(

@@ -18,8 +18,9 @@ use crate::storage::Store;
 
 /// Deliveries deleted per transaction.
 pub const BATCH: usize = 500;
-/// How often the history is pruned.
-pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How often the history is pruned: as often as the inbox, so each round has half a minute of
+/// history to delete rather than a whole one.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
 /// Prunes every `every` until `stop`.
 pub async fn run(

@@ -122,7 +122,7 @@ pub struct Subscription {
     pub id: String,
     pub url: String,
     pub events: Vec<String>,
-    pub status: String,
+    pub status: SubscriptionStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
     pub created_at: String,
@@ -152,7 +152,7 @@ impl Subscription {
         id: String,
         url: String,
         events: &str,
-        status: String,
+        status: SubscriptionStatus,
         disabled_reason: Option<String>,
         created_at: String,
     ) -> Self {
@@ -172,12 +172,33 @@ impl Subscription {
     }
 
     pub fn is_active(&self) -> bool {
-        self.status == SUBSCRIPTION_ACTIVE
+        self.status == SubscriptionStatus::Active
     }
 }
 
-/// `subscriptions.status` of a subscription that gets events.
-pub const SUBSCRIPTION_ACTIVE: &str = "active";
+/// The state of a subscription (`subscriptions.status`, and `status` in the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscriptionStatus {
+    /// Gets the events its filter matches.
+    Active,
+    /// Its endpoint answered 410 Gone: gets no events, its pending deliveries were failed.
+    Disabled,
+}
+
+impl SubscriptionStatus {
+    pub const ALL: [Self; 2] = [Self::Active, Self::Disabled];
+
+    /// As stored in the `status` column and shown in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+messaging::text_column!(SubscriptionStatus, "subscription status");
 
 /// The state of a delivery (`deliveries.status`, and `status` in the API).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -730,7 +751,7 @@ pub(crate) fn ms_to_rfc3339(ms: i64) -> Option<String> {
 /// Filters of `GET /deliveries`.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
-    pub status: Option<String>,
+    pub status: Option<DeliveryStatus>,
     pub event: Option<String>,
     pub subscription: Option<String>,
     pub limit: usize,
@@ -854,25 +875,37 @@ pub fn replay(tx: &Transaction, id: &str) -> rusqlite::Result<Result<Delivery, R
     Ok(get_delivery(tx, id)?.ok_or(ReplayRefused::NotFound))
 }
 
+/// The oldest deliveries of one status (`?1`) last changed before now + `?2` (a negative SQLite
+/// time modifier), at most `?3`.
+const DUE_FOR_PRUNING: &str = "SELECT id FROM deliveries
+     WHERE status = ?1 AND updated_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2)
+     ORDER BY updated_at LIMIT ?3";
+
 /// Deletes up to `limit` finished (delivered or failed) deliveries last changed more than
-/// `older_than` ago, oldest first, with their attempts. A pending delivery is never deleted.
+/// `older_than` ago, oldest first within each status, with their attempts. A pending delivery
+/// is never deleted.
 /// Returns how many deliveries went.
 pub fn prune_history(
     tx: &Transaction,
     older_than: std::time::Duration,
     limit: usize,
 ) -> rusqlite::Result<usize> {
-    // `updated_at` has the format of `NOW`, so text order is time order.
+    // `updated_at` has the format of `NOW`, so text order is time order. One status at a
+    // time: `status IN (…) ORDER BY updated_at` cannot walk the (status, updated_at) index in
+    // order, so SQLite sorted every due row for each batch (72 ms a batch at 100,000 rows,
+    // against 2 ms this way), all of it inside the writer's transaction.
     let age = format!("-{:.3} seconds", older_than.as_secs_f64());
-    let ids: Vec<String> = tx
-        .prepare_cached(
-            "SELECT id FROM deliveries
-             WHERE status IN ('delivered', 'failed')
-                   AND updated_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)
-             ORDER BY updated_at, id LIMIT ?2",
-        )?
-        .query_map(params![age, limit as i64], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let mut due = tx.prepare_cached(DUE_FOR_PRUNING)?;
+    let mut ids: Vec<String> = Vec::with_capacity(limit);
+    for status in [DeliveryStatus::Delivered, DeliveryStatus::Failed] {
+        let left = (limit - ids.len()) as i64;
+        if left == 0 {
+            break;
+        }
+        for id in due.query_map(params![status, age, left], |r| r.get(0))? {
+            ids.push(id?);
+        }
+    }
     let mut attempts = tx.prepare_cached("DELETE FROM attempts WHERE delivery_id = ?1")?;
     let mut delivery = tx.prepare_cached("DELETE FROM deliveries WHERE id = ?1")?;
     for id in &ids {
@@ -885,6 +918,22 @@ pub fn prune_history(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pruning_batch_reads_the_index_in_order_without_sorting() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {DUE_FOR_PRUNING}"))
+            .unwrap()
+            .query_map(params!["delivered", "-1 seconds", 500], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("USING INDEX deliveries_finished"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
 
     #[test]
     fn pruning_takes_old_finished_deliveries_and_their_attempts_only() {
@@ -946,12 +995,12 @@ mod tests {
         assert_eq!(left("deliveries", "id"), ["old-pending"]);
     }
 
-    fn subscription(id: &str, events: &str, status: &str) -> Subscription {
+    fn subscription(id: &str, events: &str, status: SubscriptionStatus) -> Subscription {
         Subscription::from_stored(
             id.to_owned(),
             format!("http://127.0.0.1:9/{id}"),
             events,
-            status.to_owned(),
+            status,
             None,
             "2026-12-02T00:00:00.000Z".to_owned(),
         )
@@ -960,10 +1009,14 @@ mod tests {
     #[test]
     fn an_event_is_planned_for_active_matching_subscriptions_and_fails_for_corrupt_filters() {
         let subscriptions = vec![
-            subscription("all", r#"["*"]"#, "active"),
-            subscription("confirmed", r#"["order.confirmed"]"#, "active"),
-            subscription("off", r#"["*"]"#, "disabled"),
-            subscription("corrupt", "order.created", "active"),
+            subscription("all", r#"["*"]"#, SubscriptionStatus::Active),
+            subscription(
+                "confirmed",
+                r#"["order.confirmed"]"#,
+                SubscriptionStatus::Active,
+            ),
+            subscription("off", r#"["*"]"#, SubscriptionStatus::Disabled),
+            subscription("corrupt", "order.created", SubscriptionStatus::Active),
         ];
         let (planned, recorded) = plan_event(subscriptions, "order.created", 42);
         assert_eq!(recorded.created, 1);
