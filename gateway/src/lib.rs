@@ -2,6 +2,15 @@
 //!
 //! `POST /orders` publishes `orders.create` and answers 202 only after the broker confirmed it;
 //! reads and product creation go to the owning service over AMQP request/response.
+//!
+//! Layout:
+//! - `http` — the routes and what each answers; `openapi` — their OpenAPI 3.1 description.
+//! - `requests` — the request and response bodies and their validation rules.
+//! - `auth` — the caller of a request (JWT) and its rate limit (`ratelimit`, a Redis bucket).
+//! - `idempotency` — the `Idempotency-Key` of `POST /orders`.
+//! - `admission` — refusing new orders with 503 while the saga's backlog is at its bound.
+//! - `sellers` — who sells a product, remembered so `orders.create` carries it.
+//! - `bin/dev-token.rs` — a signed token for local use.
 
 pub mod admission;
 pub mod auth;

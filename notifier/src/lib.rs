@@ -7,6 +7,15 @@
 //! deliver. `GET /` is the live dashboard (`docs/dashboard.md`), which reads the gateway's
 //! reports and `GET /decisions` (decisions per minute); new decisions also go to Telegram when
 //! it is configured (`telegram.rs`). See `docs/webhooks.md`.
+//!
+//! Layout:
+//! - `receive` — `POST /webhooks`: signature, deduplication, hand-off to the bus.
+//! - `event` — the webhook bodies it understands.
+//! - `bus` — the Redis side: deduplication, stats, order owners, the `events` stream.
+//! - `hub` — who is connected to this instance and the fan-out of each event; `ws` — one
+//!   WebSocket connection.
+//! - `page` — the live dashboard; `decisions` — its decisions-per-minute chart.
+//! - `telegram` — decisions sent to a Telegram chat.
 
 /// Tokens and roles are shared with the gateway.
 pub use jwt_auth as auth;

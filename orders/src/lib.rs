@@ -6,6 +6,14 @@
 //! instances share), decides behind Redis markers and locks, cancels orders whose deadline
 //! passed, and answers `orders.get` and the sales reports (`orders.report.*`) on `orders_rpc`.
 //! Everything it sends goes through the outbox.
+//!
+//! Layout:
+//! - `consumer` — the two queue consumers (new orders, stock answers).
+//! - `decide` — the saga's decisions and `OrderStatus`, written once for both stores.
+//! - `saga` — the confirming step behind Redis markers and locks.
+//! - `deadline` — the sweeper that cancels overdue orders.
+//! - `rpc` — `orders.get` and the sales reports.
+//! - `store` — the storage interface: `orders.db` (SQLite) and `store/pg.rs` (PostgreSQL).
 
 pub mod consumer;
 pub mod deadline;

@@ -4,6 +4,12 @@
 //! reads and product creation on `products_rpc`. Every stock change commits in one transaction
 //! with the inbox row of its message and the outbox row of its answer: in `products.db`
 //! (SQLite, one instance), or in PostgreSQL when `DATABASE_URL` is set (several instances).
+//!
+//! Layout:
+//! - `consumer` — `product.reserveStock` and `product.releaseStock`.
+//! - `rpc` — `products.get` and `products.create`.
+//! - `store` — products, stock and reservations (`ReservationStatus`): `products.db` (SQLite)
+//!   and `store/pg.rs` (PostgreSQL).
 
 pub mod consumer;
 pub mod rpc;

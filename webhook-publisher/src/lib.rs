@@ -7,6 +7,15 @@
 //! API (ADMIN only) manages subscriptions and shows the delivery history; deliveries go only to
 //! allowed addresses, over rustls, and finished ones are deleted after the retention period. See
 //! `docs/webhooks.md`.
+//!
+//! Layout:
+//! - `consumer` — events from `webhooks_queue` into deliveries, one per matching subscription.
+//! - `dispatcher` — finds due deliveries and sends them; `delivery` — one attempt and what it
+//!   means; `schedule` — the retry schedule; `client` — the HTTP clients (TLS, no redirects);
+//!   `egress` — the addresses it may send to.
+//! - `http` — the API (subscriptions, delivery history, replay); `auth` — its ADMIN guard.
+//! - `storage` — the storage interface over `store.rs` (SQLite, `webhooks.db`) and
+//!   `store/pg.rs` (PostgreSQL); `retention` — deleting old history.
 
 pub mod auth;
 pub mod client;
