@@ -43,6 +43,9 @@
 # fit the server's max_connections of 100 next to other users).
 # CONFIGS="sqlite:1 postgres:1 postgres:2": runs every scenario once per backend:instances pair,
 # one after the other in this one run (default: "$BACKEND:$INSTANCES"), each table headed by it.
+# PRODUCTS (1): products loadgen creates and orders in turn. With one, every reserve takes the
+# same product row's lock (the worst case for PostgreSQL); with several, what is left is the
+# cost of the stores themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -337,7 +340,7 @@ sample_tables() {
 loadgen() {
   "$BIN/loadgen" --gateway "$(gateways)" --amqp-url "$AMQP_BASE/$vhost" \
     --pids "$PIDS_SPEC" --webhook-metrics "http://127.0.0.1:$(port webhook-publisher)/metrics" \
-    ${SERIES_EVERY:+--series-every "$SERIES_EVERY"} "$@" \
+    --products "${PRODUCTS:-1}" ${SERIES_EVERY:+--series-every "$SERIES_EVERY"} "$@" \
     | tee -a "$BENCH_OUT"
 }
 
@@ -352,7 +355,7 @@ if [ "${PRIVATE_BROKER:-1}" = 1 ]; then start_private_broker; fi
 
 out "# bench run $STAMP"
 out ""
-out "nproc $(nproc), $(free -m | awk '/Mem:/{print $2" MiB RAM"}'), RabbitMQ $(mgmt "$MGMT/api/overview" | sed -n 's/.*"rabbitmq_version":"\([^"]*\)".*/\1/p'), $(redis-cli -u "$REDIS_URL" INFO server | tr -d '\r' | grep redis_version), RUST_LOG=$RUST_LOG, git $(git rev-parse --short HEAD)"
+out "nproc $(nproc), $(free -m | awk '/Mem:/{print $2" MiB RAM"}'), RabbitMQ $(mgmt "$MGMT/api/overview" | sed -n 's/.*"rabbitmq_version":"\([^"]*\)".*/\1/p'), $(redis-cli -u "$REDIS_URL" INFO server | tr -d '\r' | grep redis_version), RUST_LOG=$RUST_LOG, products ${PRODUCTS:-1}, git $(git rev-parse --short HEAD 2>/dev/null || echo "(not a checkout)")"
 out ""
 
 for config in $CONFIGS; do

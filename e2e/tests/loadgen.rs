@@ -1,5 +1,6 @@
 //! The load generator against the whole system: a short open-loop run through the in-process
-//! gateway, orders and products sees every order confirmed. No speed is asserted. (Moved from
+//! gateway, orders and products sees every order confirmed, spread over the products it made.
+//! No speed is asserted. (Moved from
 //! `loadgen/tests/pieces.rs`: loadgen must not depend on `e2e`, which depends on every service.)
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ async fn a_short_open_loop_run_sees_every_order_confirmed() {
         &system.url(""),
         JWT_SECRET,
         1_000,
+        2,
         true,
         Duration::from_secs(5),
     )
@@ -41,6 +43,20 @@ async fn a_short_open_loop_run_sees_every_order_confirmed() {
     assert_eq!(s.accepted, 40, "errors: {:?}", s.errors);
     assert_eq!(s.outcomes.get("CONFIRMED"), Some(&40));
     assert_eq!(s.terminal.len(), 40);
+    // Orders go to the products in turn: 20 of each, so each has 980 left.
+    assert_eq!(target.product_ids.len(), 2);
+    for id in target.product_ids.iter() {
+        let product: serde_json::Value = target
+            .http
+            .get(system.url(&format!("/products/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(product["stock"], 980, "{product}");
+    }
     system.stop().await;
     env.cleanup().await;
 }

@@ -69,6 +69,9 @@ struct LoadArgs {
     /// Do not send an Idempotency-Key header (by default every POST carries a fresh one).
     #[arg(long)]
     no_idempotency_key: bool,
+    /// Products to create and order in turn (one: every reserve takes the same row's lock).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    products: u16,
     /// Processes to watch as `name=pid,…`; by default the service binaries are found by name.
     #[arg(long)]
     pids: Option<String>,
@@ -159,6 +162,7 @@ async fn run_load(args: LoadArgs) -> Result<()> {
         &args.gateway,
         jwt_secret,
         1_000_000_000,
+        usize::from(args.products),
         !args.no_idempotency_key,
         secs(args.request_timeout),
     )

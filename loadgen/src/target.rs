@@ -1,5 +1,5 @@
-//! The system under test as the load generator sees it: the gateway's HTTP API, a product with
-//! enough stock for the whole run, and one `POST /orders`.
+//! The system under test as the load generator sees it: the gateway's HTTP API, the products
+//! (one by default) with enough stock for the whole run, and one `POST /orders`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,7 +31,10 @@ pub struct Target {
     pub gateways: Arc<Vec<String>>,
     next: Arc<std::sync::atomic::AtomicUsize>,
     pub client_token: String,
-    pub product_id: String,
+    /// The products ordered, in turn: one is the hot row of every reserve; several show what
+    /// the stores cost apart from that row's lock.
+    pub product_ids: Arc<Vec<String>>,
+    next_product: Arc<std::sync::atomic::AtomicUsize>,
     pub idempotency_keys: bool,
     pub timeout: Duration,
 }
@@ -56,6 +59,32 @@ struct Created {
     id: String,
 }
 
+/// Creates one product with `stock` through `gateway`; returns its id.
+async fn create_product(
+    http: &reqwest::Client,
+    gateway: &str,
+    admin: &str,
+    stock: i64,
+) -> Result<String, TargetError> {
+    let response = http
+        .post(format!("{gateway}/products"))
+        .bearer_auth(admin)
+        .json(&json!({"name": "loadgen widget", "price": 1.0, "stock": stock, "sellerId": "loadgen-seller"}))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        return Err(TargetError::Product {
+            status: status.as_u16(),
+            body,
+        });
+    }
+    let product: Created = response.json().await?;
+    Ok(product.id)
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Accepted {
@@ -63,12 +92,14 @@ struct Accepted {
 }
 
 impl Target {
-    /// Signs an ADMIN and a CLIENT token with `jwt_secret` and creates a product with `stock`.
-    /// `gateway` may list several gateways separated by commas; orders go to each in turn.
+    /// Signs an ADMIN and a CLIENT token with `jwt_secret` and creates `products` products with
+    /// `stock` each. `gateway` may list several gateways separated by commas; orders go to each
+    /// in turn.
     pub async fn prepare(
         gateway: &str,
         jwt_secret: &str,
         stock: i64,
+        products: usize,
         idempotency_keys: bool,
         timeout: Duration,
     ) -> Result<Self, TargetError> {
@@ -83,32 +114,30 @@ impl Target {
             .collect();
         let gateway = gateways.first().cloned().unwrap_or_default();
         let admin = token(jwt_secret, "loadgen-admin", Role::Admin)?;
-        let response = http
-            .post(format!("{gateway}/products"))
-            .bearer_auth(&admin)
-            .json(&json!({"name": "loadgen widget", "price": 1.0, "stock": stock, "sellerId": "loadgen-seller"}))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(TargetError::Product {
-                status: status.as_u16(),
-                body,
-            });
+        let mut product_ids = Vec::with_capacity(products.max(1));
+        for _ in 0..products.max(1) {
+            product_ids.push(create_product(&http, &gateway, &admin, stock).await?);
         }
-        let product: Created = response.json().await?;
         Ok(Self {
             http,
             gateway,
             gateways: Arc::new(gateways),
             next: Arc::default(),
             client_token: token(jwt_secret, "loadgen-client", Role::Client)?,
-            product_id: product.id,
+            product_ids: Arc::new(product_ids),
+            next_product: Arc::default(),
             idempotency_keys,
             timeout,
         })
+    }
+
+    fn next_product(&self) -> &str {
+        let i = self
+            .next_product
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.product_ids
+            .get(i % self.product_ids.len().max(1))
+            .map_or("", String::as_str)
     }
 
     fn next_gateway(&self) -> &str {
@@ -131,7 +160,7 @@ impl Target {
             .http
             .post(format!("{}/orders", self.next_gateway()))
             .bearer_auth(&self.client_token)
-            .json(&json!({"productId": self.product_id, "quantity": 1}))
+            .json(&json!({"productId": self.next_product(), "quantity": 1}))
             .timeout(self.timeout);
         if self.idempotency_keys {
             request = request.header("Idempotency-Key", uuid::Uuid::new_v4().to_string());
