@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use e2e::system::JWT_SECRET;
 use e2e::{Options, System};
 use loadgen::events::{self, Tracker};
-use loadgen::open_loop;
 use loadgen::recorder::Recorder;
 use loadgen::target::Target;
+use loadgen::{closed_loop, open_loop};
 use testkit::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -57,6 +57,61 @@ async fn a_short_open_loop_run_sees_every_order_confirmed() {
             .unwrap();
         assert_eq!(product["stock"], 980, "{product}");
     }
+    system.stop().await;
+    env.cleanup().await;
+}
+
+/// A closed-loop client told 503 waits the `Retry-After` (1 s) before its next order: with a
+/// bound of 5 undecided orders, 16 clients over 3 s make at most a few refusals each, not the
+/// thousands a client retrying at once would; and every accepted order is decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_closed_loop_client_waits_its_retry_after() {
+    let env = TestEnv::new("loadgen_polite").await.unwrap();
+    let options = Options {
+        admission_limit: 5,
+        ..Options::default()
+    };
+    let system = System::start(&env, options).await.unwrap();
+    let recorder = Arc::new(Recorder::new());
+    let tracker = Arc::new(Tracker::default());
+    let _listener = events::listen(&env.amqp_url, tracker.clone(), recorder.clone())
+        .await
+        .unwrap();
+    let target = Target::prepare(
+        &system.url(""),
+        JWT_SECRET,
+        1_000_000,
+        1,
+        true,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let clients = 16;
+    closed_loop::run(
+        &target,
+        clients,
+        Duration::from_secs(3),
+        &recorder,
+        &tracker,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tracker.outstanding() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = recorder.snapshot();
+    assert!(s.errors.is_empty(), "errors: {:?}", s.errors);
+    // 16 clients against a bound of 5 are refused at times; 3 s at one refusal a second per
+    // client, plus the one each may get at the very end, is the most they may be refused.
+    assert!(s.refused > 0, "the bound of 5 never refused an order");
+    assert!(
+        s.refused <= (clients * 4) as u64,
+        "{} refusals from {clients} clients in 3 s",
+        s.refused
+    );
+    assert!(s.accepted > 0);
+    assert_eq!(s.terminal.len(), s.accepted, "every accepted order decided");
     system.stop().await;
     env.cleanup().await;
 }

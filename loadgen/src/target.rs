@@ -155,7 +155,7 @@ impl Target {
         intended: Instant,
         recorder: &Arc<Recorder>,
         tracker: &Arc<Tracker>,
-    ) {
+    ) -> Placed {
         let mut request = self
             .http
             .post(format!("{}/orders", self.next_gateway()))
@@ -169,7 +169,7 @@ impl Target {
             Ok(r) => r,
             Err(e) => {
                 recorder.error(error_kind(&e));
-                return;
+                return Placed::Failed;
             }
         };
         let status = response.status();
@@ -177,20 +177,50 @@ impl Target {
             // The gateway shed the order (or could not hand it to the broker): a refusal the
             // client was told about, nothing was kept; not an error of the system under test.
             recorder.refused();
-            return;
+            return Placed::Refused {
+                retry_after: retry_after(response.headers()),
+            };
         }
         if status.as_u16() != 202 {
             recorder.error(&format!("http-{}", status.as_u16()));
-            return;
+            return Placed::Failed;
         }
         match response.json::<Accepted>().await {
             Ok(accepted) => {
                 recorder.accepted(intended.elapsed());
                 tracker.accepted(recorder, accepted.order_id, intended);
+                Placed::Accepted
             }
-            Err(e) => recorder.error(error_kind(&e)),
+            Err(e) => {
+                recorder.error(error_kind(&e));
+                Placed::Failed
+            }
         }
     }
+}
+
+/// What became of one `POST /orders`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    Accepted,
+    /// A 503: the gateway kept nothing; a polite client waits `retry_after` before its next try.
+    Refused {
+        retry_after: Option<Duration>,
+    },
+    /// A transport error or an unexpected answer (recorded as an error).
+    Failed,
+}
+
+/// The `Retry-After` of an answer, in whole seconds (the form the gateway sends).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let seconds = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
 }
 
 fn error_kind(e: &reqwest::Error) -> &'static str {
