@@ -14,31 +14,60 @@ use loadgen::target::Target;
 use loadgen::{closed_loop, open_loop};
 use testkit::TestEnv;
 
+/// A system with `options`, loadgen's event listener on it, and a target of `products`
+/// products with `stock` each.
+struct Run {
+    system: System,
+    recorder: Arc<Recorder>,
+    tracker: Arc<Tracker>,
+    _listener: events::Listener,
+    target: Target,
+}
+
+impl Run {
+    async fn start(env: &TestEnv, options: Options, stock: i64, products: usize) -> Self {
+        let system = System::start(env, options).await.unwrap();
+        let recorder = Arc::new(Recorder::new());
+        let tracker = Arc::new(Tracker::default());
+        let _listener = events::listen(&env.amqp_url, tracker.clone(), recorder.clone())
+            .await
+            .unwrap();
+        let target = Target::prepare(
+            &system.url(""),
+            JWT_SECRET,
+            stock,
+            products,
+            true,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        Self {
+            system,
+            recorder,
+            tracker,
+            _listener,
+            target,
+        }
+    }
+
+    /// Waits (up to 20 s) until every accepted order has its terminal event.
+    async fn drain(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.tracker.outstanding() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_short_open_loop_run_sees_every_order_confirmed() {
     let env = TestEnv::new("loadgen").await.unwrap();
-    let system = System::start(&env, Options::default()).await.unwrap();
-    let recorder = Arc::new(Recorder::new());
-    let tracker = Arc::new(Tracker::default());
-    let _listener = events::listen(&env.amqp_url, tracker.clone(), recorder.clone())
-        .await
-        .unwrap();
-    let target = Target::prepare(
-        &system.url(""),
-        JWT_SECRET,
-        1_000,
-        2,
-        true,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    let placed = open_loop::run(&target, 20.0, Duration::from_secs(2), &recorder, &tracker).await;
+    let run = Run::start(&env, Options::default(), 1_000, 2).await;
+    let (target, recorder, tracker) = (&run.target, &run.recorder, &run.tracker);
+    let placed = open_loop::run(target, 20.0, Duration::from_secs(2), recorder, tracker).await;
     assert_eq!(placed, 40);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tracker.outstanding() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    run.drain().await;
     let s = recorder.snapshot();
     assert_eq!(s.accepted, 40, "errors: {:?}", s.errors);
     assert_eq!(s.outcomes.get("CONFIRMED"), Some(&40));
@@ -48,7 +77,7 @@ async fn a_short_open_loop_run_sees_every_order_confirmed() {
     for id in target.product_ids.iter() {
         let product: serde_json::Value = target
             .http
-            .get(system.url(&format!("/products/{id}")))
+            .get(run.system.url(&format!("/products/{id}")))
             .send()
             .await
             .unwrap()
@@ -57,7 +86,7 @@ async fn a_short_open_loop_run_sees_every_order_confirmed() {
             .unwrap();
         assert_eq!(product["stock"], 980, "{product}");
     }
-    system.stop().await;
+    run.system.stop().await;
     env.cleanup().await;
 }
 
@@ -71,35 +100,11 @@ async fn a_refused_closed_loop_client_waits_its_retry_after() {
         admission_limit: 5,
         ..Options::default()
     };
-    let system = System::start(&env, options).await.unwrap();
-    let recorder = Arc::new(Recorder::new());
-    let tracker = Arc::new(Tracker::default());
-    let _listener = events::listen(&env.amqp_url, tracker.clone(), recorder.clone())
-        .await
-        .unwrap();
-    let target = Target::prepare(
-        &system.url(""),
-        JWT_SECRET,
-        1_000_000,
-        1,
-        true,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let run = Run::start(&env, options, 1_000_000, 1).await;
     let clients = 16;
-    closed_loop::run(
-        &target,
-        clients,
-        Duration::from_secs(3),
-        &recorder,
-        &tracker,
-    )
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tracker.outstanding() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (target, recorder, tracker) = (&run.target, &run.recorder, &run.tracker);
+    closed_loop::run(target, clients, Duration::from_secs(3), recorder, tracker).await;
+    run.drain().await;
     let s = recorder.snapshot();
     assert!(s.errors.is_empty(), "errors: {:?}", s.errors);
     // 16 clients against a bound of 5 are refused at times; 3 s at one refusal a second per
@@ -112,6 +117,6 @@ async fn a_refused_closed_loop_client_waits_its_retry_after() {
     );
     assert!(s.accepted > 0);
     assert_eq!(s.terminal.len(), s.accepted, "every accepted order decided");
-    system.stop().await;
+    run.system.stop().await;
     env.cleanup().await;
 }
