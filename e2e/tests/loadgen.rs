@@ -73,18 +73,9 @@ async fn a_short_open_loop_run_sees_every_order_confirmed() {
     assert_eq!(s.outcomes.get("CONFIRMED"), Some(&40));
     assert_eq!(s.terminal.len(), 40);
     // Orders go to the products in turn: 20 of each, so each has 980 left.
-    assert_eq!(target.product_ids.len(), 2);
-    for id in target.product_ids.iter() {
-        let product: serde_json::Value = target
-            .http
-            .get(run.system.url(&format!("/products/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(product["stock"], 980, "{product}");
+    assert_eq!(target.products.all().len(), 2);
+    for id in target.products.all() {
+        assert_eq!(run.system.stock(id).await.unwrap(), 980, "product {id}");
     }
     run.system.stop().await;
     env.cleanup().await;

@@ -25,16 +25,14 @@ pub enum TargetError {
 #[derive(Clone)]
 pub struct Target {
     pub http: reqwest::Client,
-    /// The first gateway (the product is created through it).
+    /// The first gateway (the products are created through it).
     pub gateway: String,
     /// Every gateway; orders go to them in turn (`--gateway a,b`: several instances).
-    pub gateways: Arc<Vec<String>>,
-    next: Arc<std::sync::atomic::AtomicUsize>,
+    pub gateways: InTurn,
     pub client_token: String,
     /// The products ordered, in turn: one is the hot row of every reserve; several show what
     /// the stores cost apart from that row's lock.
-    pub product_ids: Arc<Vec<String>>,
-    next_product: Arc<std::sync::atomic::AtomicUsize>,
+    pub products: InTurn,
     pub idempotency_keys: bool,
     pub timeout: Duration,
 }
@@ -114,37 +112,19 @@ impl Target {
             .collect();
         let gateway = gateways.first().cloned().unwrap_or_default();
         let admin = token(jwt_secret, "loadgen-admin", Role::Admin)?;
-        let mut product_ids = Vec::with_capacity(products.max(1));
+        let mut product_ids = Vec::new();
         for _ in 0..products.max(1) {
             product_ids.push(create_product(&http, &gateway, &admin, stock).await?);
         }
         Ok(Self {
             http,
             gateway,
-            gateways: Arc::new(gateways),
-            next: Arc::default(),
+            gateways: InTurn::new(gateways),
             client_token: token(jwt_secret, "loadgen-client", Role::Client)?,
-            product_ids: Arc::new(product_ids),
-            next_product: Arc::default(),
+            products: InTurn::new(product_ids),
             idempotency_keys,
             timeout,
         })
-    }
-
-    fn next_product(&self) -> &str {
-        let i = self
-            .next_product
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.product_ids
-            .get(i % self.product_ids.len().max(1))
-            .map_or("", String::as_str)
-    }
-
-    fn next_gateway(&self) -> &str {
-        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.gateways
-            .get(i % self.gateways.len().max(1))
-            .map_or(self.gateway.as_str(), String::as_str)
     }
 
     /// Places one order whose POST was meant to start at `intended` and records the outcome.
@@ -158,9 +138,9 @@ impl Target {
     ) -> Placed {
         let mut request = self
             .http
-            .post(format!("{}/orders", self.next_gateway()))
+            .post(format!("{}/orders", self.gateways.next()))
             .bearer_auth(&self.client_token)
-            .json(&json!({"productId": self.next_product(), "quantity": 1}))
+            .json(&json!({"productId": self.products.next(), "quantity": 1}))
             .timeout(self.timeout);
         if self.idempotency_keys {
             request = request.header("Idempotency-Key", uuid::Uuid::new_v4().to_string());
@@ -196,6 +176,34 @@ impl Target {
                 Placed::Failed
             }
         }
+    }
+}
+
+/// Names shared by every clone of a [`Target`], handed out in turn.
+#[derive(Clone)]
+pub struct InTurn {
+    items: Arc<Vec<String>>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl InTurn {
+    fn new(items: Vec<String>) -> Self {
+        Self {
+            items: Arc::new(items),
+            next: Arc::default(),
+        }
+    }
+
+    /// The next one (`""` when there is none).
+    pub fn next(&self) -> &str {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.items
+            .get(i % self.items.len().max(1))
+            .map_or("", String::as_str)
+    }
+
+    pub fn all(&self) -> &[String] {
+        &self.items
     }
 }
 
