@@ -49,6 +49,10 @@ pub enum DbError {
     Encode(#[from] serde_json::Error),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The shared `COMMIT` of a batch of PostgreSQL writes (`pg_batch.rs`) failed: none of them
+    /// is applied.
+    #[error("postgres: batch commit failed: {0}")]
+    PgGroupCommit(#[source] Arc<tokio_postgres::Error>),
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres pool: {0}")]

@@ -33,6 +33,7 @@ use crate::db_error::DbError;
 use crate::envelope::OutgoingMessage;
 use crate::handoff::{OutboxRow, OutboxSink, hand_to_relay, take_fast_path};
 use crate::inbox_retention::{InboxRetention, PRUNE_BATCH};
+use crate::pg_batch::{LaneContext, Lanes};
 
 pub use deadpool_postgres::ClientWrapper as Client;
 pub use tokio_postgres::Row;
@@ -175,6 +176,8 @@ pub struct PgDb {
     /// `true` once the schema is up to date; consumers start only then.
     migrated: Arc<watch::Sender<bool>>,
     outbox_sink: OutboxSink,
+    /// The queue of [`PgDb::write_in_batch`] (`pg_batch.rs`), started by its first write.
+    lanes: Lanes,
 }
 
 impl PgDb {
@@ -230,6 +233,7 @@ impl PgDb {
             migrations,
             migrated: Arc::new(watch::Sender::new(false)),
             outbox_sink: OutboxSink::default(),
+            lanes: Lanes::default(),
         })
     }
 
@@ -241,6 +245,20 @@ impl PgDb {
     /// How long a claim lasts.
     pub fn lease(&self) -> Duration {
         self.lease
+    }
+
+    pub(crate) fn lanes(&self) -> &Lanes {
+        &self.lanes
+    }
+
+    /// What the batch lanes need to run and commit writes as this instance.
+    pub(crate) fn lane_context(&self) -> LaneContext {
+        LaneContext {
+            pool: self.pool.clone(),
+            instance: self.instance.clone(),
+            lease_secs: self.lease.as_secs_f64(),
+            sink: self.outbox_sink.clone(),
+        }
     }
 
     /// Brings the schema up to date (retrying with backoff while PostgreSQL is unreachable),
@@ -323,12 +341,9 @@ impl PgDb {
         F: for<'t> FnOnce(&'t PgTx<'t>) -> BoxFuture<'t, Result<R, tokio_postgres::Error>>,
     {
         let open = OpenTx::begin(self.pool.get().await?).await?;
-        let tx = PgTx {
-            client: open.client(),
-            enqueued: Mutex::new(Vec::new()),
-        };
+        let tx = PgTx::new(open.client());
         let outcome = f(&tx).await;
-        let pending = tx.enqueued.into_inner().unwrap_or_else(|e| e.into_inner());
+        let pending = tx.into_enqueued();
         match outcome {
             Ok(result) => {
                 let rows = open
@@ -487,7 +502,19 @@ impl std::ops::Deref for PgTx<'_> {
     }
 }
 
-impl PgTx<'_> {
+impl<'a> PgTx<'a> {
+    pub(crate) fn new(client: &'a Client) -> Self {
+        Self {
+            client,
+            enqueued: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The outbox messages this transaction enqueued, in order.
+    pub(crate) fn into_enqueued(self) -> Vec<OutgoingMessage> {
+        self.enqueued.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records `message_id` in the inbox. Returns `false` when it was there already, i.e. the
     /// message was applied before (by this instance or another) and must not be applied again.
     pub async fn inbox_first_time(&self, message_id: &str) -> Result<bool, tokio_postgres::Error> {
@@ -531,12 +558,12 @@ RETURNING id, message_id";
 /// or a step failed so that its outcome is unknown), the connection is taken out of the pool
 /// and closed, and the server rolls the transaction back: a connection never goes back to the
 /// pool in the middle of a transaction.
-struct OpenTx {
+pub(crate) struct OpenTx {
     client: Option<Object>,
 }
 
 impl OpenTx {
-    async fn begin(client: Object) -> Result<Self, tokio_postgres::Error> {
+    pub(crate) async fn begin(client: Object) -> Result<Self, tokio_postgres::Error> {
         let open = Self {
             client: Some(client),
         };
@@ -544,7 +571,7 @@ impl OpenTx {
         Ok(open)
     }
 
-    fn client(&self) -> &Client {
+    pub(crate) fn client(&self) -> &Client {
         self.client
             .as_deref()
             .expect("an OpenTx holds its connection until it is ended")
@@ -555,7 +582,7 @@ impl OpenTx {
     /// order their futures are first polled, and the statement is prepared beforehand so the
     /// first poll sends it). If the `INSERT` fails the server turns the `COMMIT` into a
     /// rollback, and the error is returned: nothing of the transaction is kept.
-    async fn commit(
+    pub(crate) async fn commit(
         mut self,
         pending: Vec<OutgoingMessage>,
         instance: &str,

@@ -190,8 +190,9 @@ impl Store {
                 })
                 .await
             }
+            // Events take only share locks (of the subscriptions): any order does.
             Self::Postgres(pg) => {
-                pg.write(move |tx| {
+                pg.write_in_batch("", move |tx| {
                     Box::pin(async move {
                         store::pg::record_event(
                             tx,

@@ -19,6 +19,7 @@ use messaging::contracts::{
     CreateProduct, ProductView, ReleaseStock, ReserveStock, StockChangeReason,
 };
 use messaging::pg::{INBOX_OUTBOX, Migration, PgTx, Row};
+use tokio_postgres::types::ToSql;
 use messaging::store::DbError;
 use messaging::topology::keys;
 use messaging::{Incoming, PgDb};
@@ -160,33 +161,41 @@ pub async fn create_product(
 /// Checks and decrements the stock for one order, records the inbox row and queues the answer.
 ///
 /// Every order of a popular product goes through that product's one row, so the row's lock is
-/// what limits how many reserves a second the database takes: it is touched last and held for
-/// one round trip. The inbox row and the reservation row (whose primary key, the order id,
-/// makes a second message for the same order a duplicate, on any instance) are written first;
-/// then one guarded `UPDATE … WHERE stock >= $1 RETURNING` decides and takes the lock, and the
-/// commit goes out with the outbox rows in the next round trip ([`PgDb::write`]). A refusal
+/// what limits how many reserves a second the database takes. Reserves therefore share
+/// transactions ([`PgDb::write_in_batch`], keyed by the product): the row is locked once and
+/// flushed once for every reserve waiting at that moment, instead of once per order. Within a
+/// write the row is touched last: the inbox row and the reservation row (whose primary key, the
+/// order id, makes a second message for the same order a duplicate, on any instance) are
+/// written first; then one guarded `UPDATE … WHERE stock >= $1 RETURNING` decides. A refusal
 /// takes no lock at all: the `UPDATE` matched nothing, and the product is read to say why.
 pub async fn reserve(db: &PgDb, msg: Incoming, req: ReserveStock) -> Result<Reserved, DbError> {
-    db.write(move |tx| {
+    let product = req.product_id.clone();
+    db.write_in_batch(&product, move |tx| {
         Box::pin(async move {
-            if !tx.inbox_first_time(&msg.meta.message_id).await? {
-                return Ok(Reserved::Duplicate);
-            }
             let quantity = i64::from(req.quantity);
+            // The inbox row and the reservation row in one statement: the reservation is
+            // written only if the message is new (a message seen before finds its inbox row),
+            // and only if the order has none yet.
             let stmt = tx
                 .prepare_cached(
-                    "INSERT INTO reservations (order_id, product_id, quantity, status)
-                     VALUES ($1, $2, $3, $4)
+                    "WITH fresh AS (INSERT INTO inbox (message_id) VALUES ($5)
+                                    ON CONFLICT DO NOTHING RETURNING 1)
+                     INSERT INTO reservations (order_id, product_id, quantity, status)
+                     SELECT $1::text, $2::text, $3::bigint, $4::text FROM fresh
                      ON CONFLICT (order_id) DO NOTHING",
                 )
                 .await?;
             let status = ReservationStatus::Reserved;
-            if tx
-                .execute(&stmt, &[&req.order_id, &req.product_id, &quantity, &status])
-                .await?
-                == 0
-            {
-                // Reserved, rejected or released (a release that came first) already.
+            let params: [&(dyn ToSql + Sync); 5] = [
+                &req.order_id,
+                &req.product_id,
+                &quantity,
+                &status,
+                &msg.meta.message_id,
+            ];
+            if tx.execute(&stmt, &params).await? == 0 {
+                // Seen before, or reserved, rejected or released (a release that came first)
+                // already.
                 return Ok(Reserved::Duplicate);
             }
             let cause = msg.meta.traceparent.as_deref();
@@ -239,7 +248,8 @@ pub async fn reserve(db: &PgDb, msg: Incoming, req: ReserveStock) -> Result<Rese
 /// Gives a reserved quantity back, once. Returns the quantity released (0 when nothing was
 /// reserved). A release that comes first leaves a tombstone so a later reserve does nothing.
 pub async fn release(db: &PgDb, msg: Incoming, req: ReleaseStock) -> Result<i64, DbError> {
-    db.write(move |tx| {
+    let product = req.product_id.clone();
+    db.write_in_batch(&product, move |tx| {
         Box::pin(async move {
             if !tx.inbox_first_time(&msg.meta.message_id).await? {
                 return Ok(0);

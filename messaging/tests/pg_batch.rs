@@ -1,0 +1,211 @@
+//! Group commit on PostgreSQL (`PgDb::write_in_batch`) on a real server, a database per test:
+//! concurrent writes share transactions, a failing write undoes only its own changes, a hot
+//! row is never driven below its guard, and a batch whose commit fails applies none of its
+//! writes while telling each caller so.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use messaging::pg::{INBOX_OUTBOX, Migration, PgConfig};
+use messaging::store::{DbError, InboxRetention};
+use messaging::{OutgoingMessage, PgDb};
+use testkit::TestDatabase;
+use tokio_util::sync::CancellationToken;
+
+static MIGRATIONS: [Migration; 2] = [
+    INBOX_OUTBOX,
+    Migration {
+        version: 2,
+        name: "widgets",
+        sql: "
+CREATE TABLE widgets (id BIGINT PRIMARY KEY, txid BIGINT NOT NULL);
+CREATE TABLE counter (id INT PRIMARY KEY, n BIGINT NOT NULL CHECK (n >= 0));
+INSERT INTO counter VALUES (1, 150);
+-- Checked at COMMIT only: a write that breaks it fails its whole transaction's commit.
+CREATE TABLE deferred (id INT, CONSTRAINT deferred_once UNIQUE (id) DEFERRABLE INITIALLY DEFERRED);
+INSERT INTO deferred VALUES (1);",
+    },
+];
+
+async fn started(test_db: &TestDatabase, stop: &CancellationToken) -> PgDb {
+    let mut config = PgConfig::parse(&test_db.url).expect("test database URL");
+    config.pool_size = 4;
+    let db =
+        PgDb::new(&config, "pgbatch", &MIGRATIONS, InboxRetention::default()).expect("the pool");
+    tokio::spawn(db.clone().run(stop.clone()));
+    let ready = tokio::time::timeout(Duration::from_secs(20), db.wait_ready(stop)).await;
+    assert_eq!(ready, Ok(true), "the schema was not migrated within 20 s");
+    db
+}
+
+fn message(n: i64) -> OutgoingMessage {
+    OutgoingMessage {
+        exchange: "saga.events".into(),
+        routing_key: "order.confirmed".into(),
+        message_id: format!("batch-{n}"),
+        correlation_id: Some(format!("order-{n}")),
+        reply_to: None,
+        traceparent: None,
+        body: format!("{{\"n\":{n}}}").into_bytes(),
+        mandatory: true,
+    }
+}
+
+/// Inserts widget `n` (with the id of the transaction it ran in), takes one from the counter
+/// if any is left, and enqueues a message; every tenth write then fails on a duplicate key,
+/// after all of that.
+async fn widget_write(db: PgDb, n: i64) -> Result<bool, DbError> {
+    db.write_in_batch("counter", move |tx| {
+        Box::pin(async move {
+            tx.execute(
+                "INSERT INTO widgets (id, txid) VALUES ($1, txid_current())",
+                &[&n],
+            )
+            .await?;
+            let took = tx
+                .query_opt(
+                    "UPDATE counter SET n = n - 1 WHERE id = 1 AND n >= 1 RETURNING n",
+                    &[],
+                )
+                .await?
+                .is_some();
+            tx.enqueue(&message(n)).await?;
+            if n % 10 == 0 {
+                tx.execute("INSERT INTO widgets (id, txid) VALUES ($1, 0)", &[&n])
+                    .await?;
+            }
+            Ok(took)
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_transactions_and_a_failing_one_undoes_only_itself() {
+    let test_db = TestDatabase::create("batch_share").await.unwrap();
+    let stop = CancellationToken::new();
+    let db = started(&test_db, &stop).await;
+
+    let writes: Vec<_> = (1..=200i64)
+        .map(|n| tokio::spawn(widget_write(db.clone(), n)))
+        .collect();
+    let (mut kept, mut took, mut failed) = (HashSet::new(), 0, 0);
+    for (n, write) in (1..=200i64).zip(writes) {
+        match write.await.unwrap() {
+            Ok(t) => {
+                assert_ne!(n % 10, 0, "write {n} should have failed");
+                kept.insert(n);
+                took += usize::from(t);
+            }
+            Err(e) => {
+                assert_eq!(n % 10, 0, "write {n} failed: {e}");
+                failed += 1;
+            }
+        }
+    }
+    assert_eq!((kept.len(), failed), (180, 20));
+    assert_eq!(took, 150, "the counter held 150");
+
+    let client = test_db.connect().await.unwrap();
+    let rows = client
+        .query("SELECT id, txid FROM widgets", &[])
+        .await
+        .unwrap();
+    let ids: HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, kept, "exactly the kept writes' rows, none of a failed one");
+    let transactions: HashSet<i64> = rows.iter().map(|r| r.get(1)).collect();
+    assert!(
+        transactions.len() < kept.len(),
+        "200 concurrent writes in {} transactions: none shared one",
+        transactions.len()
+    );
+    let left: i64 = client
+        .query_one("SELECT n FROM counter", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    let outbox: HashSet<String> = client
+        .query("SELECT message_id FROM outbox", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let expected: HashSet<String> = kept.iter().map(|n| format!("batch-{n}")).collect();
+    assert_eq!(outbox, expected, "the outbox holds the kept writes' messages");
+
+    stop.cancel();
+    drop(client);
+    db.close();
+    test_db.drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_commit_fails_applies_none_of_its_writes() {
+    let test_db = TestDatabase::create("batch_commit_fails").await.unwrap();
+    let stop = CancellationToken::new();
+    let db = started(&test_db, &stop).await;
+
+    // Write 0 breaks the deferred constraint: each write on its own is fine until COMMIT, so
+    // the batch write 0 lands in fails as a whole.
+    let writes: Vec<_> = (0..60i64)
+        .map(|n| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write_in_batch("", move |tx| {
+                    Box::pin(async move {
+                        tx.execute(
+                            "INSERT INTO widgets (id, txid) VALUES ($1, txid_current())",
+                            &[&n],
+                        )
+                        .await?;
+                        let id = if n == 0 { 1 } else { 1000 + n as i32 };
+                        tx.execute("INSERT INTO deferred (id) VALUES ($1)", &[&id])
+                            .await?;
+                        Ok(())
+                    })
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut applied = HashSet::new();
+    let mut refused = Vec::new();
+    for (n, write) in (0..60i64).zip(writes) {
+        match write.await.unwrap() {
+            Ok(()) => {
+                applied.insert(n);
+            }
+            Err(e) => refused.push((n, e)),
+        }
+    }
+    assert!(!applied.contains(&0), "the write breaking the constraint was applied");
+    for (n, e) in &refused {
+        assert!(
+            matches!(e, DbError::PgGroupCommit(_)),
+            "write {n}: expected the batch's commit error, got {e}"
+        );
+        assert!(e.is_transient(), "a write of a failed batch is retried");
+    }
+    let client = test_db.connect().await.unwrap();
+    let ids: HashSet<i64> = client
+        .query("SELECT id FROM widgets", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, applied, "the rows are exactly those of the writes told Ok");
+    let extra: i64 = client
+        .query_one("SELECT COUNT(*) FROM deferred WHERE id > 1000", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(extra as usize, applied.len());
+
+    stop.cancel();
+    drop(client);
+    db.close();
+    test_db.drop().await.unwrap();
+}
