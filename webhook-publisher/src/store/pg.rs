@@ -24,6 +24,7 @@ use std::time::Duration;
 use messaging::pg::{INBOX_OUTBOX, Migration, PgTx};
 use secrecy::SecretString;
 use serde_json::Value;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, GenericClient, Row};
 use webhook_signing::Secret;
 
@@ -271,16 +272,18 @@ pub async fn record_event(
     body: &[u8],
     traceparent: Option<&str>,
 ) -> Result<Option<Recorded>, Error> {
-    if !tx.inbox_first_time(message_id).await? {
-        return Ok(None);
-    }
     let stmt = tx
         .prepare_cached(&format!(
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE status = 'active'
              ORDER BY created_at, id FOR SHARE"
         ))
         .await?;
-    let subscriptions = tx.query(&stmt, &[]).await?;
+    // Pipelined, one round trip; for a message seen before the subscriptions read is wasted.
+    let (first_time, subscriptions) =
+        tokio::try_join!(tx.inbox_first_time(message_id), tx.query(&stmt, &[]))?;
+    if !first_time {
+        return Ok(None);
+    }
     let subscriptions = subscriptions.iter().map(subscription_row).collect();
     let (planned, recorded) = plan_event(subscriptions, event_type, now_ms());
     let insert = tx
@@ -293,11 +296,16 @@ pub async fn record_event(
         )
         .await?;
     let webhook_id = webhook_id(message_id);
-    for delivery in planned {
-        tx.execute(
-            &insert,
-            &[
-                &uuid::Uuid::now_v7().to_string(),
+    let ids: Vec<String> = planned
+        .iter()
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    let params: Vec<[&(dyn ToSql + Sync); 11]> = planned
+        .iter()
+        .zip(&ids)
+        .map(|(delivery, id)| {
+            [
+                id as &(dyn ToSql + Sync),
                 &webhook_id,
                 &delivery.subscription_id,
                 &message_id,
@@ -308,10 +316,11 @@ pub async fn record_event(
                 &delivery.next_attempt_at,
                 &traceparent,
                 &delivery.error,
-            ],
-        )
-        .await?;
-    }
+            ]
+        })
+        .collect();
+    // One round trip for all of the event's deliveries.
+    futures::future::try_join_all(params.iter().map(|p| tx.execute(&insert, p))).await?;
     Ok(Some(recorded))
 }
 
@@ -427,8 +436,14 @@ pub async fn settle_in_savepoint(
     instance: &str,
     settlement: &Settlement,
 ) -> Result<Settled, Error> {
-    tx.batch_execute("SAVEPOINT settle").await?;
-    match settle_attempt(tx, instance, settlement).await {
+    // The savepoint goes out with the attempt's first statements (pipelined, one round trip).
+    let (started, settled) = futures::future::join(
+        tx.batch_execute("SAVEPOINT settle"),
+        settle_attempt(tx, instance, settlement),
+    )
+    .await;
+    started?;
+    match settled {
         Ok(settled) => {
             tx.batch_execute("RELEASE SAVEPOINT settle").await?;
             Ok(settled)
@@ -452,18 +467,18 @@ async fn settle_attempt(
     let active = tx
         .prepare_cached("SELECT status = 'active' FROM subscriptions WHERE id = $1 FOR SHARE")
         .await?;
-    let active: bool = tx
-        .query_opt(&active, &[&settlement.subscription_id])
-        .await?
-        .is_some_and(|r| r.get(0));
     let held = tx
         .prepare_cached("SELECT 1 FROM deliveries WHERE id = $1 AND claimed_by = $2 FOR UPDATE")
         .await?;
-    if tx
-        .query_opt(&held, &[&settlement.delivery_id, &instance])
-        .await?
-        .is_none()
-    {
+    // Pipelined, one round trip; the server still takes the locks in this order.
+    let subscription: [&(dyn ToSql + Sync); 1] = [&settlement.subscription_id];
+    let delivery: [&(dyn ToSql + Sync); 2] = [&settlement.delivery_id, &instance];
+    let (active, held) = tokio::try_join!(
+        tx.query_opt(&active, &subscription),
+        tx.query_opt(&held, &delivery)
+    )?;
+    let active: bool = active.is_some_and(|r| r.get(0));
+    if held.is_none() {
         return Ok(Settled::ClaimLost);
     }
     let record = &settlement.record;
@@ -479,19 +494,6 @@ async fn settle_attempt(
     } else {
         "scheduled"
     };
-    tx.execute(
-        &insert,
-        &[
-            &settlement.delivery_id,
-            &settlement.number,
-            &trigger,
-            &record.status_code.map(i32::from),
-            &record.latency_ms,
-            &record.error,
-            &record.response_body,
-        ],
-    )
-    .await?;
     let state = settled_state(settlement, || Ok::<_, Error>(active))?;
     let update = tx
         .prepare_cached(
@@ -502,18 +504,28 @@ async fn settle_attempt(
              WHERE id = $1",
         )
         .await?;
-    tx.execute(
-        &update,
-        &[
-            &settlement.delivery_id,
-            &state.status,
-            &state.next_attempt_at,
-            &state.error,
-            &record.status_code.map(i32::from),
-            &i64::from(!settlement.manual),
-        ],
-    )
-    .await?;
+    let status_code = record.status_code.map(i32::from);
+    // Pipelined, one round trip.
+    let scheduled = i64::from(!settlement.manual);
+    let attempt: [&(dyn ToSql + Sync); 7] = [
+        &settlement.delivery_id,
+        &settlement.number,
+        &trigger,
+        &status_code,
+        &record.latency_ms,
+        &record.error,
+        &record.response_body,
+    ];
+    let moved_on: [&(dyn ToSql + Sync); 6] = [
+        &settlement.delivery_id,
+        &state.status,
+        &state.next_attempt_at,
+        &state.error,
+        &status_code,
+        &scheduled,
+    ];
+    // Pipelined, one round trip.
+    tokio::try_join!(tx.execute(&insert, &attempt), tx.execute(&update, &moved_on))?;
     if state.disable_subscription {
         disable_subscription(tx, &settlement.subscription_id, GONE_REASON).await?;
     }
