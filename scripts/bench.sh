@@ -7,6 +7,13 @@
 #   bash scripts/bench.sh                       # every scenario, defaults below
 #   SCENARIOS="saturation ceiling" bash scripts/bench.sh
 #
+# Every load report has a process table: each service's CPU seconds during the load phase (and
+# the broker's and Redis' server, found by pid), as % of one core and as CPU ms per 1,000 orders
+# decided during the load (the cost of an order; compare builds at one fixed open-loop rate, A/B
+# interleaved, e.g. two copies of the binaries run with BENCH_SKIP_BUILD=1 and CARGO_TARGET_DIR
+# pointing at each in turn). REDIS_URL with REDIS_PID: a Redis server of your own (e.g.
+# `redis-server --port 6390 --save ""`) and its pid, so that its CPU is the benchmark's alone.
+#
 # Knobs (environment): SCENARIOS (saturation ceiling rates soak; webhook deliveries/s are in
 # every load report), DURATION (30 s per
 # run), REPEAT (2 runs of each measurement), CONCURRENCY (64 clients at saturation), RATES
@@ -273,10 +280,11 @@ start_system() {
   local i=0
   for name in "${names[@]}"; do PIDS_SPEC+="$name=${pids[$i]},"; i=$((i+1)); done
   local beam redis
-  beam=${BROKER_PID:-$(pgrep -o -x beam.smp || true)}; redis=$(pgrep -o -x redis-server || true)
+  beam=${BROKER_PID:-$(pgrep -o -x beam.smp || true)}; redis=${REDIS_PID:-$(pgrep -o -x redis-server || true)}
   local which=shared; [ -n "${BROKER_PID:-}" ] && which=own
+  local redis_which=shared; [ -n "${REDIS_PID:-}" ] && redis_which=own
   [ -n "$beam" ] && PIDS_SPEC+="rabbitmq($which)=$beam,"
-  [ -n "$redis" ] && PIDS_SPEC+="redis(shared)=$redis,"
+  [ -n "$redis" ] && PIDS_SPEC+="redis($redis_which)=$redis,"
 }
 
 # With DUMP_METRICS=1, prints each service's commit and handler timings before it is stopped

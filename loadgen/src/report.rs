@@ -74,16 +74,19 @@ fn mib(kb: u64) -> String {
     format!("{:.1}", kb as f64 / 1024.0)
 }
 
-/// The process table: CPU seconds over the run, CPU as a share of one core, RSS, peak RSS.
-pub fn process_table(processes: &[ProcessUse], elapsed: Duration) -> String {
+/// The process table: CPU seconds over the run, CPU as a share of one core, CPU ms per 1,000
+/// orders decided during the load phase (the cost of an order, comparable between builds at
+/// the same offered rate: at a fixed open-loop rate it moves less with the machine's speed than
+/// the saturation throughput does), RSS, peak RSS.
+pub fn process_table(processes: &[ProcessUse], elapsed: Duration, decided: u64) -> String {
     let mut out = String::from(
-        "| process | pid | CPU s | CPU % of one core | RSS MiB (end) | peak RSS MiB (VmHWM) |\n|---|---|---|---|---|---|\n",
+        "| process | pid | CPU s | CPU % of one core | CPU ms per 1,000 orders | RSS MiB (end) | peak RSS MiB (VmHWM) |\n|---|---|---|---|---|---|---|\n",
     );
     for p in processes {
         let (Some(before), Some(after)) = (p.before, p.after) else {
             let _ = writeln!(
                 out,
-                "| {} | {} | gone | – | – | – |",
+                "| {} | {} | gone | – | – | – | – |",
                 p.watched.name, p.watched.pid
             );
             continue;
@@ -91,16 +94,25 @@ pub fn process_table(processes: &[ProcessUse], elapsed: Duration) -> String {
         let cpu = after.cpu_secs - before.cpu_secs;
         let _ = writeln!(
             out,
-            "| {} | {} | {:.1} | {:.0} | {} | {} |",
+            "| {} | {} | {:.1} | {:.0} | {} | {} | {} |",
             p.watched.name,
             p.watched.pid,
             cpu,
             100.0 * cpu / elapsed.as_secs_f64().max(1e-9),
+            per_thousand(cpu, decided),
             mib(after.rss_kb),
             mib(after.hwm_kb)
         );
     }
     out
+}
+
+/// CPU milliseconds per 1,000 orders: `cpu` seconds ÷ `orders` × 10⁶.
+fn per_thousand(cpu: f64, orders: u64) -> String {
+    if orders == 0 {
+        return "–".into();
+    }
+    format!("{:.0}", cpu * 1e6 / orders as f64)
 }
 
 impl RunReport {
@@ -118,7 +130,15 @@ impl RunReport {
         let _ = writeln!(out, "{}", latency_row("POST /orders", &f.post));
         let _ = writeln!(out, "{}", latency_row("POST → terminal event", &f.terminal));
         if !self.processes.is_empty() {
-            let _ = writeln!(out, "\n{}", process_table(&self.processes, self.load_time));
+            let _ = writeln!(
+                out,
+                "\n{}",
+                process_table(
+                    &self.processes,
+                    self.load_time,
+                    self.at_load_end.outcomes.values().sum(),
+                )
+            );
         }
         out
     }

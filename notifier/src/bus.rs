@@ -84,6 +84,12 @@ pub fn stats_field(kind: EventKind) -> Option<&'static str> {
 /// ttl, stream cap, minute ttl.
 /// Returns 1 (added to the stream) or 0 (duplicate).
 ///
+/// The broadcast is written as text: the webhook body (ARGV[4], the verified JSON object the
+/// publisher sent) is spliced in as it is, and the stats from the integer strings `HMGET`
+/// returns (a missing field is `false` in Lua, i.e. 0). Decoding and re-encoding the body with
+/// `cjson`, `tonumber` on every stats field and `cjson`'s printf-formatting of the numbers were
+/// most of the script's own cost in Redis (docs/benchmarks.md, session 9).
+///
 /// A decision (confirmed, rejected, cancelled) is also counted in the minute it happened, for the
 /// dashboard's chart (see [`Bus::decisions`]).
 const ACCEPT: &str = r#"
@@ -99,20 +105,19 @@ end
 local function count(key)
   redis.call('HINCRBY', key, ARGV[2], 1)
   if ARGV[2] == 'confirmed' then redis.call('HINCRBY', key, 'unitsConfirmed', tonumber(ARGV[3])) end
-  local flat = redis.call('HGETALL', key)
-  local stats = {created = 0, confirmed = 0, rejected = 0, cancelled = 0, unitsConfirmed = 0}
-  for i = 1, #flat, 2 do stats[flat[i]] = tonumber(flat[i + 1]) end
-  return stats
+  local v = redis.call('HMGET', key, 'created', 'confirmed', 'rejected', 'cancelled', 'unitsConfirmed')
+  return '"created":' .. (v[1] or '0') .. ',"confirmed":' .. (v[2] or '0')
+    .. ',"rejected":' .. (v[3] or '0') .. ',"cancelled":' .. (v[4] or '0')
+    .. ',"unitsConfirmed":' .. (v[5] or '0')
 end
-local msg = {webhookId = ARGV[5], event = cjson.decode(ARGV[4]), adminStats = count(KEYS[2])}
+local msg = '{"webhookId":' .. cjson.encode(ARGV[5]) .. ',"event":' .. ARGV[4]
+  .. ',"adminStats":{' .. count(KEYS[2]) .. '}'
 if ARGV[6] ~= '' then
-  local seller = count(KEYS[3])
-  seller.sellerId = ARGV[6]
-  msg.sellerStats = seller
+  msg = msg .. ',"sellerStats":{"sellerId":' .. cjson.encode(ARGV[6]) .. ',' .. count(KEYS[3]) .. '}'
 end
 redis.call('HSET', KEYS[4], 'customerId', ARGV[7], 'sellerId', ARGV[6])
 redis.call('EXPIRE', KEYS[4], ARGV[8])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'b', cjson.encode(msg))
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'b', msg .. '}')
 return 1
 "#;
 
@@ -208,12 +213,18 @@ impl Bus {
     }
 
     /// Adds the event to the stream unless its webhook id was seen before; an order event is
-    /// also counted in the stats. Returns whether it was new.
-    pub async fn accept(&self, webhook_id: &str, event: &WebhookEvent) -> Result<bool, BusError> {
+    /// also counted in the stats. Returns whether it was new. `body` is the webhook body that
+    /// `event` was read from (a JSON object): it travels on the stream as it came, instead of
+    /// being written out again.
+    pub async fn accept(
+        &self,
+        webhook_id: &str,
+        event: &WebhookEvent,
+        body: &[u8],
+    ) -> Result<bool, BusError> {
         let (EventData::Order(data), Some(field)) = (&event.data, stats_field(event.kind)) else {
             return self.accept_plain(webhook_id, event).await;
         };
-        let body = serde_json::to_string(event)?;
         let seller = data.seller_id.clone().unwrap_or_default();
         let minute = minute_of(&data.occurred_at, OffsetDateTime::now_utc());
         let mut conn = self.pool.get().await?;
@@ -317,6 +328,12 @@ pub const STREAM_MAXLEN: u64 = 10_000;
 /// How long one `XREAD` waits for new entries; also how quickly a dead connection is noticed.
 const BLOCK: Duration = Duration::from_secs(2);
 const READ_BATCH: usize = 500;
+/// After a read that found entries, the reader waits this long before the next one, so that
+/// entries arriving meanwhile come in one `XREAD`. Without it, at a steady rate nearly every
+/// entry cost a read of its own (a Redis command, a reply to parse, a wake-up of this task):
+/// ~3 webhooks per order. A WebSocket client gets an event at most this much later; a full
+/// batch (a backlog) is followed by the next read at once.
+pub const READ_GAP: Duration = Duration::from_millis(5);
 
 /// Reads the `events` stream and hands every broadcast to the hub, continuing after the last
 /// entry it handled when Redis comes back; reconnects with a capped backoff. `subscribed` tells
@@ -435,6 +452,7 @@ async fn relay(
             redis::Value::Array(streams) => streams.as_slice(),
             _ => &[],
         };
+        let mut read = 0;
         for batch in batches {
             let redis::Value::Array(parts) = batch else {
                 continue;
@@ -447,6 +465,13 @@ async fn relay(
                     deliver(hub, &payload);
                 }
                 *last_id = Some(id);
+                read += 1;
+            }
+        }
+        if read > 0 && read < READ_BATCH {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(READ_GAP) => {}
             }
         }
     }
@@ -490,6 +515,10 @@ fn text(value: &redis::Value) -> Option<String> {
 }
 
 fn deliver(hub: &Hub, payload: &[u8]) {
+    // Nobody connected to this instance: nothing to read the broadcast for.
+    if hub.is_empty() {
+        return;
+    }
     match serde_json::from_slice::<Broadcast>(payload) {
         Ok(broadcast) => hub.dispatch(&broadcast),
         Err(e) => {

@@ -94,7 +94,7 @@ pub async fn receive(
         .unwrap_or("");
     let fresh = state
         .bus
-        .accept(&signed.id, &event)
+        .accept(&signed.id, &event, &body)
         .await
         .map_err(|e| {
             error!(error = %e, webhook_id = %signed.id, %order_id, %product_id, "could not publish a webhook on Redis; the sender will retry");

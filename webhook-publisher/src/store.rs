@@ -481,6 +481,22 @@ pub fn active_subscription_ids(conn: &Connection) -> rusqlite::Result<Vec<String
     rows.collect()
 }
 
+/// The due deliveries of one subscription, oldest first (`?1` subscription, `?2` now, `?3` at
+/// most how many).
+///
+/// `LIMIT ?3 + 0`, not `LIMIT ?3`: SQLite reads a bare bound LIMIT when it plans the statement
+/// and then re-prepares (re-parses and re-plans) the cached statement whenever that binding
+/// changes, which the free permits of a pass make it do on nearly every pass: the publisher's
+/// profile showed `sqlite3Reprepare` at ≈ 4 % of its CPU (docs/benchmarks.md, session 9). An
+/// expression is not read at planning time; the plan is the same.
+pub const CLAIM_DUE: &str =
+    "SELECT d.id, d.webhook_id, d.subscription_id, s.url, s.secret, d.payload, d.event_type,
+        d.order_id, d.attempt_count, d.scheduled_attempts, d.manual_next, d.traceparent
+ FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
+ WHERE d.subscription_id = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
+       AND s.status = 'active'
+ ORDER BY d.next_attempt_at, d.id LIMIT ?3 + 0";
+
 /// Claims up to `limit` due deliveries of one subscription: their next attempt time moves to
 /// `lease_until`, so no other pass takes them while they are in flight, and a crash mid-attempt
 /// only delays them until the lease runs out.
@@ -491,14 +507,7 @@ pub fn claim_due(
     lease_until: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<Job>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT d.id, d.webhook_id, d.subscription_id, s.url, s.secret, d.payload, d.event_type,
-                d.order_id, d.attempt_count, d.scheduled_attempts, d.manual_next, d.traceparent
-         FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
-         WHERE d.subscription_id = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
-               AND s.status = 'active'
-         ORDER BY d.next_attempt_at, d.id LIMIT ?3",
-    )?;
+    let mut stmt = tx.prepare_cached(CLAIM_DUE)?;
     let jobs: Vec<Job> = stmt
         .query_map(params![subscription_id, now, limit as i64], |r| {
             Ok(Job {
@@ -1142,5 +1151,60 @@ mod tests {
         assert!(filter_matches("order.confirmed", "order.confirmed"));
         assert!(!filter_matches("order.confirmed", "order.created"));
         assert!(!filter_matches("product.*", "order.created"));
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+
+    fn store_with_due(n: usize) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        conn.execute(
+            "INSERT INTO subscriptions (id, url, events, secret) VALUES ('s', 'http://x', '[\"*\"]', 'k')",
+            [],
+        )
+        .unwrap();
+        for i in 0..n {
+            conn.execute(
+                "INSERT INTO deliveries (id, webhook_id, subscription_id, message_id, event_type, payload, status, next_attempt_at)
+                 VALUES (?1, 'w', 's', ?1, 'order.created', x'7b7d', 'pending', ?2)",
+                params![format!("d{i:03}"), i as i64],
+            )
+            .unwrap();
+        }
+        conn
+    }
+
+    #[test]
+    fn claiming_with_another_limit_does_not_re_prepare_the_statement() {
+        let mut conn = store_with_due(40);
+        let tx = conn.transaction().unwrap();
+        let mut claimed = Vec::new();
+        for limit in [3, 5, 2, 7] {
+            let jobs = claim_due(&tx, "s", 1_000, 1_000_000, limit).unwrap();
+            assert_eq!(jobs.len(), limit);
+            claimed.extend(jobs.into_iter().map(|j| j.delivery_id));
+        }
+        // Oldest first, each once.
+        let expected: Vec<String> = (0..17).map(|i| format!("d{i:03}")).collect();
+        assert_eq!(claimed, expected);
+        let stmt = tx.prepare_cached(CLAIM_DUE).unwrap();
+        assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
+
+    #[test]
+    fn the_claim_reads_the_due_index_in_order_without_sorting() {
+        let conn = store_with_due(0);
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {CLAIM_DUE}"))
+            .unwrap()
+            .query_map(params!["s", 1_000, 32], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("USING INDEX deliveries_due"), "{plan}");
     }
 }
