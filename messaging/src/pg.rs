@@ -512,7 +512,9 @@ impl<'a> PgTx<'a> {
 
     /// The outbox messages this transaction enqueued, in order.
     pub(crate) fn into_enqueued(self) -> Vec<OutgoingMessage> {
-        self.enqueued.into_inner().unwrap_or_else(|e| e.into_inner())
+        self.enqueued
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records `message_id` in the inbox. Returns `false` when it was there already, i.e. the

@@ -112,7 +112,10 @@ async fn concurrent_writes_share_transactions_and_a_failing_one_undoes_only_itse
         .await
         .unwrap();
     let ids: HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(ids, kept, "exactly the kept writes' rows, none of a failed one");
+    assert_eq!(
+        ids, kept,
+        "exactly the kept writes' rows, none of a failed one"
+    );
     let transactions: HashSet<i64> = rows.iter().map(|r| r.get(1)).collect();
     assert!(
         transactions.len() < kept.len(),
@@ -133,7 +136,10 @@ async fn concurrent_writes_share_transactions_and_a_failing_one_undoes_only_itse
         .map(|r| r.get(0))
         .collect();
     let expected: HashSet<String> = kept.iter().map(|n| format!("batch-{n}")).collect();
-    assert_eq!(outbox, expected, "the outbox holds the kept writes' messages");
+    assert_eq!(
+        outbox, expected,
+        "the outbox holds the kept writes' messages"
+    );
 
     stop.cancel();
     drop(client);
@@ -180,7 +186,10 @@ async fn a_batch_whose_commit_fails_applies_none_of_its_writes() {
             Err(e) => refused.push((n, e)),
         }
     }
-    assert!(!applied.contains(&0), "the write breaking the constraint was applied");
+    assert!(
+        !applied.contains(&0),
+        "the write breaking the constraint was applied"
+    );
     for (n, e) in &refused {
         assert!(
             matches!(e, DbError::PgGroupCommit(_)),
@@ -196,7 +205,10 @@ async fn a_batch_whose_commit_fails_applies_none_of_its_writes() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(ids, applied, "the rows are exactly those of the writes told Ok");
+    assert_eq!(
+        ids, applied,
+        "the rows are exactly those of the writes told Ok"
+    );
     let extra: i64 = client
         .query_one("SELECT COUNT(*) FROM deferred WHERE id > 1000", &[])
         .await

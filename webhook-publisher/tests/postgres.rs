@@ -312,7 +312,10 @@ async fn the_claim_reads_due_deliveries_in_index_order_without_sorting_the_backl
         .collect();
     let plan = plan.join("\n");
     assert!(plan.contains("deliveries_due_in_order"), "{plan}");
-    assert!(!plan.contains("Sort"), "the backlog is sorted on every pass:\n{plan}");
+    assert!(
+        !plan.contains("Sort"),
+        "the backlog is sorted on every pass:\n{plan}"
+    );
     stop.cancel();
     drop(client);
     db.drop().await.unwrap();

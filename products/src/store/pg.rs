@@ -19,10 +19,10 @@ use messaging::contracts::{
     CreateProduct, ProductView, ReleaseStock, ReserveStock, StockChangeReason,
 };
 use messaging::pg::{INBOX_OUTBOX, Migration, PgTx, Row};
-use tokio_postgres::types::ToSql;
 use messaging::store::DbError;
 use messaging::topology::keys;
 use messaging::{Incoming, PgDb};
+use tokio_postgres::types::ToSql;
 
 use super::{ReservationStatus, Reserved, answer, event_message, refusal, stock_event};
 

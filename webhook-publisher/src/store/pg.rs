@@ -549,7 +549,10 @@ async fn settle_attempt(
         &scheduled,
     ];
     // Pipelined, one round trip.
-    tokio::try_join!(tx.execute(&insert, &attempt), tx.execute(&update, &moved_on))?;
+    tokio::try_join!(
+        tx.execute(&insert, &attempt),
+        tx.execute(&update, &moved_on)
+    )?;
     if state.disable_subscription {
         disable_subscription(tx, &settlement.subscription_id, GONE_REASON).await?;
     }
