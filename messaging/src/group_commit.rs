@@ -48,7 +48,32 @@ type Job = Box<dyn FnOnce(&Transaction) -> Ran + Send>;
 /// shared by the whole group, if it failed).
 struct Ran {
     enqueued: Vec<OutboxRow>,
-    report: Box<dyn FnOnce(Option<Arc<rusqlite::Error>>) + Send>,
+    report: Report<rusqlite::Error>,
+}
+
+/// Tells the caller of one write of a shared transaction how it went, once the commit is known
+/// (`Some`: the commit failed with that error, shared by every write of the transaction).
+pub(crate) type Report<E> = Box<dyn FnOnce(Option<Arc<E>>) + Send>;
+
+/// The [`Report`] of a write whose own `outcome` is known: its caller gets its own error if it
+/// failed, else the commit's error (as `commit_failed` names it) if that failed, else its value.
+/// Used by this writer and by PostgreSQL's batches (`pg_batch.rs`).
+pub(crate) fn report_after_commit<R, E>(
+    outcome: Result<R, DbError>,
+    reply: oneshot::Sender<Result<R, DbError>>,
+    commit_failed: fn(Arc<E>) -> DbError,
+) -> Report<E>
+where
+    R: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    Box::new(move |commit_error: Option<Arc<E>>| {
+        let result = match (commit_error, outcome) {
+            (Some(e), Ok(_)) => Err(commit_failed(e)),
+            (_, outcome) => outcome,
+        };
+        let _ = reply.send(result);
+    })
 }
 
 /// What the writer thread is asked to do.
@@ -129,13 +154,7 @@ impl Writer {
                 Ok((value, enqueued)) => (Ok(value), enqueued),
                 Err(e) => (Err(e), Vec::new()),
             };
-            let report = Box::new(move |commit_error: Option<Arc<rusqlite::Error>>| {
-                let result = match (commit_error, outcome) {
-                    (Some(e), Ok(_)) => Err(DbError::GroupCommit(e)),
-                    (_, outcome) => outcome,
-                };
-                let _ = tx_result.send(result);
-            });
+            let report = report_after_commit(outcome, tx_result, DbError::GroupCommit);
             Ran { enqueued, report }
         });
         self.jobs

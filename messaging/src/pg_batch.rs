@@ -33,6 +33,7 @@ use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 use tracing::warn;
 
 use crate::db_error::DbError;
+use crate::group_commit::{Report, report_after_commit};
 use crate::handoff::{OutboxSink, hand_to_relay};
 use crate::pg::{OpenTx, PgDb, PgTx};
 
@@ -55,7 +56,7 @@ pub(crate) struct Job {
 /// caller once the batch's commit is known (its error, shared by the batch, if it failed).
 struct Ran {
     kept: bool,
-    report: Box<dyn FnOnce(Option<Arc<tokio_postgres::Error>>) + Send>,
+    report: Report<tokio_postgres::Error>,
 }
 
 /// Where [`PgDb::write_in_batch`] queues writes; the lanes start with the first one.
@@ -78,7 +79,11 @@ impl PgDb {
     ///
     /// Unlike [`PgDb::write`], `f` shares its transaction: it must not end it, change its
     /// isolation, or rely on being its first statement.
-    pub async fn write_in_batch<R, F>(&self, lock_key: &str, f: F) -> Result<R, DbError>
+    pub async fn write_in_batch<R, F>(
+        &self,
+        lock_key: impl Into<String>,
+        f: F,
+    ) -> Result<R, DbError>
     where
         R: Send + 'static,
         F: for<'t> FnOnce(&'t PgTx<'t>) -> BoxFuture<'t, Result<R, tokio_postgres::Error>>
@@ -93,19 +98,14 @@ impl PgDb {
                     Ok(Err(e)) => Err(DbError::from(e)),
                     Err(_) => Err(DbError::Panicked),
                 };
-                let kept = outcome.is_ok();
-                let report = Box::new(move |commit: Option<Arc<tokio_postgres::Error>>| {
-                    let result = match (commit, outcome) {
-                        (Some(e), Ok(_)) => Err(DbError::PgGroupCommit(e)),
-                        (_, outcome) => outcome,
-                    };
-                    let _ = reply.send(result);
-                });
-                Ran { kept, report }
+                Ran {
+                    kept: outcome.is_ok(),
+                    report: report_after_commit(outcome, reply, DbError::PgGroupCommit),
+                }
             })
         });
         let job = Job {
-            lock_key: lock_key.to_owned(),
+            lock_key: lock_key.into(),
             run,
         };
         self.batch_queue()

@@ -121,8 +121,7 @@ pub async fn create_order(
     traceparent: Option<String>,
 ) -> Result<bool, DbError> {
     let reserve = built(decide::reserve_message(&cmd, traceparent.as_deref()));
-    let order = cmd.order_id.clone();
-    db.write_in_batch(&order, move |tx| {
+    db.write_in_batch(cmd.order_id.clone(), move |tx| {
         Box::pin(async move {
             let stmt = tx
                 .prepare_cached(&format!(
@@ -173,8 +172,7 @@ pub async fn apply_stock_answer(
     reserved: bool,
     traceparent: Option<String>,
 ) -> Result<Applied, DbError> {
-    let order = answer.order_id.clone();
-    db.write_in_batch(&order, move |tx| {
+    db.write_in_batch(answer.order_id.clone(), move |tx| {
         Box::pin(async move {
             let tp = traceparent.as_deref();
             if let Some(applied) = transition_if_pending(tx, &answer, reserved, tp).await? {
@@ -285,7 +283,7 @@ pub async fn expired(db: &PgDb, now_ms: i64, limit: usize) -> Result<Vec<String>
 /// two instances cancelling one order at once, exactly one does).
 pub async fn cancel(db: &PgDb, order_id: &str, reason: &str) -> Result<bool, DbError> {
     let (order_id, reason) = (order_id.to_owned(), reason.to_owned());
-    db.write_in_batch(&order_id.clone(), move |tx| {
+    db.write_in_batch(order_id.clone(), move |tx| {
         Box::pin(async move {
             let stmt = tx
                 .prepare_cached(&format!(

@@ -169,8 +169,7 @@ pub async fn create_product(
 /// written first; then one guarded `UPDATE … WHERE stock >= $1 RETURNING` decides. A refusal
 /// takes no lock at all: the `UPDATE` matched nothing, and the product is read to say why.
 pub async fn reserve(db: &PgDb, msg: Incoming, req: ReserveStock) -> Result<Reserved, DbError> {
-    let product = req.product_id.clone();
-    db.write_in_batch(&product, move |tx| {
+    db.write_in_batch(req.product_id.clone(), move |tx| {
         Box::pin(async move {
             let quantity = i64::from(req.quantity);
             // The inbox row and the reservation row in one statement: the reservation is
@@ -248,8 +247,7 @@ pub async fn reserve(db: &PgDb, msg: Incoming, req: ReserveStock) -> Result<Rese
 /// Gives a reserved quantity back, once. Returns the quantity released (0 when nothing was
 /// reserved). A release that comes first leaves a tombstone so a later reserve does nothing.
 pub async fn release(db: &PgDb, msg: Incoming, req: ReleaseStock) -> Result<i64, DbError> {
-    let product = req.product_id.clone();
-    db.write_in_batch(&product, move |tx| {
+    db.write_in_batch(req.product_id.clone(), move |tx| {
         Box::pin(async move {
             if !tx.inbox_first_time(&msg.meta.message_id).await? {
                 return Ok(0);
