@@ -51,9 +51,9 @@ pub enum DbError {
     Config(#[from] ConfigError),
     /// The shared `COMMIT` of a batch of PostgreSQL writes (`pg_batch.rs`) failed: none of them
     /// is applied.
-    #[error("postgres: batch commit failed: {0}")]
+    #[error("postgres: batch commit failed: {}", described(.0))]
     PgGroupCommit(#[source] Arc<tokio_postgres::Error>),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", described(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     PgPool(#[from] deadpool_postgres::PoolError),
@@ -61,12 +61,30 @@ pub enum DbError {
         "the database schema is at version {found}, newer than this binary knows ({known}); run the newer release or restore the database"
     )]
     SchemaTooNew { found: i64, known: i64 },
-    #[error("migration {version} ({name}) failed: {source}")]
+    #[error("migration {version} ({name}) failed: {}", described(.source))]
     Migration {
         version: i64,
         name: &'static str,
         source: tokio_postgres::Error,
     },
+}
+
+/// A PostgreSQL error as an operator reads it. tokio-postgres shows a server's error only as
+/// "db error" and keeps the server's words in its source; they are what tells what went wrong
+/// (`invalid byte sequence …`, `deadlock detected`), so they go into the message.
+pub fn described(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{e}: {}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 impl DbError {

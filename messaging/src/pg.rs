@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use crate::config::{ConfigError, env_or};
 use crate::db_error::DbError;
+pub use crate::db_error::described;
 use crate::envelope::OutgoingMessage;
 use crate::handoff::{OutboxRow, OutboxSink, hand_to_relay, take_fast_path};
 use crate::inbox_retention::{InboxRetention, PRUNE_BATCH};
