@@ -122,16 +122,21 @@ async fn read_truncated(response: &mut reqwest::Response) -> (Option<String>, Op
             }
             Ok(None) => break,
             Err(e) => {
-                let text = String::from_utf8_lossy(&kept).into_owned();
                 return (
-                    Some(text),
+                    Some(kept_text(&kept)),
                     Some(format!("reading the response failed: {e}")),
                 );
             }
         }
     }
-    let text = String::from_utf8_lossy(&kept).into_owned();
-    (Some(text).filter(|t| !t.is_empty()), None)
+    (Some(kept_text(&kept)).filter(|t| !t.is_empty()), None)
+}
+
+/// The kept bytes of a response body as text to store: invalid UTF-8 and NUL bytes (which a
+/// PostgreSQL `text` column refuses, so the attempt could never be recorded and the delivery
+/// would be sent again after every lease) become U+FFFD.
+fn kept_text(kept: &[u8]) -> String {
+    String::from_utf8_lossy(kept).replace('\0', "\u{FFFD}")
 }
 
 /// Decides where the delivery goes after an attempt.

@@ -19,6 +19,7 @@ on_both_backends!(
     gone_disables_the_subscription_and_retry_after_is_honoured,
     subscriptions_api_validates_and_a_bad_event_goes_to_the_dlq,
     timeouts_and_long_answers_are_recorded_in_the_history,
+    an_answer_with_nul_bytes_is_recorded_once,
     a_publisher_killed_mid_attempt_retries_after_the_lease,
 );
 
@@ -463,6 +464,39 @@ async fn timeouts_and_long_answers_are_recorded_in_the_history(kind: Kind) {
     assert_eq!(chatty.received().len(), 2);
 
     slow.release();
+    publisher.stop().await;
+    store.finish(&env).await;
+    env.cleanup().await;
+}
+
+/// A body with a NUL byte (and invalid UTF-8) is stored with U+FFFD in their place: PostgreSQL's
+/// `text` refuses NUL, and an attempt that cannot be recorded would be sent again after every
+/// lease, for ever.
+async fn an_answer_with_nul_bytes_is_recorded_once(kind: Kind) {
+    let env = TestEnv::new("wh-nul").await.unwrap();
+    let store = TestStore::new(kind, "wh-nul").await;
+    let endpoint = Endpoint::start(vec![], Answer::Body(200, b"ok\0\xffdone")).await;
+    let publisher = start(store.apply(config(&env, &endpoint.url(), "50"))).await;
+    let base = publisher.url();
+    let client = TestClient::connect(&env.amqp_url).await.unwrap();
+    publish(&client, keys::ORDER_CREATED, "order-nul").await;
+
+    let delivered = testkit::eventually(LONG, || async {
+        let list = deliveries(&base, "status=delivered").await;
+        (list.len() == 1).then_some(list)
+    })
+    .await
+    .expect("the delivery should be recorded as delivered");
+    let detail = get_json(&format!(
+        "{base}/deliveries/{}",
+        delivered[0]["id"].as_str().unwrap()
+    ))
+    .await;
+    let attempts = detail["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0]["responseBody"], "ok\u{FFFD}\u{FFFD}done");
+    assert_eq!(endpoint.received().len(), 1);
+
     publisher.stop().await;
     store.finish(&env).await;
     env.cleanup().await;

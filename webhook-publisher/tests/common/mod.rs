@@ -92,6 +92,8 @@ pub enum Answer {
     Hang,
     /// Status with a body of this many bytes.
     Big(u16, usize),
+    /// Status with exactly this body.
+    Body(u16, &'static [u8]),
     /// 307 to `/followed` on the same server (which would answer 200).
     Redirect,
 }
@@ -317,6 +319,7 @@ async fn answer(State(endpoint): State<Endpoint>, headers: HeaderMap, body: Byte
         Answer::Big(code, size) => {
             (StatusCode::from_u16(code).unwrap(), "x".repeat(size)).into_response()
         }
+        Answer::Body(code, body) => (StatusCode::from_u16(code).unwrap(), body).into_response(),
         Answer::Hang => {
             endpoint.release.cancelled().await;
             (StatusCode::SERVICE_UNAVAILABLE, "released").into_response()
