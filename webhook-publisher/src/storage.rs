@@ -388,18 +388,46 @@ fn settle_all_sqlite(tx: &deadpool_sqlite::rusqlite::Transaction, settlements: &
 }
 
 /// [`settle_all_sqlite`] on PostgreSQL, where an attempt whose claim this instance lost is
-/// not recorded (the instance holding the claim records its own).
+/// not recorded (the instance holding the claim records its own). All of them together first
+/// ([`store::pg::settle_together`], a few round trips for the whole pass); if that fails, one at
+/// a time, so that an attempt that cannot be written holds back only itself.
 async fn settle_all_pg(tx: &messaging::pg::PgTx<'_>, instance: &str, settlements: &[Settlement]) {
+    if settlements.len() > 1 && distinct_deliveries(settlements) {
+        match store::pg::settle_together(tx, instance, settlements).await {
+            Ok(settled) => {
+                for (settlement, settled) in settlements.iter().zip(settled) {
+                    note_settled(settlement, settled);
+                }
+                return;
+            }
+            Err(e) => {
+                warn!(error = %messaging::pg::described(&e), attempts = settlements.len(),
+                    "could not record the finished attempts together; recording them one at a time");
+            }
+        }
+    }
     for settlement in settlements {
         match store::pg::settle_in_savepoint(tx, instance, settlement).await {
-            Ok(Settled::Written) => {}
-            Ok(Settled::ClaimLost) => {
-                warn!(delivery_id = %settlement.delivery_id, attempt = settlement.number,
-                    "an attempt finished after this instance's claim on the delivery ran out; another instance holds it now, so this attempt is not recorded");
-                metrics::counter!("webhook_claims_lost_total").increment(1);
-            }
-            Err(e) => log_settle_error(settlement, &e),
+            Ok(settled) => note_settled(settlement, settled),
+            Err(e) => log_settle_error(settlement, &messaging::pg::described(&e)),
         }
+    }
+}
+
+/// Whether no delivery has two settlements (an attempt whose write failed, waiting for the next
+/// pass, and a later attempt of the same delivery after its lease ran out): those are written
+/// one after the other.
+fn distinct_deliveries(settlements: &[Settlement]) -> bool {
+    let mut ids: Vec<&str> = settlements.iter().map(|s| s.delivery_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.windows(2).all(|pair| pair[0] != pair[1])
+}
+
+fn note_settled(settlement: &Settlement, settled: Settled) {
+    if settled == Settled::ClaimLost {
+        warn!(delivery_id = %settlement.delivery_id, attempt = settlement.number,
+            "an attempt finished after this instance's claim on the delivery ran out; another instance holds it now, so this attempt is not recorded");
+        metrics::counter!("webhook_claims_lost_total").increment(1);
     }
 }
 

@@ -19,6 +19,7 @@ use testkit::amqp::TestClient;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use webhook_publisher::storage::{NewEvent, Store};
+use webhook_publisher::store::pg::Settled;
 use webhook_publisher::store::{AttemptRecord, DeliveryStatus, Job, Next, Settlement};
 use webhook_signing::Secret;
 
@@ -316,6 +317,206 @@ async fn the_claim_reads_due_deliveries_in_index_order_without_sorting_the_backl
         !plan.contains("Sort"),
         "the backlog is sorted on every pass:\n{plan}"
     );
+    stop.cancel();
+    drop(client);
+    db.drop().await.unwrap();
+}
+
+/// An instance's store with the default subscription and `n` recorded events, all claimed by
+/// it.
+async fn claimed_events(
+    db: &TestDatabase,
+    stop: &CancellationToken,
+    n: usize,
+) -> (Store, Vec<Job>) {
+    let store = instance(db, stop).await;
+    store
+        .ensure_default_subscription(
+            "http://127.0.0.1:9/hook".to_owned(),
+            Secret::parse(SECRET).unwrap(),
+        )
+        .await
+        .unwrap();
+    for i in 0..n {
+        let event = NewEvent {
+            message_id: uuid::Uuid::now_v7().to_string(),
+            event_type: keys::ORDER_CREATED.to_owned(),
+            order_id: Some(format!("order-{i}")),
+            body: br#"{"type":"order.created"}"#.to_vec(),
+            traceparent: None,
+        };
+        store.record_event(event).await.unwrap().unwrap();
+    }
+    let jobs = claim(&store, Duration::from_secs(30)).await;
+    assert_eq!(jobs.len(), n);
+    (store, jobs)
+}
+
+fn postgres(store: &Store) -> &PgDb {
+    match store {
+        Store::Postgres(pg) => pg,
+        Store::Sqlite(_) => unreachable!("these tests run on PostgreSQL"),
+    }
+}
+
+/// Runs [`settle_together`](webhook_publisher::store::pg::settle_together) in a transaction of
+/// its own, with a statement after it: the transaction must still be usable when it failed.
+async fn settle_together(
+    store: &Store,
+    settlements: Vec<Settlement>,
+) -> Result<Vec<Settled>, String> {
+    let pg = postgres(store);
+    let instance = pg.instance().to_owned();
+    pg.write(move |tx| {
+        Box::pin(async move {
+            let settled =
+                webhook_publisher::store::pg::settle_together(tx, &instance, &settlements).await;
+            tx.batch_execute("SELECT 1").await?;
+            Ok(settled.map_err(|e| messaging::pg::described(&e)))
+        })
+    })
+    .await
+    .unwrap()
+}
+
+fn with_body(job: &Job, body: &str) -> Settlement {
+    let record = AttemptRecord {
+        status_code: Some(200),
+        latency_ms: 3,
+        response_body: Some(body.to_owned()),
+        ..Default::default()
+    };
+    Settlement::of(job, record, Next::Delivered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_records_its_attempts_together_and_skips_lost_claims() {
+    let db = TestDatabase::create("wh_together").await.unwrap();
+    let stop = CancellationToken::new();
+    let (store, jobs) = claimed_events(&db, &stop, 4).await;
+    // Another instance holds the last one now (this one's lease ran out).
+    let client = db.connect().await.unwrap();
+    client
+        .execute(
+            "UPDATE deliveries SET claimed_by = 'someone-else' WHERE id = $1",
+            &[&jobs[3].delivery_id],
+        )
+        .await
+        .unwrap();
+    let failed = AttemptRecord {
+        status_code: Some(503),
+        latency_ms: 7,
+        error: Some("the endpoint answered 503".to_owned()),
+        ..Default::default()
+    };
+    let retry_at = webhook_publisher::store::now_ms() + 60_000;
+    let settlements = vec![
+        with_body(&jobs[0], "fine"),
+        Settlement::of(&jobs[1], failed, Next::RetryAt(retry_at)),
+        delivered(&jobs[2]),
+        delivered(&jobs[3]),
+    ];
+
+    let settled = settle_together(&store, settlements).await.unwrap();
+    assert_eq!(
+        settled,
+        [
+            Settled::Written,
+            Settled::Written,
+            Settled::Written,
+            Settled::ClaimLost
+        ]
+    );
+    let detail = |i: usize| {
+        let (store, id) = (store.clone(), jobs[i].delivery_id.clone());
+        async move { store.delivery_detail(id).await.unwrap().unwrap() }
+    };
+    let (first, attempts, _) = detail(0).await;
+    assert_eq!(first.status, DeliveryStatus::Delivered);
+    assert_eq!(first.attempt_count, 1);
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].response_body.as_deref(), Some("fine"));
+    assert_eq!(attempts[0].trigger, "scheduled");
+    let (second, attempts, _) = detail(1).await;
+    assert_eq!(second.status, DeliveryStatus::Pending);
+    assert_eq!(second.last_status_code, Some(503));
+    assert_eq!(
+        second.last_error.as_deref(),
+        Some("the endpoint answered 503")
+    );
+    assert!(second.next_attempt_at.is_some());
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].latency_ms, 7);
+    assert_eq!(detail(2).await.0.status, DeliveryStatus::Delivered);
+    // Not recorded: its holder records its own attempt.
+    let (lost, attempts, _) = detail(3).await;
+    assert_eq!(lost.status, DeliveryStatus::Pending);
+    assert!(attempts.is_empty());
+    // The written ones gave up their claims: the retry is due in a minute, not claimable now,
+    // and nothing else is pending for this instance.
+    let claimed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM deliveries WHERE claimed_by IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(claimed, 1, "only the lost claim is still held");
+
+    stop.cancel();
+    drop(client);
+    db.drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_that_cannot_be_written_holds_back_only_itself() {
+    let db = TestDatabase::create("wh_together_bad").await.unwrap();
+    let stop = CancellationToken::new();
+    let (store, jobs) = claimed_events(&db, &stop, 3).await;
+    // PostgreSQL's text refuses NUL: this attempt cannot be written (delivery.rs replaces it
+    // before it gets here; the store must not depend on that).
+    let settlements = vec![
+        delivered(&jobs[0]),
+        with_body(&jobs[1], "bad\0body"),
+        delivered(&jobs[2]),
+    ];
+
+    // Together: nothing of it is kept, and the transaction goes on.
+    let error = settle_together(&store, settlements.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        error.contains("0x00") || error.contains("invalid"),
+        "{error}"
+    );
+    let client = db.connect().await.unwrap();
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM attempts").await, 0);
+    assert_eq!(
+        count("SELECT count(*) FROM deliveries WHERE status = 'pending'").await,
+        3
+    );
+
+    // The store then writes them one at a time: the two good ones are recorded, the bad one
+    // keeps its claim and is attempted again after its lease.
+    store.settle(settlements).await.unwrap();
+    assert_eq!(count("SELECT count(*) FROM attempts").await, 2);
+    assert_eq!(
+        count("SELECT count(*) FROM deliveries WHERE status = 'delivered'").await,
+        2
+    );
+    let (bad, attempts, _) = store
+        .delivery_detail(jobs[1].delivery_id.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bad.status, DeliveryStatus::Pending);
+    assert!(attempts.is_empty());
+
     stop.cancel();
     drop(client);
     db.drop().await.unwrap();

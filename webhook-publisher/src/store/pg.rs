@@ -19,6 +19,7 @@
 //! schedule is computed there); leases are the server's clock (`now()`), so a lease never
 //! depends on two instances agreeing on the time.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use messaging::pg::{INBOX_OUTBOX, Migration, PgTx};
@@ -480,6 +481,192 @@ pub async fn settle_in_savepoint(
     }
 }
 
+/// Writes a pass's finished attempts together, in a fixed number of round trips whatever their
+/// number: the one-at-a-time [`settle_in_savepoint`] costs three round trips (six statements)
+/// per attempt, and the dispatcher's pass, which waits for them, was bound by those round trips
+/// (docs/benchmarks.md, session 10). The rules are the same: the subscriptions are share-locked
+/// before the deliveries (the order a delete takes them), an attempt is recorded only if
+/// `instance` still holds the delivery's claim ([`Settled::ClaimLost`] otherwise), and the state
+/// after it is [`settled_state`]'s.
+///
+/// All of it runs under one savepoint: on an error nothing of it is kept, and the caller writes
+/// the attempts one at a time, so that one attempt that cannot be written costs only itself.
+/// The settlements must name distinct deliveries.
+pub async fn settle_together(
+    tx: &PgTx<'_>,
+    instance: &str,
+    settlements: &[Settlement],
+) -> Result<Vec<Settled>, Error> {
+    let lock_subscriptions = tx
+        .prepare_cached(
+            "SELECT id, status = 'active' FROM subscriptions WHERE id = ANY($1)
+             ORDER BY id FOR SHARE",
+        )
+        .await?;
+    let lock_held = tx
+        .prepare_cached(
+            "SELECT id FROM deliveries WHERE id = ANY($1) AND claimed_by = $2
+             ORDER BY id FOR UPDATE",
+        )
+        .await?;
+    let subscription_ids: Vec<&str> = settlements
+        .iter()
+        .map(|s| s.subscription_id.as_str())
+        .collect();
+    let delivery_ids: Vec<&str> = settlements.iter().map(|s| s.delivery_id.as_str()).collect();
+    // Pipelined, one round trip; the server takes the locks in this order.
+    let (started, active, held) = futures::future::join3(
+        tx.batch_execute("SAVEPOINT settle_all"),
+        tx.query(&lock_subscriptions, &[&subscription_ids]),
+        tx.query(&lock_held, &[&delivery_ids, &instance]),
+    )
+    .await;
+    started?;
+    let written = match (active, held) {
+        (Ok(active), Ok(held)) => write_settled(tx, settlements, &active, &held).await,
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    match written {
+        Ok(settled) => {
+            tx.batch_execute("RELEASE SAVEPOINT settle_all").await?;
+            Ok(settled)
+        }
+        Err(e) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT settle_all; RELEASE SAVEPOINT settle_all")
+                .await?;
+            Err(e)
+        }
+    }
+}
+
+/// The attempts and the deliveries' new states of [`settle_together`], two statements sent
+/// together; `active` and `held` are its locked rows.
+async fn write_settled(
+    tx: &PgTx<'_>,
+    settlements: &[Settlement],
+    active: &[Row],
+    held: &[Row],
+) -> Result<Vec<Settled>, Error> {
+    let active: HashMap<String, bool> = active
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, Error>>()?;
+    let held: HashSet<String> = held
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let mut rows = SettledRows::default();
+    let mut gone = Vec::new();
+    let mut outcome = Vec::with_capacity(settlements.len());
+    for settlement in settlements {
+        if !held.contains(&settlement.delivery_id) {
+            outcome.push(Settled::ClaimLost);
+            continue;
+        }
+        let is_active = active.get(&settlement.subscription_id).copied();
+        let state = settled_state(settlement, || Ok::<_, Error>(is_active.unwrap_or(false)))?;
+        if state.disable_subscription && !gone.contains(&settlement.subscription_id) {
+            gone.push(settlement.subscription_id.clone());
+        }
+        rows.push(settlement, state);
+        outcome.push(Settled::Written);
+    }
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO attempts (delivery_id, number, trigger, status_code, latency_ms, error,
+                                   response_body)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::int4[],
+                                  $5::bigint[], $6::text[], $7::text[])",
+        )
+        .await?;
+    let update = tx
+        .prepare_cached(
+            "UPDATE deliveries d
+                SET status = u.status, next_attempt_at = u.next_attempt_at,
+                    last_error = u.last_error, last_status_code = u.status_code,
+                    attempt_count = d.attempt_count + 1,
+                    scheduled_attempts = d.scheduled_attempts + u.scheduled,
+                    manual_next = false, updated_at = now(),
+                    claimed_by = NULL, claimed_until = NULL
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int4[],
+                         $6::bigint[]) AS u(id, status, next_attempt_at, last_error,
+                                            status_code, scheduled)
+             WHERE d.id = u.id",
+        )
+        .await?;
+    let attempts: [&(dyn ToSql + Sync); 7] = [
+        &rows.delivery_id,
+        &rows.number,
+        &rows.trigger,
+        &rows.status_code,
+        &rows.latency_ms,
+        &rows.error,
+        &rows.response_body,
+    ];
+    let moved_on: [&(dyn ToSql + Sync); 6] = [
+        &rows.delivery_id,
+        &rows.status,
+        &rows.next_attempt_at,
+        &rows.last_error,
+        &rows.status_code,
+        &rows.scheduled,
+    ];
+    // Pipelined, one round trip. The first statement's error is the one to report: after it the
+    // server refuses the second as "transaction aborted".
+    let (inserted, updated) = futures::future::join(
+        tx.execute(&insert, &attempts),
+        tx.execute(&update, &moved_on),
+    )
+    .await;
+    inserted?;
+    updated?;
+    for subscription_id in &gone {
+        disable_subscription(tx, subscription_id, GONE_REASON).await?;
+    }
+    Ok(outcome)
+}
+
+/// [`settle_together`]'s rows as columns, one array parameter each.
+#[derive(Default)]
+struct SettledRows<'a> {
+    delivery_id: Vec<&'a str>,
+    number: Vec<i64>,
+    trigger: Vec<&'static str>,
+    status_code: Vec<Option<i32>>,
+    latency_ms: Vec<i64>,
+    error: Vec<Option<&'a str>>,
+    response_body: Vec<Option<&'a str>>,
+    status: Vec<DeliveryStatus>,
+    next_attempt_at: Vec<Option<i64>>,
+    last_error: Vec<Option<String>>,
+    scheduled: Vec<i64>,
+}
+
+impl<'a> SettledRows<'a> {
+    fn push(&mut self, settlement: &'a Settlement, state: super::SettledState) {
+        let record = &settlement.record;
+        self.delivery_id.push(&settlement.delivery_id);
+        self.number.push(settlement.number);
+        self.trigger.push(trigger(settlement));
+        self.status_code.push(record.status_code.map(i32::from));
+        self.latency_ms.push(record.latency_ms);
+        self.error.push(record.error.as_deref());
+        self.response_body.push(record.response_body.as_deref());
+        self.status.push(state.status);
+        self.next_attempt_at.push(state.next_attempt_at);
+        self.last_error.push(state.error);
+        self.scheduled.push(i64::from(!settlement.manual));
+    }
+}
+
+fn trigger(settlement: &Settlement) -> &'static str {
+    if settlement.manual {
+        "manual"
+    } else {
+        "scheduled"
+    }
+}
+
 /// Records the attempt and moves the delivery on ([`settled_state`]), if `instance` still
 /// holds its claim. Locks in the order a delete takes them (subscription, then delivery), so
 /// the two never deadlock.
@@ -513,11 +700,7 @@ async fn settle_attempt(
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .await?;
-    let trigger = if settlement.manual {
-        "manual"
-    } else {
-        "scheduled"
-    };
+    let trigger = trigger(settlement);
     let state = settled_state(settlement, || Ok::<_, Error>(active))?;
     let update = tx
         .prepare_cached(
