@@ -25,7 +25,6 @@ use messaging::contracts::{
 use messaging::pg::{INBOX_OUTBOX, Migration, PgTx, Row};
 use messaging::store::DbError;
 use messaging::{OutgoingMessage, PgDb};
-use tokio_postgres::types::ToSql;
 
 use crate::decide::{self, AnswerDecision, Applied, OrderRow, OrderStatus};
 
@@ -124,13 +123,11 @@ pub async fn create_order(
     db.write_in_batch(cmd.order_id.clone(), move |tx| {
         Box::pin(async move {
             let stmt = tx
-                .prepare_cached(&format!(
+                .prepare_cached(&with_history(
                     "INSERT INTO orders (id, product_id, quantity, customer_id, seller_id,
                                          idempotency_key, status, deadline_ms)
                      VALUES ($1, $2, $3, $4, $5, $6, 'PENDING', $7)
-                     ON CONFLICT (id) DO NOTHING
-                     RETURNING {}",
-                    order_columns()
+                     ON CONFLICT (id) DO NOTHING",
                 ))
                 .await?;
             let quantity = i32::try_from(cmd.quantity).unwrap_or(i32::MAX);
@@ -234,13 +231,11 @@ async fn transition_if_pending(
     };
     // Products' answer is the truth about the seller; the gateway's lookup only came first.
     let stmt = tx
-        .prepare_cached(&format!(
+        .prepare_cached(&with_history(&format!(
             "UPDATE orders SET status = $2, reason = $3, seller_id = COALESCE($4, seller_id),
                     unit_price_cents = $5, product_name = $6, updated_at = {NOW}
-             WHERE id = $1 AND status = 'PENDING'
-             RETURNING {}",
-            order_columns()
-        ))
+             WHERE id = $1 AND status = 'PENDING'"
+        )))
         .await?;
     let changed = tx
         .query_opt(
@@ -286,12 +281,10 @@ pub async fn cancel(db: &PgDb, order_id: &str, reason: &str) -> Result<bool, DbE
     db.write_in_batch(order_id.clone(), move |tx| {
         Box::pin(async move {
             let stmt = tx
-                .prepare_cached(&format!(
+                .prepare_cached(&with_history(&format!(
                     "UPDATE orders SET status = 'CANCELLED', reason = $2, updated_at = {NOW}
-                     WHERE id = $1 AND status = 'PENDING'
-                     RETURNING {}",
-                    order_columns()
-                ))
+                     WHERE id = $1 AND status = 'PENDING'"
+                )))
                 .await?;
             let Some(row) = tx.query_opt(&stmt, &[&order_id, &reason]).await? else {
                 return Ok(false);
@@ -303,29 +296,29 @@ pub async fn cancel(db: &PgDb, order_id: &str, reason: &str) -> Result<bool, DbE
     .await
 }
 
-/// Records the state the order just entered: its `order_history` row and the `order.<status>`
-/// event describing the order as it is now, both in the transaction of the change.
+/// `change` (an `INSERT` or `UPDATE` of one order, without `RETURNING`) with the
+/// `order_history` row of the state it leaves the order in, in one statement (one round trip
+/// instead of two per transition): the row's status, reason and `updated_at`, what
+/// [`decide::transition_effects`] records on SQLite. Returns the changed order, or no row.
+fn with_history(change: &str) -> String {
+    format!(
+        "WITH changed AS ({change} RETURNING *),
+              history AS (INSERT INTO order_history (order_id, status, reason, at)
+                          SELECT id, status, reason, updated_at FROM changed)
+         SELECT {} FROM changed",
+        order_columns()
+    )
+}
+
+/// Queues the `order.<status>` event describing the order as it is now, in the transaction of
+/// the change (whose statement, [`with_history`], wrote its history row).
 async fn transitioned(
     tx: &PgTx<'_>,
     order: &OrderRow,
     traceparent: Option<&str>,
 ) -> Result<(), tokio_postgres::Error> {
-    let (history, event) = built_pair(decide::transition_effects(order, traceparent));
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO order_history (order_id, status, reason, at)
-             VALUES ($1, $2, $3, $4::text::timestamptz)",
-        )
-        .await?;
-    let params: [&(dyn ToSql + Sync); 4] = [
-        &history.order_id,
-        &history.status,
-        &history.reason,
-        &history.at,
-    ];
-    // Pipelined: both go out before either answer is awaited (one round trip, not two).
-    tokio::try_join!(tx.execute(&stmt, &params), tx.enqueue(&event))?;
-    Ok(())
+    let (_, event) = built_pair(decide::transition_effects(order, traceparent));
+    tx.enqueue(&event).await
 }
 
 fn built_pair<T>(effects: Result<(T, OutgoingMessage), serde_json::Error>) -> (T, OutgoingMessage) {
