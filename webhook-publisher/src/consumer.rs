@@ -13,12 +13,14 @@ use tracing::{error, info};
 
 use crate::Started;
 use crate::dispatcher::Dispatcher;
-use crate::storage::{NewEvent, Store};
+use crate::recorder::Recorder;
+use crate::storage::NewEvent;
 use crate::store;
 
 #[derive(Clone)]
 pub struct EventHandler {
-    pub store: Store,
+    /// Records events, in batches on PostgreSQL.
+    pub recorder: Recorder,
     pub dispatcher: Dispatcher,
     /// Set once the default subscription exists: no event is recorded before, or the default
     /// subscriber would miss it.
@@ -63,10 +65,10 @@ impl MessageHandler for EventHandler {
             traceparent: msg.meta.traceparent.clone(),
         };
         let recorded = self
-            .store
-            .record_event(event)
+            .recorder
+            .record(event)
             .await
-            .map_err(|e| HandleError::Retry(format!("{}: {e}", self.store.name())))?;
+            .map_err(|e| HandleError::Retry(format!("{}: {e}", self.recorder.store_name())))?;
         let order_id = order_id.unwrap_or_default();
         let Some(recorded) = recorded else {
             info!(%order_id, message_id = %msg.meta.message_id, "event already recorded; duplicate message ignored");

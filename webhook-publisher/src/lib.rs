@@ -9,7 +9,8 @@
 //! `docs/webhooks.md`.
 //!
 //! Layout:
-//! - `consumer` — events from `webhooks_queue` into deliveries, one per matching subscription.
+//! - `consumer` — events from `webhooks_queue` into deliveries, one per matching subscription;
+//!   `recorder` — records them in batches on PostgreSQL.
 //! - `dispatcher` — finds due deliveries and sends them; `delivery` — one attempt and what it
 //!   means; `schedule` — the retry schedule; `client` — the HTTP clients (TLS, no redirects);
 //!   `egress` — the addresses it may send to.
@@ -24,6 +25,7 @@ pub mod delivery;
 pub mod dispatcher;
 pub mod egress;
 pub mod http;
+pub mod recorder;
 pub mod retention;
 pub mod schedule;
 pub mod storage;
@@ -230,7 +232,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     )?;
     let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));
     let events = consumer::EventHandler {
-        store: store.clone(),
+        recorder: recorder::Recorder::new(store.clone()),
         dispatcher: dispatcher.clone(),
         started: started.clone(),
     };

@@ -30,15 +30,7 @@ pub enum Store {
     Postgres(PgDb),
 }
 
-/// One event to record (see [`store::record_event`]).
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub message_id: String,
-    pub event_type: String,
-    pub order_id: Option<String>,
-    pub body: Vec<u8>,
-    pub traceparent: Option<String>,
-}
+pub use crate::store::NewEvent;
 
 /// What one dispatcher pass found.
 pub struct Pass {
@@ -204,6 +196,38 @@ impl Store {
                         )
                         .await
                     })
+                })
+                .await
+            }
+        }
+    }
+
+    /// Records many events in one transaction, each as [`Store::record_event`] would (on
+    /// PostgreSQL [`store::pg::record_events`]); fails as a whole.
+    pub async fn record_events(
+        &self,
+        events: Arc<Vec<NewEvent>>,
+    ) -> Result<Vec<Option<Recorded>>, DbError> {
+        match self {
+            Self::Sqlite(db) => {
+                db.write(move |tx| {
+                    let recorded = events.iter().map(|event| {
+                        store::record_event(
+                            tx,
+                            &event.message_id,
+                            &event.event_type,
+                            event.order_id.as_deref(),
+                            &event.body,
+                            event.traceparent.as_deref(),
+                        )
+                    });
+                    recorded.collect::<Result<Vec<_>, _>>()
+                })
+                .await
+            }
+            Self::Postgres(pg) => {
+                pg.write(move |tx| {
+                    Box::pin(async move { store::pg::record_events(tx, &events).await })
                 })
                 .await
             }

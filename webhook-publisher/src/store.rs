@@ -354,6 +354,16 @@ pub fn webhook_id(message_id: &str) -> String {
     format!("msg_{message_id}")
 }
 
+/// One event to record (see [`record_event`]).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub message_id: String,
+    pub event_type: String,
+    pub order_id: Option<String>,
+    pub body: Vec<u8>,
+    pub traceparent: Option<String>,
+}
+
 /// What recording one event did.
 #[derive(Debug, Default, PartialEq)]
 pub struct Recorded {

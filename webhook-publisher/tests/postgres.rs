@@ -18,6 +18,7 @@ use testkit::TestEnv;
 use testkit::amqp::TestClient;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use webhook_publisher::recorder::Recorder;
 use webhook_publisher::storage::{NewEvent, Store};
 use webhook_publisher::store::pg::Settled;
 use webhook_publisher::store::{AttemptRecord, DeliveryStatus, Job, Next, Settlement};
@@ -516,6 +517,153 @@ async fn an_attempt_that_cannot_be_written_holds_back_only_itself() {
         .unwrap();
     assert_eq!(bad.status, DeliveryStatus::Pending);
     assert!(attempts.is_empty());
+
+    stop.cancel();
+    drop(client);
+    db.drop().await.unwrap();
+}
+
+fn new_event(message_id: &str, event_type: &str) -> NewEvent {
+    NewEvent {
+        message_id: message_id.to_owned(),
+        event_type: event_type.to_owned(),
+        order_id: Some(format!("order-of-{message_id}")),
+        body: format!(r#"{{"type":"{event_type}"}}"#).into_bytes(),
+        traceparent: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_recorded_together_get_what_each_would_get_alone() {
+    let db = TestDatabase::create("wh_record_together").await.unwrap();
+    let stop = CancellationToken::new();
+    let store = instance(&db, &stop).await;
+    store
+        .ensure_default_subscription(
+            "http://127.0.0.1:9/hook".to_owned(),
+            Secret::parse(SECRET).unwrap(),
+        )
+        .await
+        .unwrap();
+    // A second subscriber wants only confirmations.
+    store
+        .insert_subscription(
+            "http://127.0.0.1:9/confirmed".to_owned(),
+            vec![keys::ORDER_CONFIRMED.to_owned()],
+            Secret::parse(SECRET).unwrap(),
+        )
+        .await
+        .unwrap();
+    let before = new_event("m-before", keys::ORDER_CREATED);
+    store.record_event(before.clone()).await.unwrap().unwrap();
+
+    let events = vec![
+        new_event("m-1", keys::ORDER_CREATED),
+        before,
+        new_event("m-2", keys::ORDER_CONFIRMED),
+        new_event("m-2", keys::ORDER_CONFIRMED),
+        new_event("m-3", keys::STOCK_CHANGED),
+    ];
+    let recorded = store.record_events(Arc::new(events)).await.unwrap();
+    let created: Vec<Option<usize>> = recorded
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.created))
+        .collect();
+    assert_eq!(created, [Some(1), None, Some(2), None, Some(1)]);
+
+    let client = db.connect().await.unwrap();
+    let rows = client
+        .query(
+            "SELECT message_id, count(*), min(webhook_id), min(order_id), min(status),
+                    bool_and(next_attempt_at IS NOT NULL)
+             FROM deliveries GROUP BY message_id ORDER BY message_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let summary: Vec<(String, i64, String, String, String, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .collect();
+    let row = |m: &str, n: i64| {
+        (
+            m.to_owned(),
+            n,
+            format!("msg_{m}"),
+            format!("order-of-{m}"),
+            "pending".to_owned(),
+            true,
+        )
+    };
+    assert_eq!(
+        summary,
+        [
+            row("m-1", 1),
+            row("m-2", 2),
+            row("m-3", 1),
+            row("m-before", 1)
+        ]
+    );
+    // And the dispatcher finds them: one job per delivery.
+    assert_eq!(claim(&store, Duration::from_secs(30)).await.len(), 5);
+
+    stop.cancel();
+    drop(client);
+    db.drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_cannot_be_recorded_fails_alone_and_the_others_are_recorded() {
+    let db = TestDatabase::create("wh_record_bad").await.unwrap();
+    let stop = CancellationToken::new();
+    let store = instance(&db, &stop).await;
+    store
+        .ensure_default_subscription(
+            "http://127.0.0.1:9/hook".to_owned(),
+            Secret::parse(SECRET).unwrap(),
+        )
+        .await
+        .unwrap();
+    // PostgreSQL's text refuses NUL: this event cannot be recorded, together or alone.
+    let bad = new_event("m-bad", "order.created\0");
+    let error = store
+        .record_events(Arc::new(vec![
+            new_event("m-0", keys::ORDER_CREATED),
+            bad.clone(),
+        ]))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("0x00"), "{error}");
+
+    // Through the recorder, many at once (so that they share batches): the others are
+    // recorded, the bad one gets its own error.
+    let recorder = Recorder::new(store.clone());
+    let mut events: Vec<NewEvent> = (0..40)
+        .map(|i| new_event(&format!("m-{i}"), keys::ORDER_CREATED))
+        .collect();
+    events.insert(20, bad);
+    let results = futures::future::join_all(events.into_iter().map(|event| {
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            let id = event.message_id.clone();
+            (id, recorder.record(event).await)
+        })
+    }))
+    .await;
+    for result in results {
+        let (id, recorded) = result.unwrap();
+        match id.as_str() {
+            "m-bad" => assert!(recorded.is_err(), "the bad event was recorded"),
+            _ => assert_eq!(recorded.unwrap().unwrap().created, 1, "{id}"),
+        }
+    }
+    let client = db.connect().await.unwrap();
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM deliveries").await, 40);
+    assert_eq!(count("SELECT count(*) FROM inbox").await, 40);
 
     stop.cancel();
     drop(client);
