@@ -169,33 +169,11 @@ impl Store {
     /// a message recorded before.
     pub async fn record_event(&self, event: NewEvent) -> Result<Option<Recorded>, DbError> {
         match self {
-            Self::Sqlite(db) => {
-                db.write(move |tx| {
-                    store::record_event(
-                        tx,
-                        &event.message_id,
-                        &event.event_type,
-                        event.order_id.as_deref(),
-                        &event.body,
-                        event.traceparent.as_deref(),
-                    )
-                })
-                .await
-            }
+            Self::Sqlite(db) => db.write(move |tx| store::record_event(tx, &event)).await,
             // Events take only share locks (of the subscriptions): any order does.
             Self::Postgres(pg) => {
                 pg.write_in_batch("", move |tx| {
-                    Box::pin(async move {
-                        store::pg::record_event(
-                            tx,
-                            &event.message_id,
-                            &event.event_type,
-                            event.order_id.as_deref(),
-                            &event.body,
-                            event.traceparent.as_deref(),
-                        )
-                        .await
-                    })
+                    Box::pin(async move { store::pg::record_event(tx, &event).await })
                 })
                 .await
             }
@@ -211,16 +189,7 @@ impl Store {
         match self {
             Self::Sqlite(db) => {
                 db.write(move |tx| {
-                    let recorded = events.iter().map(|event| {
-                        store::record_event(
-                            tx,
-                            &event.message_id,
-                            &event.event_type,
-                            event.order_id.as_deref(),
-                            &event.body,
-                            event.traceparent.as_deref(),
-                        )
-                    });
+                    let recorded = events.iter().map(|event| store::record_event(tx, event));
                     recorded.collect::<Result<Vec<_>, _>>()
                 })
                 .await

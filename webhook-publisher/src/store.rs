@@ -429,18 +429,11 @@ pub fn plan_event(
 
 /// Records one delivery of `body` (see [`webhook_body`]) per active subscription that wants
 /// `event_type`, unless this message was recorded before (`None` for a duplicate message).
-pub fn record_event(
-    tx: &SqliteTx,
-    message_id: &str,
-    event_type: &str,
-    order_id: Option<&str>,
-    body: &[u8],
-    traceparent: Option<&str>,
-) -> Result<Option<Recorded>, DbError> {
-    if !tx.inbox_first_time(message_id)? {
+pub fn record_event(tx: &SqliteTx, event: &NewEvent) -> Result<Option<Recorded>, DbError> {
+    if !tx.inbox_first_time(&event.message_id)? {
         return Ok(None);
     }
-    let (planned, recorded) = plan_event(list_subscriptions(tx)?, event_type, now_ms());
+    let (planned, recorded) = plan_event(list_subscriptions(tx)?, &event.event_type, now_ms());
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO deliveries
          (id, webhook_id, subscription_id, message_id, event_type, order_id, payload, status,
@@ -450,15 +443,15 @@ pub fn record_event(
     for delivery in planned {
         insert.execute(params![
             uuid::Uuid::now_v7().to_string(),
-            webhook_id(message_id),
+            webhook_id(&event.message_id),
             delivery.subscription_id,
-            message_id,
-            event_type,
-            order_id,
-            body,
+            event.message_id,
+            event.event_type,
+            event.order_id,
+            event.body,
             delivery.status,
             delivery.next_attempt_at,
-            traceparent,
+            event.traceparent,
             delivery.error
         ])?;
     }

@@ -60,9 +60,15 @@ async fn claim(store: &Store, lease: Duration) -> Vec<Job> {
 }
 
 fn delivered(job: &Job) -> Settlement {
+    delivered_with(job, None)
+}
+
+/// A 200 answered with `body` after 3 ms.
+fn delivered_with(job: &Job, body: Option<&str>) -> Settlement {
     let record = AttemptRecord {
         status_code: Some(200),
         latency_ms: 3,
+        response_body: body.map(str::to_owned),
         ..Default::default()
     };
     Settlement::of(job, record, Next::Delivered)
@@ -383,16 +389,6 @@ async fn settle_together(
     .unwrap()
 }
 
-fn with_body(job: &Job, body: &str) -> Settlement {
-    let record = AttemptRecord {
-        status_code: Some(200),
-        latency_ms: 3,
-        response_body: Some(body.to_owned()),
-        ..Default::default()
-    };
-    Settlement::of(job, record, Next::Delivered)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_records_its_attempts_together_and_skips_lost_claims() {
     let db = TestDatabase::create("wh_together").await.unwrap();
@@ -415,7 +411,7 @@ async fn a_pass_records_its_attempts_together_and_skips_lost_claims() {
     };
     let retry_at = webhook_publisher::store::now_ms() + 60_000;
     let settlements = vec![
-        with_body(&jobs[0], "fine"),
+        delivered_with(&jobs[0], Some("fine")),
         Settlement::of(&jobs[1], failed, Next::RetryAt(retry_at)),
         delivered(&jobs[2]),
         delivered(&jobs[3]),
@@ -482,7 +478,7 @@ async fn an_attempt_that_cannot_be_written_holds_back_only_itself() {
     // before it gets here; the store must not depend on that).
     let settlements = vec![
         delivered(&jobs[0]),
-        with_body(&jobs[1], "bad\0body"),
+        delivered_with(&jobs[1], Some("bad\0body")),
         delivered(&jobs[2]),
     ];
 

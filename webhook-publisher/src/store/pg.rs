@@ -278,70 +278,15 @@ async fn fail_pending_of(tx: &PgTx<'_>, subscription_id: &str, reason: &str) -> 
 /// [`plan_event`]), unless this message was recorded before (`None`). The subscriptions read
 /// are share-locked until the commit, so a concurrent delete or disable waits for it (and then
 /// fails the deliveries made here) instead of leaving them pending for nobody.
-pub async fn record_event(
-    tx: &PgTx<'_>,
-    message_id: &str,
-    event_type: &str,
-    order_id: Option<&str>,
-    body: &[u8],
-    traceparent: Option<&str>,
-) -> Result<Option<Recorded>, Error> {
-    let stmt = tx
-        .prepare_cached(&format!(
-            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE status = 'active'
-             ORDER BY created_at, id FOR SHARE"
-        ))
-        .await?;
-    // Pipelined, one round trip; for a message seen before the subscriptions read is wasted.
-    let (first_time, subscriptions) =
-        tokio::try_join!(tx.inbox_first_time(message_id), tx.query(&stmt, &[]))?;
-    if !first_time {
-        return Ok(None);
-    }
-    let subscriptions = subscriptions.iter().map(subscription_row).collect();
-    let (planned, recorded) = plan_event(subscriptions, event_type, now_ms());
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO deliveries
-             (id, webhook_id, subscription_id, message_id, event_type, order_id, payload, status,
-              next_attempt_at, traceparent, last_error)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (message_id, subscription_id) DO NOTHING",
-        )
-        .await?;
-    let webhook_id = webhook_id(message_id);
-    let ids: Vec<String> = planned
-        .iter()
-        .map(|_| uuid::Uuid::now_v7().to_string())
-        .collect();
-    let params: Vec<[&(dyn ToSql + Sync); 11]> = planned
-        .iter()
-        .zip(&ids)
-        .map(|(delivery, id)| {
-            [
-                id as &(dyn ToSql + Sync),
-                &webhook_id,
-                &delivery.subscription_id,
-                &message_id,
-                &event_type,
-                &order_id,
-                &body,
-                &delivery.status,
-                &delivery.next_attempt_at,
-                &traceparent,
-                &delivery.error,
-            ]
-        })
-        .collect();
-    // One round trip for all of the event's deliveries.
-    futures::future::try_join_all(params.iter().map(|p| tx.execute(&insert, p))).await?;
-    Ok(Some(recorded))
+pub async fn record_event(tx: &PgTx<'_>, event: &NewEvent) -> Result<Option<Recorded>, Error> {
+    let mut recorded = record_events(tx, std::slice::from_ref(event)).await?;
+    Ok(recorded.pop().flatten())
 }
 
-/// Records many events in one transaction, a fixed number of statements whatever their number
-/// ([`record_event`] sends four per event, each in a savepoint of a shared batch): the inbox
+/// Records many events in one transaction with three statements whatever their number (one at
+/// a time, each in a savepoint of a shared batch, it was four statements an event): the inbox
 /// rows in one statement, the subscriptions read and share-locked once, every event's
-/// deliveries in one statement. What each event gets is what [`record_event`] would give it:
+/// deliveries in one statement. What each event gets is what recording it alone gives:
 /// `None` for a message recorded before (or earlier in `events`), else its [`Recorded`].
 ///
 /// Nothing here fails for one event alone except on data PostgreSQL refuses (a NUL byte in a
