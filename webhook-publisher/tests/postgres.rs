@@ -340,21 +340,9 @@ async fn claimed_events(
     n: usize,
 ) -> (Store, Vec<Job>) {
     let store = instance(db, stop).await;
-    store
-        .ensure_default_subscription(
-            "http://127.0.0.1:9/hook".to_owned(),
-            Secret::parse(SECRET).unwrap(),
-        )
-        .await
-        .unwrap();
+    subscribe_default(&store).await;
     for i in 0..n {
-        let event = NewEvent {
-            message_id: uuid::Uuid::now_v7().to_string(),
-            event_type: keys::ORDER_CREATED.to_owned(),
-            order_id: Some(format!("order-{i}")),
-            body: br#"{"type":"order.created"}"#.to_vec(),
-            traceparent: None,
-        };
+        let event = new_event(&format!("m-{i}"), keys::ORDER_CREATED);
         store.record_event(event).await.unwrap().unwrap();
     }
     let jobs = claim(&store, Duration::from_secs(30)).await;
@@ -522,6 +510,17 @@ async fn an_attempt_that_cannot_be_written_holds_back_only_itself() {
     db.drop().await.unwrap();
 }
 
+/// The default subscription (every order event), to an address nothing listens on.
+async fn subscribe_default(store: &Store) {
+    store
+        .ensure_default_subscription(
+            "http://127.0.0.1:9/hook".to_owned(),
+            Secret::parse(SECRET).unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
 fn new_event(message_id: &str, event_type: &str) -> NewEvent {
     NewEvent {
         message_id: message_id.to_owned(),
@@ -535,13 +534,7 @@ fn new_event(message_id: &str, event_type: &str) -> NewEvent {
 /// Records a batch of events with [`Store::record_events`] and checks that each got what
 /// recording it alone gives (the same on both backends).
 async fn events_recorded_together(store: &Store) {
-    store
-        .ensure_default_subscription(
-            "http://127.0.0.1:9/hook".to_owned(),
-            Secret::parse(SECRET).unwrap(),
-        )
-        .await
-        .unwrap();
+    subscribe_default(store).await;
     // A second subscriber wants only confirmations.
     store
         .insert_subscription(
@@ -628,13 +621,7 @@ async fn an_event_that_cannot_be_recorded_fails_alone_and_the_others_are_recorde
     let db = TestDatabase::create("wh_record_bad").await.unwrap();
     let stop = CancellationToken::new();
     let store = instance(&db, &stop).await;
-    store
-        .ensure_default_subscription(
-            "http://127.0.0.1:9/hook".to_owned(),
-            Secret::parse(SECRET).unwrap(),
-        )
-        .await
-        .unwrap();
+    subscribe_default(&store).await;
     // PostgreSQL's text refuses NUL: this event cannot be recorded, together or alone.
     let bad = new_event("m-bad", "order.created\0");
     let error = store
