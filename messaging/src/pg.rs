@@ -640,7 +640,7 @@ impl OpenTx {
     }
 
     /// Rolls back; a connection that cannot even do that is closed instead.
-    async fn rollback(mut self) {
+    pub(crate) async fn rollback(mut self) {
         if self.client().batch_execute("ROLLBACK").await.is_ok() {
             self.release();
         }

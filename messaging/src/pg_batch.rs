@@ -1,5 +1,5 @@
 //! Group commit on PostgreSQL: the consumers' writes that queue up while a transaction is
-//! committing share the next one, a savepoint each.
+//! committing share the next one.
 //!
 //! On its own, every message is a transaction of its own: `BEGIN`, its statements, `COMMIT`
 //! and the WAL flush behind it. Where many messages change one row (every reserve of a popular
@@ -7,29 +7,40 @@
 //! end of the flush, so the row takes one message per commit, whatever the machine could do
 //! (≈ 200–340 reserves a second here). [`PgDb::write_in_batch`] queues the write for one of
 //! [`LANES`] lanes instead; a lane takes every write waiting at that moment (up to
-//! [`MAX_BATCH`]) and runs them one after the other in one transaction, so the row is locked
-//! once and flushed once for the whole batch. It is the PostgreSQL form of SQLite's group
-//! commit (`group_commit.rs`), and it promises the same:
-//! - each write runs under a savepoint: an `Err` (or a panic) rolls back exactly its own
-//!   changes and its caller gets its own error, the other writes of the batch go on;
-//! - a caller hears `Ok` only after the shared `COMMIT` returned, i.e. once its effect is
-//!   durable; if the commit fails, or the batch cannot go on (the connection broke), every kept
-//!   write of the batch gets an error and none of them is applied;
-//! - the outbox rows of the kept writes are inserted with the `COMMIT` (one statement, one round
-//!   trip, as [`PgDb::write`] does) and handed to this instance's relay after it.
+//! [`MAX_BATCH`]) and runs them in one transaction, so the row is locked once and flushed once
+//! for the whole batch. It is the PostgreSQL form of SQLite's group commit (`group_commit.rs`).
 //!
-//! Lock order: within a batch the writes run in the order of their `lock_key` (the row they
-//! contend for: a product id, an order id), so two lanes, or two instances, that lock several
-//! such rows take them in the same order and do not deadlock on them. A deadlock PostgreSQL
-//! still finds (rows outside the key) aborts that batch: its writes get a retryable error.
+//! A lane runs a batch's writes in one of two ways:
+//! - **together** (the usual way, [`run_together`]): all at once, each write's statements sent
+//!   as soon as it issues them, no savepoints, so the batch costs the round trips of its longest
+//!   write rather than the sum of all of them. If a write fails, the batch is rolled back: that
+//!   write's caller gets its error, the others [`DbError::WriteDropped`] (retryable: their
+//!   messages are redelivered), and the lane runs one by one for [`CAREFUL_FOR`];
+//! - **one by one** ([`run_one_by_one`]): each write under a savepoint, sent with its first
+//!   statement; an `Err` (or a panic) rolls back exactly its own changes and only its caller
+//!   hears of it, the other writes of the batch go on.
+//!
+//! Either way a caller hears `Ok` only after the shared `COMMIT` returned, i.e. once its effect
+//! is durable; if the commit fails, or the batch cannot go on (the connection broke), every kept
+//! write of the batch gets an error and none of them is applied. The outbox rows of the kept
+//! writes are inserted with the `COMMIT` (one statement, one round trip, as [`PgDb::write`]
+//! does) and handed to this instance's relay after it.
+//!
+//! Lock order: the writes of a batch start in the order of their `lock_key` (the row they contend
+//! for: a product id, an order id), so two lanes, or two instances, that lock several such rows
+//! take them in the same order and do not deadlock on them. A deadlock PostgreSQL still finds
+//! (rows outside the key, or a write's later statements run together with others) aborts that
+//! batch: its writes get a retryable error.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
+use tokio_postgres::error::SqlState;
 use tracing::warn;
 
 use crate::db_error::DbError;
@@ -56,6 +67,9 @@ pub(crate) struct Job {
 /// caller once the batch's commit is known (its error, shared by the batch, if it failed).
 struct Ran {
     kept: bool,
+    /// It failed only because another write of its batch had failed before it ("current
+    /// transaction is aborted"), which happens when the writes run [together](run_together).
+    victim: bool,
     report: Report<tokio_postgres::Error>,
 }
 
@@ -93,13 +107,18 @@ impl PgDb {
         let (reply, answer) = oneshot::channel::<Result<R, DbError>>();
         let run: Run = Box::new(move |tx| {
             Box::pin(async move {
+                let mut victim = false;
                 let outcome = match AssertUnwindSafe(f(tx)).catch_unwind().await {
                     Ok(Ok(value)) => Ok(value),
-                    Ok(Err(e)) => Err(DbError::from(e)),
+                    Ok(Err(e)) => {
+                        victim = e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION);
+                        Err(DbError::from(e))
+                    }
                     Err(_) => Err(DbError::Panicked),
                 };
                 Ran {
                     kept: outcome.is_ok(),
+                    victim,
                     report: report_after_commit(outcome, reply, DbError::PgGroupCommit),
                 }
             })
@@ -129,6 +148,7 @@ impl PgDb {
 /// Takes the writes waiting (at least one, at most [`MAX_BATCH`]) and runs them as one
 /// transaction, until every sender is gone.
 async fn lane(context: LaneContext, jobs: Arc<AsyncMutex<mpsc::UnboundedReceiver<Job>>>) {
+    let mut careful_until: Option<Instant> = None;
     loop {
         let mut batch = Vec::new();
         {
@@ -137,27 +157,96 @@ async fn lane(context: LaneContext, jobs: Arc<AsyncMutex<mpsc::UnboundedReceiver
                 return;
             }
         }
-        run_batch(&context, batch).await;
+        metrics::histogram!("pg_batch_size").record(batch.len() as f64);
+        batch.sort_by(|a, b| a.lock_key.cmp(&b.lock_key));
+        if careful_until.is_some_and(|until| Instant::now() < until) {
+            run_one_by_one(&context, batch).await;
+        } else if run_together(&context, batch).await == Together::WriteFailed {
+            careful_until = Some(Instant::now() + CAREFUL_FOR);
+        }
     }
 }
 
-/// Runs `batch` in one transaction and tells each write how it went. When the transaction
-/// cannot begin or go on, the writes not yet reported are dropped: their callers get
-/// [`DbError::WriteDropped`], which is retryable, and nothing of the batch is kept.
-async fn run_batch(context: &LaneContext, mut batch: Vec<Job>) {
-    metrics::histogram!("pg_batch_size").record(batch.len() as f64);
-    batch.sort_by(|a, b| a.lock_key.cmp(&b.lock_key));
-    let writes = batch.len();
+/// How long a lane runs its writes one by one, each under a savepoint, after a batch in which a
+/// write failed: long enough for the writes of that batch to be retried (their messages
+/// redelivered), so that each then fails or succeeds on its own.
+const CAREFUL_FOR: Duration = Duration::from_secs(5);
+
+/// How [`run_together`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Together {
+    /// Committed, or the transaction could not begin or commit (every write told).
+    Done,
+    /// A write failed: the batch was rolled back.
+    WriteFailed,
+}
+
+/// Opens the batch's transaction, or says why not (its writes are then dropped, and their
+/// callers get the retryable [`DbError::WriteDropped`]).
+async fn begin(context: &LaneContext, writes: usize) -> Option<OpenTx> {
     let open = match context.pool.get().await {
         Ok(client) => OpenTx::begin(client).await.map_err(DbError::from),
         Err(e) => Err(DbError::from(e)),
     };
-    let open = match open {
-        Ok(open) => open,
+    match open {
+        Ok(open) => Some(open),
         Err(e) => {
             warn!(error = %e, writes, "could not begin a batch of writes; they will be retried");
-            return;
+            None
         }
+    }
+}
+
+/// Runs the writes of `batch` all at once in one transaction, without savepoints: each write's
+/// statements go out as soon as it issues them, so the whole batch costs the round trips of its
+/// longest write, not the sum of all of them (on a busy machine each round trip waits for the
+/// backend to be scheduled: docs/benchmarks.md, session 10). The first statements go out in
+/// lock-key order.
+///
+/// If every write succeeds, the batch commits as in [`run_one_by_one`]. If one fails, nothing of
+/// the batch can be kept (its statements are interleaved with the others', and the transaction
+/// is aborted): the batch is rolled back, the writes that failed get their own error, the others
+/// the retryable [`DbError::WriteDropped`] (their messages are retried), and the lane runs the
+/// next batches [one by one](run_one_by_one) for [`CAREFUL_FOR`].
+async fn run_together(context: &LaneContext, batch: Vec<Job>) -> Together {
+    let writes = batch.len();
+    let Some(open) = begin(context, writes).await else {
+        return Together::Done;
+    };
+    let txs: Vec<PgTx<'_>> = batch.iter().map(|_| PgTx::new(open.client())).collect();
+    let runs = batch.into_iter().zip(&txs).map(|(job, tx)| (job.run)(tx));
+    let ran: Vec<Ran> = futures::future::join_all(runs).await;
+    if ran.iter().all(|r| r.kept) {
+        let pending = txs.into_iter().flat_map(PgTx::into_enqueued).collect();
+        let reports = ran.into_iter().map(|r| r.report).collect();
+        commit_and_report(context, open, pending, reports, writes).await;
+        return Together::Done;
+    }
+    drop(txs);
+    open.rollback().await;
+    let failed = ran.iter().filter(|r| !r.kept && !r.victim).count();
+    warn!(
+        writes,
+        failed,
+        "a write of a batch failed: the batch is rolled back, its other writes will be retried, and the next batches run their writes one by one for a while"
+    );
+    for ran in ran {
+        if !ran.kept && !ran.victim {
+            (ran.report)(None);
+        }
+    }
+    Together::WriteFailed
+}
+
+/// Runs `batch`'s writes one after the other in one transaction, each under a savepoint, and
+/// tells each write how it went: a write that fails rolls back to its savepoint and only its
+/// caller hears of it. When the transaction cannot begin or go on, the writes not yet reported
+/// are dropped: their callers get [`DbError::WriteDropped`], which is retryable, and nothing of
+/// the batch is kept.
+async fn run_one_by_one(context: &LaneContext, batch: Vec<Job>) {
+    let writes = batch.len();
+    let Some(open) = begin(context, writes).await else {
+        return;
     };
     let mut reports = Vec::with_capacity(writes);
     let mut pending = Vec::new();
@@ -193,6 +282,18 @@ async fn run_batch(context: &LaneContext, mut batch: Vec<Job>) {
         }
         reports.push(ran.report);
     }
+    commit_and_report(context, open, pending, reports, writes).await;
+}
+
+/// Commits the batch with the outbox rows of its kept writes, hands those to the relay, and
+/// tells every write (the commit's error, if it failed).
+async fn commit_and_report(
+    context: &LaneContext,
+    open: OpenTx,
+    pending: Vec<crate::OutgoingMessage>,
+    reports: Vec<Report<tokio_postgres::Error>>,
+    writes: usize,
+) {
     match open
         .commit(pending, &context.instance, context.lease_secs)
         .await

@@ -1,7 +1,7 @@
 //! Group commit on PostgreSQL (`PgDb::write_in_batch`) on a real server, a database per test:
-//! concurrent writes share transactions, a failing write undoes only its own changes, a hot
-//! row is never driven below its guard, and a batch whose commit fails applies none of its
-//! writes while telling each caller so.
+//! concurrent writes share transactions, a failing write undoes only its own changes (its batch
+//! companions are retried, then run one by one), a hot row is never driven below its guard, and
+//! a batch whose commit fails applies none of its writes while telling each caller so.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -80,6 +80,18 @@ async fn widget_write(db: PgDb, n: i64) -> Result<bool, DbError> {
     .await
 }
 
+/// [`widget_write`] as a consumer runs it: a write dropped with its batch (another write of the
+/// batch failed) is tried again. Returns the write's result and how many times it was dropped.
+async fn widget_write_retried(db: PgDb, n: i64) -> (Result<bool, DbError>, usize) {
+    let mut dropped = 0;
+    loop {
+        match widget_write(db.clone(), n).await {
+            Err(DbError::WriteDropped) if dropped < 5 => dropped += 1,
+            result => return (result, dropped),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_transactions_and_a_failing_one_undoes_only_itself() {
     let test_db = TestDatabase::create("batch_share").await.unwrap();
@@ -87,11 +99,13 @@ async fn concurrent_writes_share_transactions_and_a_failing_one_undoes_only_itse
     let db = started(&test_db, &stop).await;
 
     let writes: Vec<_> = (1..=200i64)
-        .map(|n| tokio::spawn(widget_write(db.clone(), n)))
+        .map(|n| tokio::spawn(widget_write_retried(db.clone(), n)))
         .collect();
-    let (mut kept, mut took, mut failed) = (HashSet::new(), 0, 0);
+    let (mut kept, mut took, mut failed, mut dropped) = (HashSet::new(), 0, 0, 0);
     for (n, write) in (1..=200i64).zip(writes) {
-        match write.await.unwrap() {
+        let (result, times_dropped) = write.await.unwrap();
+        dropped += times_dropped;
+        match result {
             Ok(t) => {
                 assert_ne!(n % 10, 0, "write {n} should have failed");
                 kept.insert(n);
@@ -104,6 +118,9 @@ async fn concurrent_writes_share_transactions_and_a_failing_one_undoes_only_itse
         }
     }
     assert_eq!((kept.len(), failed), (180, 20));
+    // The batches run their writes together until one fails; the failed batch's other writes
+    // are dropped once and succeed when tried again, one by one.
+    assert!(dropped < 200, "{dropped} writes were dropped");
     assert_eq!(took, 150, "the counter held 150");
 
     let client = test_db.connect().await.unwrap();
@@ -215,6 +232,103 @@ async fn a_batch_whose_commit_fails_applies_none_of_its_writes() {
         .unwrap()
         .get(0);
     assert_eq!(extra as usize, applied.len());
+
+    stop.cancel();
+    drop(client);
+    db.close();
+    test_db.drop().await.unwrap();
+}
+
+/// Holds one lane for `secs` (a write that only sleeps).
+async fn hold_a_lane(db: PgDb, secs: f64) -> Result<(), DbError> {
+    db.write_in_batch("hold", move |tx| {
+        Box::pin(async move {
+            tx.execute("SELECT pg_sleep($1)", &[&secs]).await?;
+            Ok(())
+        })
+    })
+    .await
+}
+
+/// Keeps both lanes busy for half a second, one write each (the second is sent once the first
+/// lane took the first), so that the writes sent next queue up and share the next batch.
+async fn hold_both_lanes(db: &PgDb) -> Vec<tokio::task::JoinHandle<Result<(), DbError>>> {
+    let mut holds = Vec::new();
+    for _ in 0..2 {
+        holds.push(tokio::spawn(hold_a_lane(db.clone(), 0.5)));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    holds
+}
+
+/// Inserts widget `n` (once more if `twice`, which fails on the key).
+async fn insert_widget(db: PgDb, n: i64, twice: bool) -> Result<(), DbError> {
+    db.write_in_batch(n.to_string(), move |tx| {
+        Box::pin(async move {
+            tx.execute("INSERT INTO widgets (id, txid) VALUES ($1, 0)", &[&n])
+                .await?;
+            if twice {
+                tx.execute("INSERT INTO widgets (id, txid) VALUES ($1, 0)", &[&n])
+                    .await?;
+            }
+            Ok(())
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_a_batch_run_together_until_one_fails_then_one_by_one() {
+    let test_db = TestDatabase::create("batch_together").await.unwrap();
+    let stop = CancellationToken::new();
+    let db = started(&test_db, &stop).await;
+    let holds = hold_both_lanes(&db).await;
+    let good = tokio::spawn(insert_widget(db.clone(), 1, false));
+    let bad = tokio::spawn(insert_widget(db.clone(), 2, true));
+    let also_good = tokio::spawn(insert_widget(db.clone(), 3, false));
+    for hold in holds {
+        hold.await.unwrap().unwrap();
+    }
+    // Run together, the failing write took its batch with it: its own error for it, a
+    // retryable drop for the others, nothing kept.
+    let bad = bad.await.unwrap().unwrap_err();
+    assert!(bad.to_string().contains("duplicate key"), "{bad}");
+    for dropped in [good.await.unwrap(), also_good.await.unwrap()] {
+        assert!(
+            matches!(dropped, Err(DbError::WriteDropped)),
+            "a write of the failed batch: {dropped:?}"
+        );
+    }
+    let client = test_db.connect().await.unwrap();
+    let count = client
+        .query_one("SELECT count(*) FROM widgets", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(count, 0, "nothing of the failed batch is kept");
+
+    // Tried again in one batch, one by one now: only the failing write fails.
+    let holds = hold_both_lanes(&db).await;
+    let retried = [
+        tokio::spawn(insert_widget(db.clone(), 1, false)),
+        tokio::spawn(insert_widget(db.clone(), 2, true)),
+        tokio::spawn(insert_widget(db.clone(), 3, false)),
+    ];
+    for hold in holds {
+        hold.await.unwrap().unwrap();
+    }
+    let [good, bad, also_good] = retried;
+    good.await.unwrap().unwrap();
+    also_good.await.unwrap().unwrap();
+    assert!(bad.await.unwrap().is_err());
+    let ids: HashSet<i64> = client
+        .query("SELECT id FROM widgets", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, HashSet::from([1, 3]));
 
     stop.cancel();
     drop(client);

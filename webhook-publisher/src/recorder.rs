@@ -119,7 +119,21 @@ async fn record_batch(store: &Store, batch: Vec<Job>) {
         }
     }
     let alone = events.iter().zip(replies).map(|(event, reply)| async move {
-        let _ = reply.send(store.record_event(event.clone()).await);
+        let _ = reply.send(record_alone(store, event).await);
     });
     futures::future::join_all(alone).await;
+}
+
+/// Records one event of a batch that failed. The store runs it in a batch of its own writes,
+/// which a failing write drops as a whole (the others are told [`DbError::WriteDropped`], and
+/// the store then runs its writes one by one for a while): a dropped event is tried again, so
+/// that only the event that fails is refused.
+async fn record_alone(store: &Store, event: &NewEvent) -> Answer {
+    let mut tries = 0;
+    loop {
+        match store.record_event(event.clone()).await {
+            Err(DbError::WriteDropped) if tries < 3 => tries += 1,
+            answer => return answer,
+        }
+    }
 }
