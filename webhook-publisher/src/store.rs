@@ -587,6 +587,11 @@ impl Settlement {
             next,
         }
     }
+
+    /// What made the attempt, as `attempts.trigger` stores it.
+    pub fn trigger(&self) -> &'static str {
+        if self.manual { "manual" } else { "scheduled" }
+    }
 }
 
 /// [`settle_attempt`] under a savepoint of its own: when it fails, only its own changes are
@@ -679,11 +684,7 @@ pub fn settled_state<E>(
 }
 
 fn insert_attempt(tx: &Transaction, settlement: &Settlement) -> rusqlite::Result<()> {
-    let trigger = if settlement.manual {
-        "manual"
-    } else {
-        "scheduled"
-    };
+    let trigger = settlement.trigger();
     let record = &settlement.record;
     tx.prepare_cached(
         "INSERT INTO attempts (delivery_id, number, trigger, status_code, latency_ms, error, response_body)

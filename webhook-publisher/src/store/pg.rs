@@ -512,40 +512,24 @@ pub enum Settled {
     ClaimLost,
 }
 
-/// Writes one finished attempt under a savepoint of its own: when it fails, only its own
-/// changes are undone (the delivery is attempted again after its lease) and the pass goes on.
+/// Writes one finished attempt under a savepoint of its own ([`settle_together`] of one): when
+/// it fails, only its own changes are undone (the delivery is attempted again after its lease)
+/// and the pass goes on.
 pub async fn settle_in_savepoint(
     tx: &PgTx<'_>,
     instance: &str,
     settlement: &Settlement,
 ) -> Result<Settled, Error> {
-    // The savepoint goes out with the attempt's first statements (pipelined, one round trip).
-    let (started, settled) = futures::future::join(
-        tx.batch_execute("SAVEPOINT settle"),
-        settle_attempt(tx, instance, settlement),
-    )
-    .await;
-    started?;
-    match settled {
-        Ok(settled) => {
-            tx.batch_execute("RELEASE SAVEPOINT settle").await?;
-            Ok(settled)
-        }
-        Err(e) => {
-            tx.batch_execute("ROLLBACK TO SAVEPOINT settle; RELEASE SAVEPOINT settle")
-                .await?;
-            Err(e)
-        }
-    }
+    let settled = settle_together(tx, instance, std::slice::from_ref(settlement)).await?;
+    Ok(settled.first().copied().unwrap_or(Settled::ClaimLost))
 }
 
-/// Writes a pass's finished attempts together, in a fixed number of round trips whatever their
-/// number: the one-at-a-time [`settle_in_savepoint`] costs three round trips (six statements)
-/// per attempt, and the dispatcher's pass, which waits for them, was bound by those round trips
-/// (docs/benchmarks.md, session 10). The rules are the same: the subscriptions are share-locked
-/// before the deliveries (the order a delete takes them), an attempt is recorded only if
-/// `instance` still holds the delivery's claim ([`Settled::ClaimLost`] otherwise), and the state
-/// after it is [`settled_state`]'s.
+/// Writes a pass's finished attempts together, in three round trips whatever their number
+/// (one at a time, that is three round trips per attempt, and the dispatcher's pass, which waits
+/// for them, was bound by those round trips: docs/benchmarks.md, session 10). The subscriptions
+/// are share-locked before the deliveries (the order a delete takes them, so the two never
+/// deadlock), an attempt is recorded only if `instance` still holds the delivery's claim
+/// ([`Settled::ClaimLost`] otherwise), and the state after it is [`settled_state`]'s.
 ///
 /// All of it runs under one savepoint: on an error nothing of it is kept, and the caller writes
 /// the attempts one at a time, so that one attempt that cannot be written costs only itself.
@@ -705,7 +689,7 @@ impl<'a> SettledRows<'a> {
         let record = &settlement.record;
         self.delivery_id.push(&settlement.delivery_id);
         self.number.push(settlement.number);
-        self.trigger.push(trigger(settlement));
+        self.trigger.push(settlement.trigger());
         self.status_code.push(record.status_code.map(i32::from));
         self.latency_ms.push(record.latency_ms);
         self.error.push(record.error.as_deref());
@@ -715,89 +699,6 @@ impl<'a> SettledRows<'a> {
         self.last_error.push(state.error);
         self.scheduled.push(i64::from(!settlement.manual));
     }
-}
-
-fn trigger(settlement: &Settlement) -> &'static str {
-    if settlement.manual {
-        "manual"
-    } else {
-        "scheduled"
-    }
-}
-
-/// Records the attempt and moves the delivery on ([`settled_state`]), if `instance` still
-/// holds its claim. Locks in the order a delete takes them (subscription, then delivery), so
-/// the two never deadlock.
-async fn settle_attempt(
-    tx: &PgTx<'_>,
-    instance: &str,
-    settlement: &Settlement,
-) -> Result<Settled, Error> {
-    let active = tx
-        .prepare_cached("SELECT status = 'active' FROM subscriptions WHERE id = $1 FOR SHARE")
-        .await?;
-    let held = tx
-        .prepare_cached("SELECT 1 FROM deliveries WHERE id = $1 AND claimed_by = $2 FOR UPDATE")
-        .await?;
-    // Pipelined, one round trip; the server still takes the locks in this order.
-    let subscription: [&(dyn ToSql + Sync); 1] = [&settlement.subscription_id];
-    let delivery: [&(dyn ToSql + Sync); 2] = [&settlement.delivery_id, &instance];
-    let (active, held) = tokio::try_join!(
-        tx.query_opt(&active, &subscription),
-        tx.query_opt(&held, &delivery)
-    )?;
-    let active: bool = active.is_some_and(|r| r.get(0));
-    if held.is_none() {
-        return Ok(Settled::ClaimLost);
-    }
-    let record = &settlement.record;
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO attempts (delivery_id, number, trigger, status_code, latency_ms, error,
-                                   response_body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .await?;
-    let trigger = trigger(settlement);
-    let state = settled_state(settlement, || Ok::<_, Error>(active))?;
-    let update = tx
-        .prepare_cached(
-            "UPDATE deliveries SET status = $2, next_attempt_at = $3, last_error = $4,
-                    last_status_code = $5, attempt_count = attempt_count + 1,
-                    scheduled_attempts = scheduled_attempts + $6, manual_next = false,
-                    updated_at = now(), claimed_by = NULL, claimed_until = NULL
-             WHERE id = $1",
-        )
-        .await?;
-    let status_code = record.status_code.map(i32::from);
-    // Pipelined, one round trip.
-    let scheduled = i64::from(!settlement.manual);
-    let attempt: [&(dyn ToSql + Sync); 7] = [
-        &settlement.delivery_id,
-        &settlement.number,
-        &trigger,
-        &status_code,
-        &record.latency_ms,
-        &record.error,
-        &record.response_body,
-    ];
-    let moved_on: [&(dyn ToSql + Sync); 6] = [
-        &settlement.delivery_id,
-        &state.status,
-        &state.next_attempt_at,
-        &state.error,
-        &status_code,
-        &scheduled,
-    ];
-    // Pipelined, one round trip.
-    tokio::try_join!(
-        tx.execute(&insert, &attempt),
-        tx.execute(&update, &moved_on)
-    )?;
-    if state.disable_subscription {
-        disable_subscription(tx, &settlement.subscription_id, GONE_REASON).await?;
-    }
-    Ok(Settled::Written)
 }
 
 /// Deliveries matching `filter`, newest first.
