@@ -10,9 +10,8 @@
 //! whole batch, one transaction). Each caller hears back once that transaction committed, with
 //! what recording its event alone would have said.
 //!
-//! If the batch fails, each of its events is recorded on its own as before (the store's
-//! batched writes, a savepoint each), so an event PostgreSQL refuses fails alone and the
-//! others are recorded. On SQLite, whose writer already commits in groups, events go straight
+//! If the batch fails, each of its events is recorded in a transaction of its own, so an event
+//! PostgreSQL refuses fails alone and the others are recorded. On SQLite, whose writer already commits in groups, events go straight
 //! to the store.
 
 use std::sync::{Arc, OnceLock};
@@ -118,22 +117,9 @@ async fn record_batch(store: &Store, batch: Vec<Job>) {
             }
         }
     }
+    // Each in a transaction of its own, so that only an event that fails is refused.
     let alone = events.iter().zip(replies).map(|(event, reply)| async move {
-        let _ = reply.send(record_alone(store, event).await);
+        let _ = reply.send(store.record_event(event.clone()).await);
     });
     futures::future::join_all(alone).await;
-}
-
-/// Records one event of a batch that failed. The store runs it in a batch of its own writes,
-/// which a failing write drops as a whole (the others are told [`DbError::WriteDropped`], and
-/// the store then runs its writes one by one for a while): a dropped event is tried again, so
-/// that only the event that fails is refused.
-async fn record_alone(store: &Store, event: &NewEvent) -> Answer {
-    let mut tries = 0;
-    loop {
-        match store.record_event(event.clone()).await {
-            Err(DbError::WriteDropped) if tries < 3 => tries += 1,
-            answer => return answer,
-        }
-    }
 }

@@ -170,9 +170,10 @@ impl Store {
     pub async fn record_event(&self, event: NewEvent) -> Result<Option<Recorded>, DbError> {
         match self {
             Self::Sqlite(db) => db.write(move |tx| store::record_event(tx, &event)).await,
-            // Events take only share locks (of the subscriptions): any order does.
+            // A transaction of its own: on PostgreSQL the consumer records events in batches
+            // (`recorder.rs`), and this is its way of recording one that failed there alone.
             Self::Postgres(pg) => {
-                pg.write_in_batch("", move |tx| {
+                pg.write(move |tx| {
                     Box::pin(async move { store::pg::record_event(tx, &event).await })
                 })
                 .await
