@@ -186,6 +186,15 @@ pub fn transition_effects(
         reason: order.reason.clone(),
         at: order.updated_at.clone(),
     };
+    Ok((history, transition_event(order, traceparent)?))
+}
+
+/// The `order.<status>` event of [`transition_effects`] alone (on PostgreSQL the history row is
+/// written by the statement of the change itself).
+pub fn transition_event(
+    order: &OrderRow,
+    traceparent: Option<&str>,
+) -> Result<OutgoingMessage, serde_json::Error> {
     let event = OrderEvent {
         order_id: order.id.clone(),
         product_id: order.product_id.clone(),
@@ -196,14 +205,13 @@ pub fn transition_effects(
         reason: order.reason.clone(),
         occurred_at: order.updated_at.clone(),
     };
-    let event = message(
+    message(
         EVENTS,
         order.status.event_key(),
         &order.id,
         &event,
         traceparent,
-    )?;
-    Ok((history, event))
+    )
 }
 
 /// Sets the count of orders in `status` of a report (one row of its `GROUP BY status`).

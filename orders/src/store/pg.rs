@@ -317,12 +317,8 @@ async fn transitioned(
     order: &OrderRow,
     traceparent: Option<&str>,
 ) -> Result<(), tokio_postgres::Error> {
-    let (_, event) = built_pair(decide::transition_effects(order, traceparent));
-    tx.enqueue(&event).await
-}
-
-fn built_pair<T>(effects: Result<(T, OutgoingMessage), serde_json::Error>) -> (T, OutgoingMessage) {
-    effects.unwrap_or_else(|e| panic!("a contract message failed to serialize: {e}"))
+    tx.enqueue(&built(decide::transition_event(order, traceparent)))
+        .await
 }
 
 /// The first statement of a read: everything after it sees one snapshot, as the SQLite reads
