@@ -145,13 +145,7 @@ async fn concurrent_writes_share_transactions_and_a_failing_one_undoes_only_itse
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
-    let outbox: HashSet<String> = client
-        .query("SELECT message_id FROM outbox", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let outbox: HashSet<String> = first_column(&client, "SELECT message_id FROM outbox").await;
     let expected: HashSet<String> = kept.iter().map(|n| format!("batch-{n}")).collect();
     assert_eq!(
         outbox, expected,
@@ -215,13 +209,7 @@ async fn a_batch_whose_commit_fails_applies_none_of_its_writes() {
         assert!(e.is_transient(), "a write of a failed batch is retried");
     }
     let client = test_db.connect().await.unwrap();
-    let ids: HashSet<i64> = client
-        .query("SELECT id FROM widgets", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids: HashSet<i64> = first_column(&client, "SELECT id FROM widgets").await;
     assert_eq!(
         ids, applied,
         "the rows are exactly those of the writes told Ok"
@@ -237,6 +225,15 @@ async fn a_batch_whose_commit_fails_applies_none_of_its_writes() {
     drop(client);
     db.close();
     test_db.drop().await.unwrap();
+}
+
+/// The first column of `sql`'s rows, as a set.
+async fn first_column<T>(client: &tokio_postgres::Client, sql: &str) -> HashSet<T>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a> + Eq + std::hash::Hash,
+{
+    let rows = client.query(sql, &[]).await.unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
 }
 
 /// Holds one lane for `secs` (a write that only sleeps).
@@ -321,13 +318,7 @@ async fn writes_of_a_batch_run_together_until_one_fails_then_one_by_one() {
     good.await.unwrap().unwrap();
     also_good.await.unwrap().unwrap();
     assert!(bad.await.unwrap().is_err());
-    let ids: HashSet<i64> = client
-        .query("SELECT id FROM widgets", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids: HashSet<i64> = first_column(&client, "SELECT id FROM widgets").await;
     assert_eq!(ids, HashSet::from([1, 3]));
 
     stop.cancel();
