@@ -341,7 +341,30 @@ impl PgDb {
     where
         F: for<'t> FnOnce(&'t PgTx<'t>) -> BoxFuture<'t, Result<R, tokio_postgres::Error>>,
     {
-        let open = OpenTx::begin(self.pool.get().await?).await?;
+        self.write_starting_with(Begin::Plain, f).await
+    }
+
+    /// [`write`](PgDb::write) for statements over tables whose size swings faster than their
+    /// statistics follow (a queue's backlog: the publisher's due deliveries): every statement
+    /// of the transaction is planned for its parameters and the table as it is now
+    /// (`plan_cache_mode = force_custom_plan`), never with a cached generic plan. A generic
+    /// plan made while such a table was small stays in use as it grows (nothing invalidates it
+    /// until the next `ANALYZE`) and scans all of it: on a fresh database under load the
+    /// publisher's claim and settle statements took 7–14 ms a call that way, 0.5–1.6 ms
+    /// replanned (docs/benchmarks.md, session 11). Planning each call costs ≈ 0.1–0.3 ms, so
+    /// the rest of the writes keep their cached plans.
+    pub async fn write_replanned<R, F>(&self, f: F) -> Result<R, DbError>
+    where
+        F: for<'t> FnOnce(&'t PgTx<'t>) -> BoxFuture<'t, Result<R, tokio_postgres::Error>>,
+    {
+        self.write_starting_with(Begin::Replanned, f).await
+    }
+
+    async fn write_starting_with<R, F>(&self, begin: Begin, f: F) -> Result<R, DbError>
+    where
+        F: for<'t> FnOnce(&'t PgTx<'t>) -> BoxFuture<'t, Result<R, tokio_postgres::Error>>,
+    {
+        let open = OpenTx::begin_as(self.pool.get().await?, begin).await?;
         let tx = PgTx::new(open.client());
         let outcome = f(&tx).await;
         let pending = tx.into_enqueued();
@@ -565,12 +588,32 @@ pub(crate) struct OpenTx {
     client: Option<Object>,
 }
 
+/// How a transaction of [`OpenTx`] starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Begin {
+    Plain,
+    /// Its statements never use a cached generic plan ([`PgDb::write_replanned`]).
+    Replanned,
+}
+
 impl OpenTx {
     pub(crate) async fn begin(client: Object) -> Result<Self, tokio_postgres::Error> {
+        Self::begin_as(client, Begin::Plain).await
+    }
+
+    /// `BEGIN`, and for [`Begin::Replanned`] the setting sent with it (one round trip).
+    pub(crate) async fn begin_as(
+        client: Object,
+        begin: Begin,
+    ) -> Result<Self, tokio_postgres::Error> {
         let open = Self {
             client: Some(client),
         };
-        open.client().batch_execute("BEGIN").await?;
+        let sql = match begin {
+            Begin::Plain => "BEGIN",
+            Begin::Replanned => "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan",
+        };
+        open.client().batch_execute(sql).await?;
         Ok(open)
     }
 

@@ -293,7 +293,7 @@ impl Store {
             }
             Self::Postgres(pg) => {
                 let instance = pg.instance().to_owned();
-                pg.write(move |tx| {
+                pg.write_replanned(move |tx| {
                     Box::pin(async move {
                         settle_all_pg(tx, &instance, &settlements).await;
                         Ok(())
@@ -306,7 +306,11 @@ impl Store {
 
     /// One dispatcher pass, one write transaction: record the finished attempts, then claim
     /// per active subscription as many due deliveries as `room` says it has free permits, for
-    /// `lease` (on PostgreSQL at least `OUTBOX_LEASE_SECS`), then read the next due time.
+    /// `lease` (on PostgreSQL at least `OUTBOX_LEASE_SECS`), then read the next due time. On
+    /// PostgreSQL the pass's statements are planned for the deliveries as they are now
+    /// ([`PgDb::write_replanned`]): the due backlog swings faster than statistics follow.
+    ///
+    /// [`PgDb::write_replanned`]: messaging::PgDb::write_replanned
     pub async fn pass<R>(
         &self,
         settlements: Arc<Vec<Settlement>>,
@@ -344,7 +348,7 @@ impl Store {
                     instance: pg.instance().to_owned(),
                     lease: lease.max(pg.lease()),
                 };
-                pg.write(move |tx| {
+                pg.write_replanned(move |tx| {
                     Box::pin(async move {
                         settle_all_pg(tx, &claimant.instance, &settlements).await;
                         let now = now_ms();
