@@ -243,6 +243,8 @@ instances() {
   done
 }
 gateways() { local list="" g; for g in $(instances | grep '^gateway'); do list+="${list:+,}http://127.0.0.1:$(port_of "$g")"; done; echo "$list"; }
+# Every webhook-publisher's /metrics: each counts only the deliveries it made.
+publisher_metrics() { local list="" p; for p in $(instances | grep '^webhook-publisher'); do list+="${list:+,}http://127.0.0.1:$(port_of "$p")/metrics"; done; echo "$list"; }
 database_of() { case $1 in orders) echo orders;; products) echo products;; webhook-publisher) echo webhooks;; esac; }
 
 # Starts all five services on a fresh vhost, prefix and data dir; sets $PIDS_SPEC.
@@ -347,7 +349,7 @@ sample_tables() {
 
 loadgen() {
   "$BIN/loadgen" --gateway "$(gateways)" --amqp-url "$AMQP_BASE/$vhost" \
-    --pids "$PIDS_SPEC" --webhook-metrics "http://127.0.0.1:$(port webhook-publisher)/metrics" \
+    --pids "$PIDS_SPEC" --webhook-metrics "$(publisher_metrics)" \
     --products "${PRODUCTS:-1}" ${SERIES_EVERY:+--series-every "$SERIES_EVERY"} "$@" \
     | tee -a "$BENCH_OUT"
 }

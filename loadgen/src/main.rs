@@ -75,7 +75,8 @@ struct LoadArgs {
     /// Processes to watch as `name=pid,…`; by default the service binaries are found by name.
     #[arg(long)]
     pids: Option<String>,
-    /// The webhook-publisher's /metrics, to count webhook deliveries.
+    /// The webhook-publishers' /metrics (comma-separated, one per instance), to count webhook
+    /// deliveries.
     #[arg(long)]
     webhook_metrics: Option<String>,
     /// Print the RSS of every watched process every this many seconds during the load phase.

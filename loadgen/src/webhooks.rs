@@ -1,5 +1,6 @@
-//! Webhook deliveries, read from the webhook-publisher's Prometheus counter
-//! `webhook_attempts_total{outcome="delivered"}` before and after a run.
+//! Webhook deliveries, read from the webhook-publishers' Prometheus counter
+//! `webhook_attempts_total{outcome="delivered"}` before and after a run (summed over every
+//! instance: each counts only its own).
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -17,8 +18,17 @@ pub fn parse_attempts(metrics: &str, outcome: &str) -> f64 {
         .sum()
 }
 
+/// Successful deliveries so far, according to the publishers at `urls` (comma-separated).
+pub async fn delivered(http: &reqwest::Client, urls: &str) -> Result<f64, WebhookError> {
+    let mut total = 0.0;
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        total += delivered_by(http, url).await?;
+    }
+    Ok(total)
+}
+
 /// Successful deliveries so far, according to the publisher at `url`.
-pub async fn delivered(http: &reqwest::Client, url: &str) -> Result<f64, WebhookError> {
+async fn delivered_by(http: &reqwest::Client, url: &str) -> Result<f64, WebhookError> {
     let scrape = |reason: String| WebhookError::Scrape {
         url: url.to_owned(),
         reason,
