@@ -364,7 +364,7 @@ impl PgDb {
     where
         F: for<'t> FnOnce(&'t PgTx<'t>) -> BoxFuture<'t, Result<R, tokio_postgres::Error>>,
     {
-        let open = OpenTx::begin_as(self.pool.get().await?, begin).await?;
+        let open = OpenTx::begin(self.pool.get().await?, begin).await?;
         let tx = PgTx::new(open.client());
         let outcome = f(&tx).await;
         let pending = tx.into_enqueued();
@@ -597,15 +597,8 @@ pub(crate) enum Begin {
 }
 
 impl OpenTx {
-    pub(crate) async fn begin(client: Object) -> Result<Self, tokio_postgres::Error> {
-        Self::begin_as(client, Begin::Plain).await
-    }
-
     /// `BEGIN`, and for [`Begin::Replanned`] the setting sent with it (one round trip).
-    pub(crate) async fn begin_as(
-        client: Object,
-        begin: Begin,
-    ) -> Result<Self, tokio_postgres::Error> {
+    pub(crate) async fn begin(client: Object, begin: Begin) -> Result<Self, tokio_postgres::Error> {
         let open = Self {
             client: Some(client),
         };

@@ -46,7 +46,7 @@ use tracing::warn;
 use crate::db_error::DbError;
 use crate::group_commit::{Report, report_after_commit};
 use crate::handoff::{OutboxSink, hand_to_relay};
-use crate::pg::{OpenTx, PgDb, PgTx};
+use crate::pg::{Begin, OpenTx, PgDb, PgTx};
 
 /// Transactions one instance's batched writes run in at once. Two, so that one lane collects
 /// and runs the next batch while the other waits for its flush.
@@ -71,6 +71,13 @@ struct Ran {
     /// transaction is aborted"), which happens when the writes run [together](run_together).
     victim: bool,
     report: Report<tokio_postgres::Error>,
+}
+
+impl Ran {
+    /// It failed on its own account, not as the victim of another write of its batch.
+    fn failed_itself(&self) -> bool {
+        !self.kept && !self.victim
+    }
 }
 
 /// Where [`PgDb::write_in_batch`] queues writes; the lanes start with the first one.
@@ -185,7 +192,9 @@ enum Together {
 /// callers get the retryable [`DbError::WriteDropped`]).
 async fn begin(context: &LaneContext, writes: usize) -> Option<OpenTx> {
     let open = match context.pool.get().await {
-        Ok(client) => OpenTx::begin(client).await.map_err(DbError::from),
+        Ok(client) => OpenTx::begin(client, Begin::Plain)
+            .await
+            .map_err(DbError::from),
         Err(e) => Err(DbError::from(e)),
     };
     match open {
@@ -224,14 +233,14 @@ async fn run_together(context: &LaneContext, batch: Vec<Job>) -> Together {
     }
     drop(txs);
     open.rollback().await;
-    let failed = ran.iter().filter(|r| !r.kept && !r.victim).count();
+    let failed = ran.iter().filter(|r| r.failed_itself()).count();
     warn!(
         writes,
         failed,
         "a write of a batch failed: the batch is rolled back, its other writes will be retried, and the next batches run their writes one by one for a while"
     );
     for ran in ran {
-        if !ran.kept && !ran.victim {
+        if ran.failed_itself() {
             (ran.report)(None);
         }
     }

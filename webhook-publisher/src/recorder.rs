@@ -11,8 +11,8 @@
 //! what recording its event alone would have said.
 //!
 //! If the batch fails, each of its events is recorded in a transaction of its own, so an event
-//! PostgreSQL refuses fails alone and the others are recorded. On SQLite, whose writer already commits in groups, events go straight
-//! to the store.
+//! PostgreSQL refuses fails alone and the others are recorded. On SQLite, whose writer already
+//! commits in groups, events go straight to the store.
 
 use std::sync::{Arc, OnceLock};
 
