@@ -100,10 +100,11 @@ struct CeilingArgs {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     amqp_url: String,
-    /// Quorum queues loaded in parallel (the saga has three work queues).
-    #[arg(long, default_value_t = 3)]
+    /// Quorum queues loaded in parallel (the saga has four work queues: new orders, orders,
+    /// products, webhooks).
+    #[arg(long, default_value_t = 4)]
     queues: usize,
-    /// Body size in bytes (the mean body of the five messages of an order).
+    /// Body size in bytes (about the mean body of the six messages of an order).
     #[arg(long, default_value_t = 180)]
     size: usize,
     /// Unconfirmed publishes in flight per queue (an outbox relay keeps up to 512 outstanding).
@@ -375,8 +376,11 @@ async fn run_ceiling(args: CeilingArgs) -> Result<()> {
     }
     println!("\nMessages of one confirmed order:\n");
     println!("| message | path |\n|---|---|");
-    for (name, path) in MESSAGES_PER_ORDER {
-        println!("| `{name}` | {path} |");
+    for hop in MESSAGES_PER_ORDER {
+        println!(
+            "| `{}` | {} → {} → {} |",
+            hop.key, hop.from, hop.exchange, hop.queue
+        );
     }
     Ok(())
 }

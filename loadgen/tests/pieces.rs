@@ -7,6 +7,7 @@ use loadgen::procstat;
 use loadgen::recorder::Recorder;
 use loadgen::report::{ProcessUse, RunReport, latency_row};
 use loadgen::webhooks;
+use messaging::topology::BINDINGS;
 
 #[test]
 fn stat_fields_are_counted_after_the_command_name() {
@@ -103,4 +104,37 @@ fn report_shows_percentiles_errors_and_processes() {
     assert!(report.contains("CONFIRMED 100"), "{report}");
     assert!(report.contains("| me |"), "{report}");
     assert!(report.contains("10.0/s"), "{report}");
+}
+
+/// Every message counted per order is routed as the list says: a binding of the topology takes
+/// its routing key from its exchange to its queue (`order.*` matches the order events).
+#[test]
+fn messages_per_order_follow_the_topology() {
+    let routes = |key: &str, exchange: &str, queue: &str| {
+        BINDINGS.iter().any(|&(x, pattern, q)| {
+            let matches = match pattern.strip_suffix('*') {
+                Some(prefix) => key.starts_with(prefix) && !key[prefix.len()..].contains('.'),
+                None => pattern == key,
+            };
+            x == exchange && q == queue && matches
+        })
+    };
+    for hop in loadgen::MESSAGES_PER_ORDER {
+        assert!(
+            routes(hop.key, hop.exchange, hop.queue),
+            "{hop:?} is not a route of the topology"
+        );
+    }
+    let keys: Vec<&str> = loadgen::MESSAGES_PER_ORDER.iter().map(|h| h.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "orders.create",
+            "product.reserveStock",
+            "order.created",
+            "product.stockReserved",
+            "product.stockChanged",
+            "order.confirmed"
+        ]
+    );
 }
