@@ -47,54 +47,40 @@ pub struct Hop {
 /// against the topology's bindings; `product.stockChanged` (for the live dashboard) was left
 /// out of this list until session 12, so efficiency ratios printed before then divided by 5.
 pub const MESSAGES_PER_ORDER: &[Hop] = &[
-    hop(
-        keys::ORDERS_CREATE,
-        "gateway",
-        COMMANDS,
-        ORDERS_INTAKE_QUEUE,
-    ),
-    hop(
-        keys::RESERVE_STOCK,
-        "orders (outbox)",
-        COMMANDS,
-        PRODUCTS_QUEUE,
-    ),
-    hop(
-        keys::ORDER_CREATED,
-        "orders (outbox)",
-        EVENTS,
-        WEBHOOKS_QUEUE,
-    ),
-    hop(
-        keys::STOCK_RESERVED,
-        "products (outbox)",
-        EVENTS,
-        ORDERS_QUEUE,
-    ),
-    hop(
-        keys::STOCK_CHANGED,
-        "products (outbox)",
-        EVENTS,
-        WEBHOOKS_QUEUE,
-    ),
-    hop(
-        keys::ORDER_CONFIRMED,
-        "orders (outbox)",
-        EVENTS,
-        WEBHOOKS_QUEUE,
-    ),
-];
-
-const fn hop(
-    key: &'static str,
-    from: &'static str,
-    exchange: &'static str,
-    queue: &'static str,
-) -> Hop {
     Hop {
-        key,
-        from,
-        exchange,
-        queue,
-    }
-}
+        key: keys::ORDERS_CREATE,
+        from: "gateway",
+        exchange: COMMANDS,
+        queue: ORDERS_INTAKE_QUEUE,
+    },
+    Hop {
+        key: keys::RESERVE_STOCK,
+        from: "orders (outbox)",
+        exchange: COMMANDS,
+        queue: PRODUCTS_QUEUE,
+    },
+    Hop {
+        key: keys::ORDER_CREATED,
+        from: "orders (outbox)",
+        exchange: EVENTS,
+        queue: WEBHOOKS_QUEUE,
+    },
+    Hop {
+        key: keys::STOCK_RESERVED,
+        from: "products (outbox)",
+        exchange: EVENTS,
+        queue: ORDERS_QUEUE,
+    },
+    Hop {
+        key: keys::STOCK_CHANGED,
+        from: "products (outbox)",
+        exchange: EVENTS,
+        queue: WEBHOOKS_QUEUE,
+    },
+    Hop {
+        key: keys::ORDER_CONFIRMED,
+        from: "orders (outbox)",
+        exchange: EVENTS,
+        queue: WEBHOOKS_QUEUE,
+    },
+];
