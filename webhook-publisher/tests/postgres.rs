@@ -332,6 +332,64 @@ async fn the_claim_reads_due_deliveries_in_index_order_without_sorting_the_backl
     db.drop().await.unwrap();
 }
 
+/// Deliveries in flight (claimed, lease running) are out of the range the next pass reads, as
+/// on SQLite: the claim moves their next attempt to the end of the lease. Left at their due
+/// time, every pass of every instance read them first, only to drop them for their lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_in_flight_are_not_read_again_by_the_next_pass() {
+    let db = TestDatabase::create("wh_in_flight").await.unwrap();
+    let stop = CancellationToken::new();
+    let before = webhook_publisher::store::now_ms();
+    let (store, jobs) = claimed_events(&db, &stop, 8).await;
+    let client = db.connect().await.unwrap();
+    let due_again: Vec<i64> = client
+        .query("SELECT next_attempt_at FROM deliveries", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(due_again.len(), jobs.len());
+    // claimed_events claims with a 30 s lease.
+    assert!(
+        due_again.iter().all(|&at| at >= before + 30_000),
+        "{due_again:?}"
+    );
+
+    let subscription: String = client
+        .query_one("SELECT id FROM subscriptions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute("SET enable_seqscan = off")
+        .await
+        .unwrap();
+    let plan: Vec<String> = client
+        .query(
+            &format!(
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) {}",
+                webhook_publisher::store::pg::DUE_IN_ORDER
+            ),
+            &[&subscription, &webhook_publisher::store::now_ms(), &32i64],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("deliveries_due_in_order"), "{plan}");
+    assert!(
+        !plan.contains("Rows Removed by Filter"),
+        "the pass read the deliveries in flight:\n{plan}"
+    );
+    assert!(claim(&store, Duration::from_secs(30)).await.is_empty());
+    stop.cancel();
+    drop(client);
+    db.drop().await.unwrap();
+}
+
 /// An instance's store with the default subscription and `n` recorded events, all claimed by
 /// it.
 async fn claimed_events(
