@@ -291,6 +291,25 @@ async fn postgres_unreachable_at_start_or_lost_mid_run_is_waited_for() {
     env.cleanup().await;
 }
 
+/// The plan (`explain`: `EXPLAIN` and its options) of the claim's scan of `subscription`'s
+/// deliveries due at `now`, 32 at most.
+async fn plan_of_due_in_order(
+    client: &tokio_postgres::Client,
+    explain: &str,
+    subscription: &str,
+    now: i64,
+) -> String {
+    let statement = format!("{explain} {}", webhook_publisher::store::pg::DUE_IN_ORDER);
+    let rows = client
+        .query(&statement, &[&subscription, &now, &32i64])
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The claim reads a subscription's due deliveries from the index in the order it wants and
 /// stops at its LIMIT, instead of reading every due delivery and sorting them on each pass
 /// (7 ms a pass with a backlog of ≈ 1,200, before migration 3).
@@ -311,17 +330,7 @@ async fn the_claim_reads_due_deliveries_in_index_order_without_sorting_the_backl
         )
         .await
         .unwrap();
-    let plan: Vec<String> = client
-        .query(
-            &format!("EXPLAIN {}", webhook_publisher::store::pg::DUE_IN_ORDER),
-            &[&"s", &i64::MAX, &32i64],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let plan = plan.join("\n");
+    let plan = plan_of_due_in_order(&client, "EXPLAIN", "s", i64::MAX).await;
     assert!(plan.contains("deliveries_due_in_order"), "{plan}");
     assert!(
         !plan.contains("Sort"),
@@ -365,20 +374,9 @@ async fn deliveries_in_flight_are_not_read_again_by_the_next_pass() {
         .batch_execute("SET enable_seqscan = off")
         .await
         .unwrap();
-    let plan: Vec<String> = client
-        .query(
-            &format!(
-                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) {}",
-                webhook_publisher::store::pg::DUE_IN_ORDER
-            ),
-            &[&subscription, &webhook_publisher::store::now_ms(), &32i64],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let plan = plan.join("\n");
+    let explain = "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)";
+    let now = webhook_publisher::store::now_ms();
+    let plan = plan_of_due_in_order(&client, explain, &subscription, now).await;
     assert!(plan.contains("deliveries_due_in_order"), "{plan}");
     assert!(
         !plan.contains("Rows Removed by Filter"),
