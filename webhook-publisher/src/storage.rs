@@ -322,14 +322,19 @@ impl Store {
     {
         match self {
             Self::Sqlite(db) => {
-                let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
                 db.write(move |tx| {
                     settle_all_sqlite(tx, &settlements);
                     let now = now_ms();
                     let (mut jobs, mut backlog) = (Vec::new(), false);
                     for (id, free) in room(store::active_subscription_ids(tx)?) {
                         if free > 0 {
-                            let due = store::claim_due(tx, &id, now, now + lease, free)?;
+                            let due = store::claim_due(
+                                tx,
+                                &id,
+                                now,
+                                store::lease_until(now, lease),
+                                free,
+                            )?;
                             backlog |= due.len() == free;
                             jobs.extend(due);
                         }

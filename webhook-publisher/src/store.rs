@@ -116,6 +116,13 @@ pub fn filter_matches(filter: &str, event_type: &str) -> bool {
 /// Current time in Unix milliseconds, the unit of `next_attempt_at`.
 pub use messaging::clock::now_ms;
 
+/// When a delivery claimed at `now` (Unix ms) for `lease` is due again if its attempt is never
+/// settled: the `next_attempt_at` a claim writes, on either backend. Saturating, so no lease,
+/// however long, overflows it.
+pub fn lease_until(now: i64, lease: std::time::Duration) -> i64 {
+    now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Subscription {
@@ -931,6 +938,14 @@ pub fn prune_history(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_is_due_again_at_the_end_of_its_lease_and_never_overflows() {
+        let lease = std::time::Duration::from_secs(2);
+        assert_eq!(lease_until(1_000, lease), 3_000);
+        assert_eq!(lease_until(i64::MAX - 5, lease), i64::MAX);
+        assert_eq!(lease_until(0, std::time::Duration::MAX), i64::MAX);
+    }
 
     #[test]
     fn a_pruning_batch_reads_the_index_in_order_without_sorting() {

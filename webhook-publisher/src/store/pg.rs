@@ -457,7 +457,7 @@ pub async fn claim_due(
             " FOR UPDATE SKIP LOCKED)
              UPDATE deliveries d
                 SET claimed_by = $4, claimed_until = now() + make_interval(secs => $5),
-                    next_attempt_at = $2 + $6
+                    next_attempt_at = $6
              FROM due, subscriptions s
              WHERE d.id = due.id AND s.id = d.subscription_id AND s.status = 'active'
              RETURNING d.id, d.webhook_id, d.subscription_id, s.url, s.secret, d.payload,
@@ -474,7 +474,7 @@ pub async fn claim_due(
                 &(limit as i64),
                 &claimant.instance,
                 &claimant.lease.as_secs_f64(),
-                &lease_ms(claimant.lease),
+                &super::lease_until(now, claimant.lease),
             ],
         )
         .await?;
@@ -500,11 +500,6 @@ pub async fn claim_due(
         .collect();
     jobs.sort_by(|a, b| (a.0, &a.1.delivery_id).cmp(&(b.0, &b.1.delivery_id)));
     Ok(jobs.into_iter().map(|(_, job)| job).collect())
-}
-
-/// A lease in milliseconds, for `next_attempt_at` (saturating: a lease is minutes at most).
-fn lease_ms(lease: Duration) -> i64 {
-    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The earliest future attempt time of a pending delivery, to know how long to sleep.
