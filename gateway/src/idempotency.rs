@@ -5,8 +5,8 @@
 //! for an order it has. Redis keeps, for 24 h, the fingerprint of the first body sent with the
 //! key (`idempotency:<sha256>`), so the same key with another body is refused with 422.
 
-use deadpool_redis::Pool;
 use messaging::idempotency::{GuardError, delete_if_equal};
+use messaging::shared_redis::SharedRedis;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -30,7 +30,7 @@ pub enum KeyUse {
 
 #[derive(Clone)]
 pub struct IdempotencyStore {
-    pool: Pool,
+    redis: SharedRedis,
     prefix: String,
 }
 
@@ -51,9 +51,9 @@ fn fingerprint(req: &OrderRequest) -> String {
 }
 
 impl IdempotencyStore {
-    pub fn new(pool: Pool, prefix: &str) -> Self {
+    pub fn new(redis: SharedRedis, prefix: &str) -> Self {
         Self {
-            pool,
+            redis,
             prefix: prefix.to_owned(),
         }
     }
@@ -71,14 +71,14 @@ impl IdempotencyStore {
     /// the refusal leaves nothing behind: the client may retry with the same key, or reuse it
     /// for another body. Only deletes the fingerprint of this very body.
     pub async fn release(&self, key: &str, req: &OrderRequest) -> Result<bool, GuardError> {
-        delete_if_equal(&self.pool, &self.redis_key(key, req), &fingerprint(req)).await
+        delete_if_equal(&self.redis, &self.redis_key(key, req), &fingerprint(req)).await
     }
 
     /// Records the key with this body's fingerprint, or compares with the one recorded.
     pub async fn claim(&self, key: &str, req: &OrderRequest) -> Result<KeyUse, GuardError> {
         let redis_key = self.redis_key(key, req);
         let print = fingerprint(req);
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.redis.get().await?;
         let set: Option<String> = redis::cmd("SET")
             .arg(&redis_key)
             .arg(&print)

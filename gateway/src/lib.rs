@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messaging::broker::{Broker, BrokerConfig};
-use messaging::idempotency::redis_pool;
+use messaging::idempotency::shared_redis;
 use messaging::rpc::RpcClient;
 use messaging::topology::INTAKE_MAX_LENGTH;
 use service_kit::Running;
@@ -82,7 +82,7 @@ fn positive(name: &str, value: u64) -> anyhow::Result<u64> {
 
 /// Connects to the broker and Redis and starts serving the API.
 pub async fn spawn(config: Config) -> anyhow::Result<Running> {
-    let redis = redis_pool(&config.common.redis_url)?;
+    let redis = shared_redis(&config.common.redis_url)?;
     let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));
     let rpc = RpcClient::new(&broker);
     let admission = admission::Admission::new(config.admission_limit, config.admission_poll);

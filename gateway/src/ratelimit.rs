@@ -5,7 +5,9 @@
 //! When Redis does not answer, requests are let through (fail open) with a warning: the limiter
 //! protects capacity, and refusing every request during a Redis outage would be the outage.
 
-use deadpool_redis::Pool;
+use std::sync::LazyLock;
+
+use messaging::shared_redis::SharedRedis;
 use redis::Script;
 use tracing::warn;
 
@@ -29,9 +31,12 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
 return wait_ms
 "#;
 
+/// Hashed once (Redis runs it by its SHA, and loads it again after a restart).
+static BUCKET_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BUCKET));
+
 #[derive(Clone)]
 pub struct RateLimiter {
-    pool: Pool,
+    redis: SharedRedis,
     prefix: String,
     per_second: f64,
     burst: u32,
@@ -39,9 +44,9 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// `per_second = 0` turns limiting off.
-    pub fn new(pool: Pool, prefix: &str, per_second: f64, burst: u32) -> Self {
+    pub fn new(redis: SharedRedis, prefix: &str, per_second: f64, burst: u32) -> Self {
         Self {
-            pool,
+            redis,
             prefix: prefix.to_owned(),
             per_second,
             burst: burst.max(1),
@@ -55,8 +60,8 @@ impl RateLimiter {
         }
         let key = format!("{}ratelimit:{subject}", self.prefix);
         let result: Result<i64, String> = async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-            Script::new(BUCKET)
+            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+            BUCKET_SCRIPT
                 .key(&key)
                 .arg(self.per_second)
                 .arg(self.burst)

@@ -16,6 +16,8 @@ use deadpool_redis::{Config, Pool, Runtime};
 use redis::Script;
 use uuid::Uuid;
 
+use crate::shared_redis::SharedRedis;
+
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
     #[error("redis pool: {0}")]
@@ -36,7 +38,8 @@ pub fn redis_pool(url: &str) -> Result<Pool, GuardError> {
         recycle: Some(Duration::from_secs(1)),
     };
     config.pool = Some(deadpool_redis::PoolConfig {
-        // One per concurrently handled message (consumers handle up to their prefetch, 32).
+        // A process takes one connection at a time out of it (`SharedRedis`); the size only
+        // bounds how many are made at once while a broken one is being replaced.
         max_size: 32,
         timeouts,
         ..Default::default()
@@ -44,9 +47,15 @@ pub fn redis_pool(url: &str) -> Result<Pool, GuardError> {
     Ok(config.create_pool(Some(Runtime::Tokio1))?)
 }
 
+/// The process's shared Redis connection ([`SharedRedis`]), made by a [`redis_pool`] on first
+/// use.
+pub fn shared_redis(url: &str) -> Result<SharedRedis, GuardError> {
+    Ok(SharedRedis::new(redis_pool(url)?))
+}
+
 /// `PING`, for readiness checks.
-pub async fn ping(pool: &Pool) -> bool {
-    let Ok(mut conn) = pool.get().await else {
+pub async fn ping(redis: &SharedRedis) -> bool {
+    let Ok(mut conn) = redis.get().await else {
         return false;
     };
     let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
@@ -62,7 +71,7 @@ pub struct Lock {
 
 #[derive(Clone)]
 pub struct Guard {
-    pool: Pool,
+    redis: SharedRedis,
     prefix: String,
 }
 
@@ -94,8 +103,12 @@ if redis.call("GET", KEYS[2]) == ARGV[1] then return redis.call("DEL", KEYS[2]) 
 
 /// Deletes `key` only if it still holds `value` (compare-and-delete, one round trip). Returns
 /// whether it did.
-pub async fn delete_if_equal(pool: &Pool, key: &str, value: &str) -> Result<bool, GuardError> {
-    let mut conn = pool.get().await?;
+pub async fn delete_if_equal(
+    redis: &SharedRedis,
+    key: &str,
+    value: &str,
+) -> Result<bool, GuardError> {
+    let mut conn = redis.get().await?;
     let deleted: i64 = RELEASE.key(key).arg(value).invoke_async(&mut conn).await?;
     Ok(deleted == 1)
 }
@@ -112,15 +125,11 @@ pub enum Begin {
 }
 
 impl Guard {
-    pub fn new(pool: Pool, prefix: &str) -> Self {
+    pub fn new(redis: SharedRedis, prefix: &str) -> Self {
         Self {
-            pool,
+            redis,
             prefix: prefix.to_owned(),
         }
-    }
-
-    pub fn pool(&self) -> &Pool {
-        &self.pool
     }
 
     fn key(&self, kind: &str, key: &str) -> String {
@@ -129,7 +138,7 @@ impl Guard {
 
     /// Takes `lock:<key>` unless somebody holds it.
     pub async fn try_lock(&self, key: &str, ttl: Duration) -> Result<Option<Lock>, GuardError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.redis.get().await?;
         let key = self.key("lock", key);
         let token = Uuid::new_v4().to_string();
         let set: Option<String> = redis::cmd("SET")
@@ -145,12 +154,12 @@ impl Guard {
 
     /// Deletes the lock only if it is still ours. Returns whether it was.
     pub async fn release(&self, lock: Lock) -> Result<bool, GuardError> {
-        delete_if_equal(&self.pool, &lock.key, &lock.token).await
+        delete_if_equal(&self.redis, &lock.key, &lock.token).await
     }
 
     /// Checks `processed:<key>` and, if absent, takes `lock:<key>` — in one round trip.
     pub async fn begin(&self, key: &str, lock_ttl: Duration) -> Result<Begin, GuardError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.redis.get().await?;
         let lock_key = self.key("lock", key);
         let token = Uuid::new_v4().to_string();
         let found: i64 = BEGIN
@@ -173,7 +182,7 @@ impl Guard {
     /// Sets `processed:<key>` for `ttl` and releases `lock` — in one round trip. Returns
     /// whether the lock was still ours.
     pub async fn finish(&self, key: &str, lock: Lock, ttl: Duration) -> Result<bool, GuardError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.redis.get().await?;
         let deleted: i64 = FINISH
             .key(self.key("processed", key))
             .key(&lock.key)

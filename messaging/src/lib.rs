@@ -12,7 +12,8 @@
 //! - `broker` — the reconnecting link and the confirmed publisher; `acks` — consumer acks.
 //! - `consumer`, `rpc` — the consumer loop (handlers) and request/response over AMQP.
 //! - `deadletter` — reading and replaying dead letters (the `dlq` tool's engine).
-//! - `idempotency` — the Redis guard; `store`, `pg`, `outbox` — inbox/outbox and the relay;
+//! - `idempotency` — the Redis guard; `shared_redis` — the one Redis connection a process
+//!   shares; `store`, `pg`, `outbox` — inbox/outbox and the relay;
 //!   `group_commit`, `pg_batch` — several writes in one transaction (SQLite, PostgreSQL).
 //! - `config` — `AMQP_URL` and the `env-config` primitives the store reads its settings with.
 
@@ -33,6 +34,7 @@ pub mod outbox;
 pub mod pg;
 mod pg_batch;
 pub mod rpc;
+pub mod shared_redis;
 mod sqlite_tx;
 pub mod store;
 pub mod text_column;

@@ -19,6 +19,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use messaging::shared_redis::SharedRedis;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -172,24 +173,24 @@ pub struct Owners {
 
 #[derive(Clone)]
 pub struct Bus {
-    pool: deadpool_redis::Pool,
+    redis: SharedRedis,
     prefix: String,
     pub seen_ttl: Duration,
     pub owner_ttl: Duration,
 }
 
 impl Bus {
-    pub fn new(pool: deadpool_redis::Pool, prefix: &str, seen_ttl: Duration) -> Self {
+    pub fn new(redis: SharedRedis, prefix: &str, seen_ttl: Duration) -> Self {
         Self {
-            pool,
+            redis,
             prefix: prefix.to_owned(),
             seen_ttl,
             owner_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 
-    pub fn pool(&self) -> &deadpool_redis::Pool {
-        &self.pool
+    pub fn redis(&self) -> &SharedRedis {
+        &self.redis
     }
 
     /// `<prefix>events`: the stream every accepted webhook is added to.
@@ -227,7 +228,7 @@ impl Bus {
         };
         let seller = data.seller_id.clone().unwrap_or_default();
         let minute = minute_of(&data.occurred_at, OffsetDateTime::now_utc());
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.redis.get().await?;
         let published: i64 = ACCEPT_SCRIPT
             .key(self.seen_key(webhook_id))
             .key(format!("{}stats:admin", self.prefix))
@@ -260,7 +261,7 @@ impl Bus {
             admin_stats: None,
             seller_stats: None,
         };
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.redis.get().await?;
         let published: i64 = ACCEPT_PLAIN_SCRIPT
             .key(self.seen_key(webhook_id))
             .key(self.channel())
@@ -286,7 +287,7 @@ impl Bus {
         for minute in &range {
             pipe.cmd("HGETALL").arg(self.minute_key(seller, *minute));
         }
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.redis.get().await?;
         let hashes: Vec<std::collections::HashMap<String, i64>> =
             pipe.query_async(&mut conn).await?;
         Ok(range
@@ -306,7 +307,7 @@ impl Bus {
 
     /// The owners of an order, if any of its events came through here.
     pub async fn owners(&self, order_id: &str) -> Result<Option<Owners>, BusError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.redis.get().await?;
         let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.owner_key(order_id))
             .query_async(&mut conn)

@@ -102,8 +102,12 @@ pub struct AppState {
 
 /// Connects to Redis, starts listening on the events channel and serves HTTP.
 pub async fn spawn(config: Config) -> anyhow::Result<Running> {
-    let pool = messaging::idempotency::redis_pool(&config.common.redis_url)?;
-    let bus = Bus::new(pool.clone(), &config.common.redis_prefix, config.dedupe_ttl);
+    let redis = messaging::idempotency::shared_redis(&config.common.redis_url)?;
+    let bus = Bus::new(
+        redis.clone(),
+        &config.common.redis_prefix,
+        config.dedupe_ttl,
+    );
     let hub = Arc::new(Hub::new(config.client_buffer));
     let subscribed = Arc::new(AtomicBool::new(false));
     let (telegram, telegram_task) = match config.telegram.clone() {
@@ -128,11 +132,11 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     };
     let ready_subscribed = subscribed.clone();
     let ready: service_kit::ops::ReadyCheck = Arc::new(move || {
-        let pool = pool.clone();
+        let redis = redis.clone();
         let listening = ready_subscribed.load(Ordering::SeqCst);
         Box::pin(async move {
             vec![
-                ("redis", messaging::idempotency::ping(&pool).await),
+                ("redis", messaging::idempotency::ping(&redis).await),
                 ("events_subscription", listening),
             ]
         })

@@ -28,7 +28,7 @@ use std::time::Duration;
 use messaging::Consumer;
 use messaging::MessageHandler;
 use messaging::broker::{Broker, BrokerConfig};
-use messaging::idempotency::{Guard, redis_pool};
+use messaging::idempotency::{Guard, shared_redis};
 use messaging::outbox::Relay;
 use messaging::pg::PgConfig;
 use messaging::topology::{ORDERS_INTAKE_QUEUE, ORDERS_QUEUE, ORDERS_RPC_QUEUE};
@@ -81,7 +81,7 @@ pub fn default_pool_size(intake_prefetch: u16, prefetch: u16) -> usize {
 /// consumers start once the schema is migrated; until then `/ready` says false.
 pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     let db = store::Store::open(&config.common.data_dir, config.database.as_ref()).await?;
-    let redis = redis_pool(&config.common.redis_url)?;
+    let redis = shared_redis(&config.common.redis_url)?;
     let guard = Guard::new(redis.clone(), &config.common.redis_prefix);
     let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));
     let relay = Relay::new(db.backend(), broker.clone())?;

@@ -18,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
 use messaging::broker::Broker;
+use messaging::shared_redis::SharedRedis;
 
 /// Names a dependency and says whether it answers.
 pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, Vec<(&'static str, bool)>> + Send + Sync>;
 
 /// The usual check: the broker link is up and Redis answers `PING`.
-pub fn broker_and_redis(broker: Broker, redis: deadpool_redis::Pool) -> ReadyCheck {
+pub fn broker_and_redis(broker: Broker, redis: SharedRedis) -> ReadyCheck {
     Arc::new(move || {
         let broker = broker.clone();
         let redis = redis.clone();
@@ -40,7 +41,7 @@ pub fn broker_and_redis(broker: Broker, redis: deadpool_redis::Pool) -> ReadyChe
 /// database is PostgreSQL; a SQLite file is local and needs no check.
 pub fn broker_redis_and_store(
     broker: Broker,
-    redis: deadpool_redis::Pool,
+    redis: SharedRedis,
     db: &messaging::store::Backend,
 ) -> ReadyCheck {
     let base = broker_and_redis(broker, redis);
