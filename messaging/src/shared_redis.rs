@@ -51,11 +51,6 @@ impl SharedRedis {
         }
     }
 
-    /// The pool connections are made by (its timeouts apply when a connection is made).
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
     /// The shared connection; a new one from the pool when there is none (first use, or the last
     /// one broke).
     pub async fn get(&self) -> Result<SharedConn, PoolError> {

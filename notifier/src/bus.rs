@@ -189,10 +189,6 @@ impl Bus {
         }
     }
 
-    pub fn redis(&self) -> &SharedRedis {
-        &self.redis
-    }
-
     /// `<prefix>events`: the stream every accepted webhook is added to.
     pub fn channel(&self) -> String {
         format!("{}events", self.prefix)
