@@ -52,11 +52,17 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
     UNIQUE (message_id, subscription_id)
 );
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (subscription_id, status, next_attempt_at);
-CREATE INDEX IF NOT EXISTS deliveries_next ON deliveries (status, next_attempt_at);
-CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (status, updated_at);
+DROP INDEX IF EXISTS deliveries_due;
+DROP INDEX IF EXISTS deliveries_next;
+DROP INDEX IF EXISTS deliveries_finished;
+CREATE INDEX IF NOT EXISTS deliveries_pending_due ON deliveries (subscription_id, next_attempt_at, id)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_pending_next ON deliveries (next_attempt_at)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_done ON deliveries (status, updated_at)
+    WHERE status <> 'pending';
 CREATE TABLE IF NOT EXISTS attempts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     delivery_id TEXT NOT NULL REFERENCES deliveries (id),
     number INTEGER NOT NULL,
     trigger TEXT NOT NULL CHECK (trigger IN ('scheduled', 'manual')),
@@ -895,10 +901,13 @@ pub fn replay(tx: &Transaction, id: &str) -> rusqlite::Result<Result<Delivery, R
     Ok(get_delivery(tx, id)?.ok_or(ReplayRefused::NotFound))
 }
 
-/// The oldest deliveries of one status (`?1`) last changed before now + `?2` (a negative SQLite
-/// time modifier), at most `?3`.
+/// The oldest deliveries of one finished status (`?1`) last changed before now + `?2` (a
+/// negative SQLite time modifier), at most `?3`. `status <> 'pending'` is the condition of the
+/// partial index `deliveries_done`, spelt out so that SQLite may read it (it cannot tell that a
+/// bound `?1` is never `pending`).
 const DUE_FOR_PRUNING: &str = "SELECT id FROM deliveries
-     WHERE status = ?1 AND updated_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2)
+     WHERE status <> 'pending' AND status = ?1
+       AND updated_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2)
      ORDER BY updated_at LIMIT ?3";
 
 /// Deletes up to `limit` finished (delivered or failed) deliveries last changed more than
@@ -959,8 +968,38 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         let plan = plan.join("\n");
-        assert!(plan.contains("USING INDEX deliveries_finished"), "{plan}");
+        assert!(plan.contains("USING INDEX deliveries_done"), "{plan}");
         assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
+
+    #[test]
+    fn a_database_with_the_old_indexes_gets_the_partial_ones() {
+        let conn = Connection::open_in_memory().unwrap();
+        // The indexes of webhooks.db before the partial ones (session 15).
+        conn.execute_batch(&SCHEMA.replace("DROP INDEX", "SELECT 1; --"))
+            .unwrap();
+        conn.execute_batch(
+            "CREATE INDEX deliveries_due ON deliveries (subscription_id, status, next_attempt_at);
+             CREATE INDEX deliveries_next ON deliveries (status, next_attempt_at);
+             CREATE INDEX deliveries_finished ON deliveries (status, updated_at);",
+        )
+        .unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries' AND sql IS NOT NULL ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            indexes,
+            [
+                "deliveries_done",
+                "deliveries_pending_due",
+                "deliveries_pending_next"
+            ]
+        );
     }
 
     #[test]
@@ -1177,6 +1216,41 @@ mod tests {
 mod claim_tests {
     use super::*;
 
+    #[test]
+    fn the_next_due_time_reads_the_pending_index() {
+        let conn = store_with_due(0);
+        let plan: Vec<String> = conn
+            .prepare("EXPLAIN QUERY PLAN SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' AND next_attempt_at > ?1")
+            .unwrap()
+            .query_map(params![1_000], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("deliveries_pending_next"), "{plan}");
+    }
+
+    #[test]
+    fn the_delivery_indexes_hold_only_the_rows_they_are_read_for() {
+        // A pending delivery is in the two pending indexes only while it is pending, a finished
+        // one only in `deliveries_done`: fewer index entries to write per delivery, and the
+        // pending indexes stay as small as the backlog.
+        let conn = store_with_due(0);
+        let partial: Vec<(String, bool)> = conn
+            .prepare("SELECT name, partial FROM pragma_index_list('deliveries') WHERE origin = 'c' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let names = [
+            "deliveries_done",
+            "deliveries_pending_due",
+            "deliveries_pending_next",
+        ];
+        assert_eq!(partial, names.map(|n| (n.to_owned(), true)));
+    }
+
     fn store_with_due(n: usize) -> Connection {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA).unwrap();
@@ -1224,6 +1298,10 @@ mod claim_tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         let plan = plan.join("\n");
-        assert!(plan.contains("USING INDEX deliveries_due"), "{plan}");
+        assert!(
+            plan.contains("USING INDEX deliveries_pending_due"),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
     }
 }
