@@ -550,12 +550,15 @@ pub fn claim_due(
     Ok(jobs)
 }
 
+/// The earliest attempt time after `?1` of a pending delivery (read through the partial index
+/// `deliveries_pending_next`).
+const NEXT_DUE_AFTER: &str =
+    "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' AND next_attempt_at > ?1";
+
 /// The earliest future attempt time of a pending delivery, to know how long to sleep.
 pub fn next_due_after(conn: &Connection, now: i64) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached(
-        "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' AND next_attempt_at > ?1",
-    )?
-    .query_row(params![now], |r| r.get(0))
+    conn.prepare_cached(NEXT_DUE_AFTER)?
+        .query_row(params![now], |r| r.get(0))
 }
 
 /// What one HTTP attempt gave.
@@ -948,6 +951,22 @@ pub fn prune_history(
 mod tests {
     use super::*;
 
+    /// SQLite's plan for `sql` with `params`, one line per step.
+    pub(super) fn query_plan(
+        conn: &Connection,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> String {
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(params, |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        plan.join("\n")
+    }
+
     #[test]
     fn a_claim_is_due_again_at_the_end_of_its_lease_and_never_overflows() {
         let lease = std::time::Duration::from_secs(2);
@@ -960,14 +979,11 @@ mod tests {
     fn a_pruning_batch_reads_the_index_in_order_without_sorting() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA).unwrap();
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {DUE_FOR_PRUNING}"))
-            .unwrap()
-            .query_map(params!["delivered", "-1 seconds", 500], |r| r.get(3))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        let plan = plan.join("\n");
+        let plan = query_plan(
+            &conn,
+            DUE_FOR_PRUNING,
+            params!["delivered", "-1 seconds", 500],
+        );
         assert!(plan.contains("USING INDEX deliveries_done"), "{plan}");
         assert!(!plan.contains("TEMP B-TREE"), "{plan}");
     }
@@ -975,11 +991,13 @@ mod tests {
     #[test]
     fn a_database_with_the_old_indexes_gets_the_partial_ones() {
         let conn = Connection::open_in_memory().unwrap();
-        // The indexes of webhooks.db before the partial ones (session 15).
-        conn.execute_batch(&SCHEMA.replace("DROP INDEX", "SELECT 1; --"))
-            .unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        // Back to the indexes of webhooks.db before the partial ones (session 15).
         conn.execute_batch(
-            "CREATE INDEX deliveries_due ON deliveries (subscription_id, status, next_attempt_at);
+            "DROP INDEX deliveries_done;
+             DROP INDEX deliveries_pending_due;
+             DROP INDEX deliveries_pending_next;
+             CREATE INDEX deliveries_due ON deliveries (subscription_id, status, next_attempt_at);
              CREATE INDEX deliveries_next ON deliveries (status, next_attempt_at);
              CREATE INDEX deliveries_finished ON deliveries (status, updated_at);",
         )
@@ -1214,19 +1232,13 @@ mod tests {
 
 #[cfg(test)]
 mod claim_tests {
+    use super::tests::query_plan;
     use super::*;
 
     #[test]
     fn the_next_due_time_reads_the_pending_index() {
         let conn = store_with_due(0);
-        let plan: Vec<String> = conn
-            .prepare("EXPLAIN QUERY PLAN SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' AND next_attempt_at > ?1")
-            .unwrap()
-            .query_map(params![1_000], |r| r.get(3))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        let plan = plan.join("\n");
+        let plan = query_plan(&conn, NEXT_DUE_AFTER, params![1_000]);
         assert!(plan.contains("deliveries_pending_next"), "{plan}");
     }
 
@@ -1290,14 +1302,7 @@ mod claim_tests {
     #[test]
     fn the_claim_reads_the_due_index_in_order_without_sorting() {
         let conn = store_with_due(0);
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {CLAIM_DUE}"))
-            .unwrap()
-            .query_map(params!["s", 1_000, 32], |r| r.get(3))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        let plan = plan.join("\n");
+        let plan = query_plan(&conn, CLAIM_DUE, params!["s", 1_000, 32]);
         assert!(
             plan.contains("USING INDEX deliveries_pending_due"),
             "{plan}"
