@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use loadgen::events::{self, Tracker};
 use loadgen::procstat::{self, Watched};
 use loadgen::recorder::{Recorder, Snapshot};
-use loadgen::report::{ProcessUse, RunReport};
+use loadgen::report::{ProcessUse, RunReport, Webhooks};
 use loadgen::series;
 use loadgen::target::Target;
 use loadgen::{MESSAGES_PER_ORDER, ceiling, closed_loop, open_loop, webhooks};
@@ -176,14 +176,21 @@ async fn run_load(args: LoadArgs) -> Result<()> {
     };
 
     let placed = place_load(&args, &target, &processes, &recorder, &tracker).await;
+    let webhooks_at_load_end = match (&args.webhook_metrics, webhooks_before) {
+        (Some(url), Some(before)) => Some(webhooks::delivered(&target.http, url).await? - before),
+        _ => None,
+    };
     let drain_end = drain(&tracker, secs(args.drain)).await;
-    let webhooks = match (&args.webhook_metrics, webhooks_before) {
-        (Some(url), Some(before)) => {
+    let webhooks = match (&args.webhook_metrics, webhooks_before, webhooks_at_load_end) {
+        (Some(url), Some(before), Some(during_load)) => {
             // Deliveries trail the orders; give them the drain time too.
             let wait_until = drain_end.min(Instant::now() + Duration::from_secs(5));
             tokio::time::sleep_until(wait_until.into()).await;
-            let delivered = webhooks::delivered(&target.http, url).await? - before;
-            Some((delivered, placed.started.elapsed()))
+            Some(Webhooks {
+                during_load,
+                in_all: webhooks::delivered(&target.http, url).await? - before,
+                over: placed.started.elapsed(),
+            })
         }
         _ => None,
     };

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use loadgen::procstat;
 use loadgen::recorder::Recorder;
-use loadgen::report::{ProcessUse, RunReport, latency_row};
+use loadgen::report::{ProcessUse, RunReport, Webhooks, latency_row};
 use loadgen::webhooks;
 use messaging::topology::BINDINGS;
 
@@ -90,7 +90,11 @@ fn report_shows_percentiles_errors_and_processes() {
             before: Some(sample),
             after: Some(sample),
         }],
-        webhooks: Some((20.0, Duration::from_secs(2))),
+        webhooks: Some(Webhooks {
+            during_load: 150.0,
+            in_all: 200.0,
+            over: Duration::from_secs(2),
+        }),
     }
     .render();
     assert!(report.contains("(100.0 orders/s)"), "{report}");
@@ -103,7 +107,16 @@ fn report_shows_percentiles_errors_and_processes() {
     );
     assert!(report.contains("CONFIRMED 100"), "{report}");
     assert!(report.contains("| me |"), "{report}");
-    assert!(report.contains("10.0/s"), "{report}");
+    assert!(
+        report.contains(
+            "| webhook deliveries during load | 150 (150.0/s, 1.50 per order decided in it) |"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains("| webhook deliveries | 200 (100.0/s over 2.0 s) |"),
+        "{report}"
+    );
 }
 
 /// Every message counted per order is routed as the list says: a binding of the topology takes
