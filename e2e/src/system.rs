@@ -84,6 +84,8 @@ pub struct Options {
     pub rate_limit: Option<(f64, u32)>,
     /// The gateway's `ORDERS_ADMISSION_LIMIT` (0 = off).
     pub admission_limit: u64,
+    /// The gateway's `ORDERS_ADMISSION_WEBHOOK_LIMIT` (0 = off).
+    pub webhook_admission_limit: u64,
     pub backend: Backend,
     pub instances: Instances,
 }
@@ -105,6 +107,7 @@ impl Default for Options {
             redis_url: None,
             rate_limit: None,
             admission_limit: 1_000,
+            webhook_admission_limit: 10_000,
             backend: Backend::Sqlite,
             instances: Instances::default(),
         }
@@ -362,6 +365,7 @@ impl System {
             rate_limit_per_sec,
             rate_limit_burst,
             admission_limit: self.options.admission_limit,
+            webhook_admission_limit: self.options.webhook_admission_limit,
             admission_poll: Duration::from_millis(100),
         };
         let running = gateway::spawn(config).await?;

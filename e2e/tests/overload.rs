@@ -11,7 +11,7 @@ use futures::future::join_all;
 use lapin::options::BasicPublishOptions;
 use messaging::OutgoingMessage;
 use messaging::contracts::CreateOrder;
-use messaging::topology::{COMMANDS, ORDERS_INTAKE_QUEUE, keys};
+use messaging::topology::{COMMANDS, ORDERS_INTAKE_QUEUE, WEBHOOKS_QUEUE, keys};
 use serde_json::{Value, json};
 use testkit::amqp::TestClient;
 use testkit::{TestEnv, eventually};
@@ -469,6 +469,97 @@ async fn a_full_intake_queue_is_a_nack_and_a_503() {
         .unwrap();
     assert!(statuses.values().all(|s| s == "CONFIRMED"), "{statuses:?}");
     assert_eq!(rows(&system).await.len(), accepted.len());
+
+    system.stop().await;
+    env.cleanup().await;
+}
+
+/// The webhooks of decided orders are a backlog too: with the webhook publisher not running,
+/// `webhooks_queue` fills with the orders' events, and past `ORDERS_ADMISSION_WEBHOOK_LIMIT`
+/// new orders are refused (reason `webhook_backlog`) although the saga itself is idle. The
+/// refused order leaves nothing behind, and once the publisher runs and the queue drains it gets
+/// in with its key and is decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_are_refused_while_the_webhooks_of_earlier_ones_pile_up() {
+    let env = TestEnv::new("overload-webhooks").await.unwrap();
+    // Three events per order (created, stock changed, confirmed): two orders pass the bound.
+    let webhook_limit = 6;
+    let options = Options {
+        webhook_admission_limit: webhook_limit,
+        ..Options::default()
+    };
+    let mut system = System::empty(&env, options);
+    system.start_products().await.unwrap();
+    system.start_orders().await.unwrap();
+    system.start_gateway().await.unwrap();
+    let product = system.create_product(1_000).await.unwrap();
+    let gateway = system.url("");
+    let client = TestClient::connect(&env.amqp_url).await.unwrap();
+
+    // One order at a time, each decided and its events seen by a poll before the next.
+    let mut accepted = Vec::new();
+    let refused = loop {
+        assert!(
+            accepted.len() < 10,
+            "no refusal after {} orders",
+            accepted.len()
+        );
+        let answer = post(
+            &system,
+            &gateway,
+            &product,
+            1,
+            &format!("hooks-{}", accepted.len()),
+        )
+        .await;
+        if answer.status != 202 {
+            answer.assert_refused();
+            break answer;
+        }
+        let id = answer.order_id();
+        system
+            .wait_terminal(std::slice::from_ref(&id), Duration::from_secs(30))
+            .await
+            .unwrap();
+        accepted.push(id);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let waiting = client.ready_count(WEBHOOKS_QUEUE).await.unwrap();
+    assert!(
+        u64::from(waiting) > webhook_limit / 2,
+        "refused with only {waiting} events waiting"
+    );
+    assert!(
+        metric(
+            &system,
+            &gateway,
+            "gateway_orders_refused_total{reason=\"webhook_backlog\"}"
+        )
+        .await
+        .is_some_and(|n| n >= 1.0)
+    );
+    assert_eq!(
+        rows(&system).await.len(),
+        accepted.len(),
+        "the refused order left a row"
+    );
+
+    // The publisher (and its notifier) start and drain the queue: the refused key gets in.
+    system.start_realtime().await.unwrap();
+    let later = retry_until_accepted(
+        &system,
+        &gateway,
+        &product,
+        1,
+        std::slice::from_ref(&refused.key),
+    )
+    .await;
+    let statuses = system
+        .wait_terminal(&later, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(statuses.values().all(|s| s == "CONFIRMED"), "{statuses:?}");
+    assert_eq!(rows(&system).await.len(), accepted.len() + 1);
 
     system.stop().await;
     env.cleanup().await;

@@ -495,17 +495,35 @@ async fn call_within<Req: serde::Serialize, Resp: DeserializeOwned>(
     serde_json::from_slice(&reply).map_err(|e| internal(format!("unreadable reply to {key}: {e}")))
 }
 
-/// The saga has as many undecided orders as it may: 503, nothing claimed or published.
+/// The saga has as many undecided orders as it may, or the webhooks as many events waiting, or
+/// nearly (early shedding): 503, nothing claimed or published.
 fn shedding(s: Shedding) -> Problem {
-    Refusal::Backlog.count();
-    info!(
-        backlog = s.backlog,
-        limit = s.limit,
-        "order refused: the saga's backlog is at the admission limit"
-    );
-    overloaded(
-        "too many orders are waiting to be decided; retry later (with the same Idempotency-Key)",
-    )
+    s.cause.count();
+    let what = match s.cause {
+        Refusal::WebhookBacklog => "the webhooks waiting to be sent are",
+        _ => "the saga's backlog is",
+    };
+    if s.early {
+        info!(
+            backlog = s.backlog,
+            limit = s.limit,
+            "order refused early: {what} past half the admission limit"
+        );
+    } else {
+        info!(
+            backlog = s.backlog,
+            limit = s.limit,
+            "order refused: {what} at the admission limit"
+        );
+    }
+    overloaded(match s.cause {
+        Refusal::WebhookBacklog => {
+            "too many decided orders are waiting for their notifications; retry later (with the same Idempotency-Key)"
+        }
+        _ => {
+            "too many orders are waiting to be decided; retry later (with the same Idempotency-Key)"
+        }
+    })
 }
 
 fn overloaded(detail: &str) -> Problem {

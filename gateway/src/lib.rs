@@ -8,7 +8,9 @@
 //! - `requests` — the request and response bodies and their validation rules.
 //! - `auth` — the caller of a request (JWT) and its rate limit (`ratelimit`, a Redis bucket).
 //! - `idempotency` — the `Idempotency-Key` of `POST /orders`.
-//! - `admission` — refusing new orders with 503 while the saga's backlog is at its bound.
+//! - `admission` — refusing new orders with 503 while the saga's backlog, or the webhooks
+//!   waiting to be sent, are at their bound (and, at random, a rising share of them from half
+//!   the bound on).
 //! - `sellers` — who sells a product, remembered so `orders.create` carries it.
 //! - `bin/dev-token.rs` — a signed token for local use.
 
@@ -49,6 +51,9 @@ pub struct Config {
     /// `ORDERS_ADMISSION_LIMIT` (0 = off): undecided orders waiting in the saga's queues beyond
     /// which `POST /orders` answers 503.
     pub admission_limit: u64,
+    /// `ORDERS_ADMISSION_WEBHOOK_LIMIT` (0 = off): events waiting in `webhooks_queue` beyond
+    /// which `POST /orders` answers 503.
+    pub webhook_admission_limit: u64,
     /// `ORDERS_ADMISSION_POLL_MS`: how often the saga's backlog is read from the broker.
     pub admission_poll: Duration,
 }
@@ -64,6 +69,7 @@ impl Config {
             rate_limit_per_sec: env_or("RATE_LIMIT_PER_SEC", 20.0)?,
             rate_limit_burst: env_or("RATE_LIMIT_BURST", 40)?,
             admission_limit: env_or("ORDERS_ADMISSION_LIMIT", 1_000)?,
+            webhook_admission_limit: env_or("ORDERS_ADMISSION_WEBHOOK_LIMIT", 10_000)?,
             admission_poll: Duration::from_millis(positive(
                 "ORDERS_ADMISSION_POLL_MS",
                 env_or("ORDERS_ADMISSION_POLL_MS", 100)?,
@@ -85,7 +91,11 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     let redis = shared_redis(&config.common.redis_url)?;
     let broker = Broker::new(BrokerConfig::new(&config.common.amqp_url, SERVICE));
     let rpc = RpcClient::new(&broker);
-    let admission = admission::Admission::new(config.admission_limit, config.admission_poll);
+    let limits = admission::Limits {
+        saga: config.admission_limit,
+        webhooks: config.webhook_admission_limit,
+    };
+    let admission = admission::Admission::new(limits, config.admission_poll);
     if admission.enabled() {
         if config.admission_limit >= INTAKE_MAX_LENGTH as u64 {
             tracing::warn!(
