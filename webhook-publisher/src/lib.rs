@@ -73,10 +73,10 @@ pub struct Config {
     pub schedule: RetrySchedule,
     /// `WEBHOOK_TIMEOUT_MS`: time limit of one request.
     pub timeout: Duration,
-    /// `WEBHOOK_ENDPOINT_CONCURRENCY` (32): requests in flight per subscription; see
-    /// "Throughput and cost of the publisher" in docs/webhooks.md for why 32.
+    /// `WEBHOOK_ENDPOINT_CONCURRENCY` (64): requests in flight per subscription; see
+    /// "Throughput and cost of the publisher" in docs/webhooks.md for why 64.
     pub endpoint_concurrency: usize,
-    /// `WEBHOOKS_PREFETCH`: unacked events the consumer may hold.
+    /// `WEBHOOKS_PREFETCH` (128): unacked events the consumer may hold.
     pub prefetch: u16,
     /// `WEBHOOK_ALLOWED_NETWORKS`: forbidden addresses that subscriptions may use all the same.
     pub allowed_networks: Vec<IpNet>,
@@ -95,12 +95,17 @@ pub struct Config {
 }
 
 /// Connections the publisher may use at once by default: one per event the consumer may be
-/// recording (`WEBHOOKS_PREFETCH`), one for the dispatcher's pass (attempts in flight hold no
-/// connection: they are written by the next pass), one for the history pruning, and four for
-/// the HTTP API and `/ready`.
+/// recording (`WEBHOOKS_PREFETCH`, but at most 32: past that, events queue briefly for a
+/// connection rather than make every instance's pool larger than PostgreSQL's 100 connections
+/// allow), one for the dispatcher's pass (attempts in flight hold no connection: they are
+/// written by the next pass), one for the history pruning, and four for the HTTP API and
+/// `/ready`.
 pub fn default_pool_size(prefetch: u16) -> usize {
-    usize::from(prefetch) + 6
+    usize::from(prefetch.min(RECORDING_CONNECTIONS)) + 6
 }
+
+/// The most connections the consumer's recording gets by default (see [`default_pool_size`]).
+const RECORDING_CONNECTIONS: u16 = 32;
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
@@ -112,7 +117,10 @@ impl Config {
         )?;
         let schedule = RetrySchedule::parse_ms(&schedule_text, jitter / 100.0)
             .map_err(|e| anyhow::anyhow!("WEBHOOK_RETRY_SCHEDULE_MS: {e}"))?;
-        let prefetch = env_or("WEBHOOKS_PREFETCH", 32)?;
+        // 128 events and 64 requests per endpoint in flight: with 32 of each the webhook path
+        // delivered ≈ 2,900/s at most, less than the 3 per order the saga decides at saturation
+        // (docs/benchmarks.md, session 16).
+        let prefetch = env_or("WEBHOOKS_PREFETCH", 128)?;
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             notifier_url: env_or("NOTIFIER_URL", DEFAULT_NOTIFIER_URL.to_owned())?,
@@ -120,7 +128,7 @@ impl Config {
             jwt_secret: jwt_auth::jwt_secret_from_env(app_env)?,
             schedule,
             timeout: Duration::from_millis(env_or("WEBHOOK_TIMEOUT_MS", 10_000)?),
-            endpoint_concurrency: env_or("WEBHOOK_ENDPOINT_CONCURRENCY", 32)?,
+            endpoint_concurrency: env_or("WEBHOOK_ENDPOINT_CONCURRENCY", 64)?,
             prefetch,
             allowed_networks: egress::parse_allowed_networks(&env_or(
                 "WEBHOOK_ALLOWED_NETWORKS",
@@ -338,4 +346,17 @@ async fn report_corrupt_filters(store: &Store) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_pool_size;
+
+    #[test]
+    fn the_default_pool_follows_the_prefetch_up_to_32_recording_connections() {
+        assert_eq!(default_pool_size(16), 22);
+        assert_eq!(default_pool_size(32), 38);
+        // The default prefetch of 128 keeps the pool that fits PostgreSQL's 100 connections.
+        assert_eq!(default_pool_size(128), 38);
+    }
 }
