@@ -203,40 +203,50 @@ impl Admission {
         };
         let waiting =
             inner.backlog.load(Ordering::SeqCst) + inner.published.load(Ordering::SeqCst) + ours;
-        let bounds = [
-            (Refusal::Backlog, waiting, inner.limits.saga),
-            (
-                Refusal::WebhookBacklog,
-                inner.webhook_backlog.load(Ordering::SeqCst),
-                inner.limits.webhooks,
-            ),
-        ];
-        let bounds = bounds.into_iter().filter(|&(_, _, limit)| limit > 0);
+        let bounds = self.bounds(waiting);
         // A bound that is passed refuses outright; else the one closest to its limit may
         // refuse early.
-        let (cause, backlog, limit) = match bounds.clone().find(|&(_, n, limit)| n > limit) {
-            Some(full) => {
+        let refusing = match bounds.clone().find(|b| b.backlog > b.limit) {
+            Some(passed) => {
                 metrics::gauge!("gateway_admission_open").set(0.0);
-                full
+                passed
             }
-            None => match bounds
-                .max_by(|a, b| shed_probability(a.1, a.2).total_cmp(&shed_probability(b.1, b.2)))
-            {
-                Some(nearest) if draw < shed_probability(nearest.1, nearest.2) => nearest,
-                _ => return Ok(ticket),
-            },
+            None => {
+                match bounds.max_by(|a, b| a.shed_probability().total_cmp(&b.shed_probability())) {
+                    Some(nearest) if draw < nearest.shed_probability() => nearest,
+                    _ => return Ok(ticket),
+                }
+            }
         };
         Err(Shedding {
-            cause,
+            cause: refusing.cause,
             // The saga's count includes the order asked for; the refusal reports what waits.
-            backlog: if cause == Refusal::Backlog {
-                backlog - 1
-            } else {
-                backlog
+            backlog: match refusing.cause {
+                Refusal::Backlog => refusing.backlog - 1,
+                _ => refusing.backlog,
             },
-            limit,
-            early: backlog <= limit,
+            limit: refusing.limit,
+            early: refusing.backlog <= refusing.limit,
         })
+    }
+
+    /// The enabled bounds: the saga's with `waiting` orders, the webhooks' as last polled.
+    fn bounds(&self, waiting: u64) -> impl Iterator<Item = Bound> + Clone + use<> {
+        let inner = &self.inner;
+        [
+            Bound {
+                cause: Refusal::Backlog,
+                backlog: waiting,
+                limit: inner.limits.saga,
+            },
+            Bound {
+                cause: Refusal::WebhookBacklog,
+                backlog: inner.webhook_backlog.load(Ordering::SeqCst),
+                limit: inner.limits.webhooks,
+            },
+        ]
+        .into_iter()
+        .filter(|b| b.limit > 0)
     }
 
     /// Records a poll: `backlog` (the saga's) was read after the first `counted` publishes
@@ -256,31 +266,30 @@ impl Admission {
         let waiting = backlog
             + inner.published.load(Ordering::SeqCst)
             + inner.in_flight.load(Ordering::SeqCst);
-        let under = |n: u64, limit: u64| limit == 0 || n < limit;
-        let open =
-            under(waiting, inner.limits.saga) && under(webhook_backlog, inner.limits.webhooks);
+        let open = self.bounds(waiting).all(|b| b.backlog < b.limit);
         metrics::gauge!("gateway_admission_open").set(if open { 1.0 } else { 0.0 });
         metrics::gauge!("gateway_saga_backlog").set(backlog as f64);
         metrics::gauge!("gateway_webhook_backlog").set(webhook_backlog as f64);
     }
 
-    /// Which bound, if any, the last poll found passed (for the log).
-    fn passed(&self) -> Option<(&'static str, u64, u64)> {
-        let inner = &self.inner;
-        [
-            (
-                "saga backlog",
-                inner.backlog.load(Ordering::SeqCst),
-                inner.limits.saga,
-            ),
-            (
-                "webhook backlog",
-                inner.webhook_backlog.load(Ordering::SeqCst),
-                inner.limits.webhooks,
-            ),
-        ]
-        .into_iter()
-        .find(|&(_, n, limit)| limit > 0 && n >= limit)
+    /// The bound, if any, that the last poll found reached (for the log).
+    fn reached(&self) -> Option<Bound> {
+        let polled = self.inner.backlog.load(Ordering::SeqCst);
+        self.bounds(polled).find(|b| b.backlog >= b.limit)
+    }
+}
+
+/// One backlog against its bound (0 = off, never listed).
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    cause: Refusal,
+    backlog: u64,
+    limit: u64,
+}
+
+impl Bound {
+    fn shed_probability(&self) -> f64 {
+        shed_probability(self.backlog, self.limit)
     }
 }
 
@@ -319,13 +328,14 @@ impl Attachment for Admission {
                         return;
                     };
                     self.polled(backlog, counted, webhook_backlog);
-                    let passed = self.passed();
-                    if passed.is_some() != shedding {
-                        match passed {
-                            Some((what, backlog, limit)) => warn!(
-                                backlog,
-                                limit,
-                                "{what} at its admission limit; refusing new orders with 503"
+                    let reached = self.reached();
+                    if reached.is_some() != shedding {
+                        match reached {
+                            Some(b) => warn!(
+                                reason = b.cause.label(),
+                                backlog = b.backlog,
+                                limit = b.limit,
+                                "a backlog is at its admission limit; refusing new orders with 503"
                             ),
                             None => info!(
                                 backlog,
@@ -333,7 +343,7 @@ impl Attachment for Admission {
                                 "backlogs under their admission limits; admitting new orders again"
                             ),
                         }
-                        shedding = passed.is_some();
+                        shedding = reached.is_some();
                     }
                 }
             })
