@@ -387,8 +387,8 @@ mod tests {
         bounded(limit, 0)
     }
 
-    #[test]
     /// The hard limit, with the early shedding drawn away.
+    #[test]
     fn one_instance_never_admits_past_the_limit() {
         let admission = saga_only(3);
         admission.polled(1, 0, 0);

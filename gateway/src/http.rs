@@ -499,31 +499,26 @@ async fn call_within<Req: serde::Serialize, Resp: DeserializeOwned>(
 /// nearly (early shedding): 503, nothing claimed or published.
 fn shedding(s: Shedding) -> Problem {
     s.cause.count();
-    let what = match s.cause {
-        Refusal::WebhookBacklog => "the webhooks waiting to be sent are",
-        _ => "the saga's backlog is",
+    let (what, detail) = match s.cause {
+        Refusal::WebhookBacklog => (
+            "the webhooks waiting to be sent are",
+            "too many decided orders are waiting for their notifications; retry later (with the same Idempotency-Key)",
+        ),
+        _ => (
+            "the saga's backlog is",
+            "too many orders are waiting to be decided; retry later (with the same Idempotency-Key)",
+        ),
     };
-    if s.early {
-        info!(
-            backlog = s.backlog,
-            limit = s.limit,
-            "order refused early: {what} past half the admission limit"
-        );
-    } else {
-        info!(
-            backlog = s.backlog,
-            limit = s.limit,
-            "order refused: {what} at the admission limit"
-        );
-    }
-    overloaded(match s.cause {
-        Refusal::WebhookBacklog => {
-            "too many decided orders are waiting for their notifications; retry later (with the same Idempotency-Key)"
-        }
-        _ => {
-            "too many orders are waiting to be decided; retry later (with the same Idempotency-Key)"
-        }
-    })
+    let (refused, reached) = match s.early {
+        true => ("refused early", "past half"),
+        false => ("refused", "at"),
+    };
+    info!(
+        backlog = s.backlog,
+        limit = s.limit,
+        "order {refused}: {what} {reached} the admission limit"
+    );
+    overloaded(detail)
 }
 
 fn overloaded(detail: &str) -> Problem {

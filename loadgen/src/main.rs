@@ -170,19 +170,24 @@ async fn run_load(args: LoadArgs) -> Result<()> {
     )
     .await
     .context("preparing the target (token, product)")?;
-    let webhooks_before = match &args.webhook_metrics {
-        Some(url) => Some(webhooks::delivered(&target.http, url).await?),
+    // Deliveries are counted from the publishers' counter: before the load, at its end and
+    // after the drain.
+    let webhooks_before = match args.webhook_metrics.as_deref() {
+        Some(url) => Some((url, webhooks::delivered(&target.http, url).await?)),
         None => None,
     };
 
     let placed = place_load(&args, &target, &processes, &recorder, &tracker).await;
-    let webhooks_at_load_end = match (&args.webhook_metrics, webhooks_before) {
-        (Some(url), Some(before)) => Some(webhooks::delivered(&target.http, url).await? - before),
-        _ => None,
+    let webhooks_at_load_end = match webhooks_before {
+        Some((url, before)) => {
+            let during_load = webhooks::delivered(&target.http, url).await? - before;
+            Some((url, before, during_load))
+        }
+        None => None,
     };
     let drain_end = drain(&tracker, secs(args.drain)).await;
-    let webhooks = match (&args.webhook_metrics, webhooks_before, webhooks_at_load_end) {
-        (Some(url), Some(before), Some(during_load)) => {
+    let webhooks = match webhooks_at_load_end {
+        Some((url, before, during_load)) => {
             // Deliveries trail the orders; give them the drain time too.
             let wait_until = drain_end.min(Instant::now() + Duration::from_secs(5));
             tokio::time::sleep_until(wait_until.into()).await;
@@ -192,7 +197,7 @@ async fn run_load(args: LoadArgs) -> Result<()> {
                 over: placed.started.elapsed(),
             })
         }
-        _ => None,
+        None => None,
     };
     let final_ = recorder.snapshot();
     let outstanding = tracker.outstanding();
