@@ -1,15 +1,24 @@
 //! Group commit: one writer thread per database that runs every queued write transaction of
-//! the moment inside a single `BEGIN IMMEDIATE … COMMIT`, one savepoint each.
+//! the moment inside a single `BEGIN IMMEDIATE … COMMIT`.
 //!
 //! With `synchronous=FULL` every commit is an fsync, and SQLite has one writer at a time, so
 //! committing each consumer's write on its own caps a service at one message per fsync. Here
 //! the writes that queued up while the previous commit was syncing share the next commit.
 //! The writer also waits up to `SQLITE_COMMIT_DELAY_US` (1 ms) for more writes before it commits
 //! a group that has room, so that a steady trickle shares commits too ([`commit_delay_from_env`]).
-//! Nothing about a single write changes: its closure runs under its own savepoint, an `Err`
-//! rolls back exactly its own changes (the others commit), and its caller hears `Ok` only
-//! after the shared `COMMIT` returned, i.e. once its effect is durable. If the commit itself
-//! fails, every write of the group gets the error and none of them is applied.
+//! Nothing about a single write changes: an `Err` (or a panic) undoes exactly its own changes
+//! (the others commit), and its caller hears `Ok` only after the shared `COMMIT` returned, i.e.
+//! once its effect is durable. If the commit itself fails, every write of the group gets the
+//! error and none of them is applied.
+//!
+//! How a failure undoes only its own write: the group first runs with no savepoints at all, and
+//! almost always every write succeeds and the group commits. If one fails, the whole
+//! transaction is rolled back and the group runs again, each write under a savepoint of its own
+//! (`ROLLBACK TO` it on failure). A savepoint per write on every group cost a statement journal:
+//! SQLite copies each page a write is about to change, once per savepoint, so that it could put
+//! it back (`memjrnlWrite`, page copies of 4 KiB: ≈ 5 % of the publisher's CPU at saturation,
+//! docs/benchmarks.md, session 17). That is why a write is an `Fn`: it may run twice, and
+//! only the outcome of its last run counts.
 //!
 //! Each write runs in a [`SqliteTx`] of its own, which collects the outbox rows the write
 //! enqueued. The rows of a write whose savepoint was kept are handed to the outbox relay after
@@ -42,16 +51,69 @@ use crate::sqlite_tx::SqliteTx;
 /// At most this many writes share one commit, so one commit never holds the lock for long.
 const MAX_GROUP: usize = 256;
 
-/// A write as the writer thread sees it: run it on the open transaction; what it left for after
-/// the commit is its [`Ran`].
-type Job = Box<dyn FnOnce(&Transaction) -> Ran + Send>;
+/// A write as the writer thread sees it: it can run (again) on the open transaction, and then
+/// be told how the commit went.
+type Job = Box<dyn Write + Send>;
 
-/// A write that ran in the group transaction: the outbox rows it enqueued (none if it was rolled
-/// back), and how to tell its caller the outcome once the commit returned (the commit's error,
-/// shared by the whole group, if it failed).
-struct Ran {
-    enqueued: Vec<OutboxRow>,
-    report: Report<rusqlite::Error>,
+/// Whether a write runs under a savepoint of its own (see the module doc).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Guard {
+    /// Straight in the group's transaction: a failure means the whole group runs again.
+    Bare,
+    /// Between `SAVEPOINT` and `RELEASE`: a failure rolls back this write only.
+    Savepoint,
+}
+
+/// One queued write: its closure, the outcome of its last run, and its caller's answer.
+trait Write {
+    /// Runs the write in `tx`, replacing the outcome of an earlier run; returns whether it
+    /// succeeded. With [`Guard::Bare`] a failed write may leave changes behind, which the
+    /// caller must roll back with the whole transaction.
+    fn run(&mut self, tx: &Transaction, guard: Guard) -> bool;
+    /// The outbox rows its last run enqueued (none if it failed), for the relay.
+    fn take_enqueued(&mut self) -> Vec<OutboxRow>;
+    /// Answers the caller once the commit returned (`Some`: it failed with that error).
+    fn answer(self: Box<Self>, commit_error: Option<Arc<rusqlite::Error>>);
+}
+
+/// The [`Write`] of [`Writer::write`]: `f` and what its last run left.
+struct Queued<R, F> {
+    f: F,
+    outcome: Option<Result<(R, Vec<OutboxRow>), DbError>>,
+    reply: oneshot::Sender<Result<R, DbError>>,
+}
+
+impl<R, F> Write for Queued<R, F>
+where
+    R: Send + 'static,
+    F: Fn(&SqliteTx) -> Result<R, DbError>,
+{
+    fn run(&mut self, tx: &Transaction, guard: Guard) -> bool {
+        let outcome = match guard {
+            Guard::Bare => run_bare(tx, &self.f),
+            Guard::Savepoint => run_in_savepoint(tx, &self.f),
+        };
+        let succeeded = outcome.is_ok();
+        self.outcome = Some(outcome);
+        succeeded
+    }
+
+    fn take_enqueued(&mut self) -> Vec<OutboxRow> {
+        match &mut self.outcome {
+            Some(Ok((_, enqueued))) => std::mem::take(enqueued),
+            _ => Vec::new(),
+        }
+    }
+
+    fn answer(self: Box<Self>, commit_error: Option<Arc<rusqlite::Error>>) {
+        let outcome = match (self.outcome, &commit_error) {
+            (Some(outcome), _) => outcome.map(|(value, _)| value),
+            // It never ran: the group's transaction failed before it (see `run_group`).
+            (None, Some(e)) => Err(DbError::GroupCommit(e.clone())),
+            (None, None) => Err(DbError::WriteDropped),
+        };
+        report_after_commit(outcome, self.reply, DbError::GroupCommit)(commit_error);
+    }
 }
 
 /// Tells the caller of one write of a shared transaction how it went, once the commit is known
@@ -154,40 +216,47 @@ impl Writer {
     }
 
     /// Runs `f` in the next group transaction and returns once that transaction committed.
+    /// `f` may run twice (see the module doc); only its last run's changes and value count.
     pub(crate) async fn write<R, F>(&self, f: F) -> Result<R, DbError>
     where
         R: Send + 'static,
-        F: FnOnce(&SqliteTx) -> Result<R, DbError> + Send + 'static,
+        F: Fn(&SqliteTx) -> Result<R, DbError> + Send + 'static,
     {
-        let (tx_result, rx_result) = oneshot::channel::<Result<R, DbError>>();
-        let job: Job = Box::new(move |tx: &Transaction| {
-            let (outcome, enqueued) = match run_in_savepoint(tx, f) {
-                Ok((value, enqueued)) => (Ok(value), enqueued),
-                Err(e) => (Err(e), Vec::new()),
-            };
-            let report = report_after_commit(outcome, tx_result, DbError::GroupCommit);
-            Ran { enqueued, report }
+        let (reply, answer) = oneshot::channel::<Result<R, DbError>>();
+        let job: Job = Box::new(Queued {
+            f,
+            outcome: None,
+            reply,
         });
         self.jobs
             .send(Request::Write(job))
             .map_err(|_| DbError::WriterStopped)?;
-        rx_result.await.map_err(|_| DbError::WriteDropped)?
+        answer.await.map_err(|_| DbError::WriteDropped)?
     }
 }
 
-/// Runs `f` in a [`SqliteTx`] between `SAVEPOINT` and `RELEASE`, rolling its changes back when
-/// it fails or panics; on success, returns its value and the outbox rows it enqueued.
-fn run_in_savepoint<R, F>(tx: &Transaction, f: F) -> Result<(R, Vec<OutboxRow>), DbError>
+/// Runs `f` in a [`SqliteTx`] straight in the group's transaction; on success, returns its
+/// value and the outbox rows it enqueued. A failure or panic may leave some of its changes.
+fn run_bare<R, F>(tx: &Transaction, f: &F) -> Result<(R, Vec<OutboxRow>), DbError>
 where
-    F: FnOnce(&SqliteTx) -> Result<R, DbError>,
+    F: Fn(&SqliteTx) -> Result<R, DbError>,
 {
-    tx.prepare_cached("SAVEPOINT w")?.execute([])?;
     let write = SqliteTx::new(tx);
-    let outcome = match catch_unwind(AssertUnwindSafe(|| f(&write))) {
+    match catch_unwind(AssertUnwindSafe(|| f(&write))) {
         Ok(Ok(value)) => Ok((value, write.into_enqueued())),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(DbError::Panicked),
-    };
+    }
+}
+
+/// [`run_bare`] between `SAVEPOINT` and `RELEASE`, rolling its changes back when it fails or
+/// panics.
+fn run_in_savepoint<R, F>(tx: &Transaction, f: &F) -> Result<(R, Vec<OutboxRow>), DbError>
+where
+    F: Fn(&SqliteTx) -> Result<R, DbError>,
+{
+    tx.prepare_cached("SAVEPOINT w")?.execute([])?;
+    let outcome = run_bare(tx, f);
     if outcome.is_err() {
         tx.prepare_cached("ROLLBACK TO w")?.execute([])?;
     }
@@ -247,34 +316,47 @@ fn next_within(queue: &mpsc::Receiver<Request>, until: Instant) -> Option<Reques
 }
 
 /// Runs `group` in one transaction and tells each write how the commit went.
-fn commit_group(conn: &mut Connection, group: Vec<Job>, sink: &OutboxSink) {
+fn commit_group(conn: &mut Connection, mut group: Vec<Job>, sink: &OutboxSink) {
     metrics::histogram!("sqlite_group_commit_size").record(group.len() as f64);
-    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            // The writes are not run: dropping them drops their result senders, so every
-            // caller gets a (retryable) error instead of an answer.
-            tracing::warn!(error = %e, writes = group.len(), "could not begin a write transaction");
-            return;
-        }
-    };
     let started = Instant::now();
-    let ran: Vec<Ran> = group.into_iter().map(|job| job(&tx)).collect();
-    let commit_error = tx.commit().err().map(Arc::new);
+    let commit_error = run_group(conn, &mut group).err().map(|e| {
+        tracing::warn!(error = %e, writes = group.len(), "could not commit a group of writes");
+        Arc::new(e)
+    });
     metrics::histogram!("sqlite_group_commit_seconds").record(started.elapsed().as_secs_f64());
-    let mut reports = Vec::with_capacity(ran.len());
-    let mut committed = Vec::new();
-    for Ran { enqueued, report } in ran {
-        // The writes ran in order on one connection, so their rows are in id order.
-        committed.extend(enqueued);
-        reports.push(report);
-    }
     if commit_error.is_none() {
+        // The writes ran in order on one connection, so their rows are in id order.
+        let committed = group
+            .iter_mut()
+            .flat_map(|job| job.take_enqueued())
+            .collect();
         hand_to_relay(sink, committed);
     }
-    for report in reports {
-        report(commit_error.clone());
+    for job in group {
+        job.answer(commit_error.clone());
     }
+}
+
+/// Runs every write of `group` in a new transaction and commits it: all of them bare first; if
+/// one fails, that transaction is rolled back and they run again in a new one, each under a
+/// savepoint of its own (see the module doc).
+fn run_group(conn: &mut Connection, group: &mut [Job]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if group.iter_mut().all(|job| job.run(&tx, Guard::Bare)) {
+        return tx.commit();
+    }
+    // Dropping it rolls it back (unless SQLite already did, after an I/O error say).
+    drop(tx);
+    if group.len() == 1 {
+        // Alone, the write's own failure was all there was to undo.
+        return Ok(());
+    }
+    metrics::counter!("sqlite_group_reruns_total").increment(1);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for job in group.iter_mut() {
+        job.run(&tx, Guard::Savepoint);
+    }
+    tx.commit()
 }
 
 /// When the writer next deletes a batch of old inbox rows.
@@ -453,6 +535,69 @@ mod tests {
             .unwrap();
         assert_eq!(in_table, handed.iter().map(|r| r.id).collect::<Vec<_>>());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A group of `writes` writes (a failing one at `failing`, if any) committed on a fresh
+    /// database; returns how often each write ran, the callers' answers and the rows left.
+    fn commit_counted(writes: i64, failing: Option<i64>) -> (Vec<usize>, Vec<bool>, Vec<i64>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, OnceLock};
+
+        use super::{Job, Queued, commit_group};
+
+        let mut conn = deadpool_sqlite::rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let runs: Vec<Arc<AtomicUsize>> = (0..writes).map(|_| Arc::default()).collect();
+        let mut answers = Vec::new();
+        let group: Vec<Job> = (0..writes)
+            .map(|i| {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                answers.push(answer);
+                let runs = runs[i as usize].clone();
+                Box::new(Queued {
+                    f: move |tx: &crate::sqlite_tx::SqliteTx| {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tx.execute("INSERT INTO t (id, v) VALUES (?1, 'x')", [i])?;
+                        if failing == Some(i) {
+                            // After a successful insert of its own: both must vanish.
+                            tx.execute("INSERT INTO t (id, v) VALUES (?1, NULL)", [1000 + i])?;
+                        }
+                        Ok(i)
+                    },
+                    outcome: None,
+                    reply,
+                }) as Job
+            })
+            .collect();
+        commit_group(&mut conn, group, &Arc::new(OnceLock::new()));
+        let answered = answers
+            .into_iter()
+            .map(|mut a| a.try_recv().unwrap().is_ok())
+            .collect();
+        let mut stmt = conn.prepare("SELECT id FROM t ORDER BY id").unwrap();
+        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+        let rows = rows.collect::<Result<_, _>>().unwrap();
+        let runs = runs.iter().map(|r| r.load(Ordering::SeqCst)).collect();
+        (runs, answered, rows)
+    }
+
+    #[test]
+    fn a_group_runs_each_write_once_unless_one_of_them_fails() {
+        let (runs, answered, rows) = commit_counted(4, None);
+        assert_eq!(runs, [1, 1, 1, 1]);
+        assert_eq!(answered, [true; 4]);
+        assert_eq!(rows, [0, 1, 2, 3]);
+
+        // The third fails: the first two ran bare, were rolled back with it and ran again under
+        // savepoints; the fourth ran only in the second round. Only the third's changes vanish.
+        let (runs, answered, rows) = commit_counted(4, Some(2));
+        assert_eq!(runs, [2, 2, 2, 1]);
+        assert_eq!(answered, [true, true, false, true]);
+        assert_eq!(rows, [0, 1, 3]);
+
+        // A write alone that fails is not run again, and leaves nothing.
+        let (runs, answered, rows) = commit_counted(1, Some(0));
+        assert_eq!((runs, answered, rows), (vec![1], vec![false], vec![]));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

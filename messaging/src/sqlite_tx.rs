@@ -12,8 +12,9 @@ use deadpool_sqlite::rusqlite::{self, Transaction, params};
 use crate::envelope::OutgoingMessage;
 use crate::handoff::OutboxRow;
 
-/// One write of a group commit: the shared transaction (through `Deref`, inside this write's
-/// own savepoint) plus the inbox and outbox steps every consumer takes.
+/// One write of a group commit: the shared transaction (through `Deref`; under a savepoint of
+/// this write's own only when the group is run again after a failure) plus the inbox and outbox
+/// steps every consumer takes.
 pub struct SqliteTx<'a> {
     tx: &'a Transaction<'a>,
     /// The outbox rows this write enqueued, in id order. A `RefCell`: the write runs on the

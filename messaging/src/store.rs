@@ -183,12 +183,14 @@ impl Db {
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction and returns once it committed; `f`'s
     /// changes are kept only if it returns `Ok`. Writes queued at the same moment share one
-    /// commit (one fsync), each under its own savepoint (see `group_commit.rs`). The outbox
-    /// rows `f` enqueued through its [`SqliteTx`] go to the relay once the commit is done.
+    /// commit (one fsync; see `group_commit.rs`), so `f` may run twice — when another write of
+    /// its group fails — and must have no effect outside the transaction; only its last run
+    /// counts. The outbox rows `f` enqueued through its [`SqliteTx`] go to the relay once the
+    /// commit is done.
     pub async fn write<R, F>(&self, f: F) -> Result<R, DbError>
     where
         R: Send + 'static,
-        F: FnOnce(&SqliteTx) -> Result<R, DbError> + Send + 'static,
+        F: Fn(&SqliteTx) -> Result<R, DbError> + Send + 'static,
     {
         self.writer.write(f).await
     }

@@ -15,8 +15,8 @@
 //! A backlog is still drained pass after pass, as fast as permits free up.
 //!
 //! A pass is **one** write transaction: it records every attempt that finished since the last
-//! pass (each under its own savepoint), lists the active subscriptions, claims what there is room
-//! for and reads the next due time. Wake-ups that arrive while a pass runs fold into one next
+//! pass (together under one savepoint, or each under its own if that fails), lists the active
+//! subscriptions, claims what there is room for and reads the next due time. Wake-ups that arrive while a pass runs fold into one next
 //! pass, so a burst of finished attempts costs one commit, not one each. Attempts finished but
 //! not yet written keep their lease; if the process dies before the pass commits, they are
 //! attempted again after it, as for a crash mid-attempt. At shutdown the last ones are written

@@ -380,9 +380,17 @@ impl Store {
     }
 }
 
-/// Records every finished attempt, each on its own: one that cannot be written is logged and
-/// attempted again after its lease, the others are kept.
+/// Records every finished attempt: all together first ([`store::settle_together`]); if that
+/// fails, each on its own, so that one that cannot be written is logged and attempted again
+/// after its lease, and the others are kept.
 fn settle_all_sqlite(tx: &deadpool_sqlite::rusqlite::Transaction, settlements: &[Settlement]) {
+    if settlements.len() > 1 {
+        match store::settle_together(tx, settlements) {
+            Ok(()) => return,
+            Err(e) => warn!(error = %e, attempts = settlements.len(),
+                "could not record the finished attempts together; recording them one at a time"),
+        }
+    }
     for settlement in settlements {
         if let Err(e) = store::settle_in_savepoint(tx, settlement) {
             log_settle_error(settlement, &e);
@@ -437,4 +445,80 @@ fn note_settled(settlement: &Settlement, settled: Settled) {
 fn log_settle_error(settlement: &Settlement, e: &dyn Display) {
     error!(delivery_id = %settlement.delivery_id, error = %e,
         "could not record the attempt; the delivery will be attempted again after its lease");
+}
+
+#[cfg(test)]
+mod tests {
+    use deadpool_sqlite::rusqlite::Connection;
+
+    use super::settle_all_sqlite;
+    use crate::store::{AttemptRecord, Next, SCHEMA, Settlement};
+
+    fn delivered(delivery_id: &str, number: i64) -> Settlement {
+        Settlement {
+            delivery_id: delivery_id.to_owned(),
+            subscription_id: "s".to_owned(),
+            number,
+            manual: false,
+            record: AttemptRecord {
+                status_code: Some(200),
+                latency_ms: 3,
+                error: None,
+                response_body: None,
+            },
+            next: Next::Delivered,
+        }
+    }
+
+    /// (attempts, status) of each delivery, by id.
+    fn state(conn: &Connection) -> Vec<(String, i64, String)> {
+        let mut stmt = conn
+            .prepare(
+                "SELECT d.id, (SELECT COUNT(*) FROM attempts a WHERE a.delivery_id = d.id), d.status
+                 FROM deliveries d ORDER BY d.id",
+            )
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    }
+
+    #[test]
+    fn a_pass_writes_its_attempts_together_and_one_by_one_when_one_cannot_be_written() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        // An attempt SQLite refuses, as a broken row or a full disk would make it.
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON attempts WHEN NEW.delivery_id = 'c'
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+        for id in ["a", "b", "c", "d"] {
+            conn.execute(
+                "INSERT INTO deliveries (id, webhook_id, subscription_id, message_id, event_type, payload, status, next_attempt_at)
+                 VALUES (?1, ?1, 's', ?1, 'order.created', x'7b7d', 'pending', 0)",
+                [id],
+            )
+            .unwrap();
+        }
+        let tx = conn.transaction().unwrap();
+        settle_all_sqlite(&tx, &[delivered("a", 1), delivered("b", 1)]);
+        // The refused one holds back only itself: the others before and after it are written.
+        settle_all_sqlite(
+            &tx,
+            &[delivered("b", 2), delivered("c", 1), delivered("d", 1)],
+        );
+        tx.commit().unwrap();
+        let delivered = |id: &str, n| (id.to_owned(), n, "delivered".to_owned());
+        assert_eq!(
+            state(&conn),
+            [
+                delivered("a", 1),
+                delivered("b", 2),
+                ("c".to_owned(), 0, "pending".to_owned()),
+                delivered("d", 1),
+            ]
+        );
+    }
 }

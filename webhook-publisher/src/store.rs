@@ -610,6 +610,24 @@ impl Settlement {
     }
 }
 
+/// Every finished attempt of a pass under one savepoint: on an error none of them is kept, and
+/// the caller writes them one at a time ([`settle_in_savepoint`]), so that one attempt that
+/// cannot be written holds back only itself. One savepoint, not one per attempt: SQLite copies
+/// every page a savepoint's statements change the first time they do (its statement journal),
+/// and the attempts of a pass change the same few pages (docs/benchmarks.md, session 17).
+pub fn settle_together(tx: &Transaction, settlements: &[Settlement]) -> rusqlite::Result<()> {
+    let run = |sql: &str| tx.prepare_cached(sql)?.execute([]).map(drop);
+    run("SAVEPOINT settle_all")?;
+    match settlements.iter().try_for_each(|s| settle_attempt(tx, s)) {
+        Ok(()) => run("RELEASE settle_all"),
+        Err(e) => {
+            run("ROLLBACK TO settle_all")?;
+            run("RELEASE settle_all")?;
+            Err(e)
+        }
+    }
+}
+
 /// [`settle_attempt`] under a savepoint of its own: when it fails, only its own changes are
 /// undone (the delivery is then attempted again after its lease) and the rest of the
 /// transaction goes on.
