@@ -16,14 +16,15 @@
 //! transaction is rolled back and the group runs again, each write under a savepoint of its own
 //! (`ROLLBACK TO` it on failure). A savepoint per write on every group cost a statement journal:
 //! SQLite copies each page a write is about to change, once per savepoint, so that it could put
-//! it back (`memjrnlWrite`, page copies of 4 KiB: ≈ 5 % of the publisher's CPU at saturation,
-//! docs/benchmarks.md, session 17). That is why a write is an `Fn`: it may run twice, and
+//! it back (`memjrnlWrite`, page copies of 4 KiB: ≈ 5 % of the publisher's CPU at saturation in
+//! session 16's profile; without them orders, products and the publisher cost 5–6 % less per
+//! order, docs/benchmarks.md, session 17). That is why a write is an `Fn`: it may run twice, and
 //! only the outcome of its last run counts.
 //!
 //! Each write runs in a [`SqliteTx`] of its own, which collects the outbox rows the write
-//! enqueued. The rows of a write whose savepoint was kept are handed to the outbox relay after
-//! the group's commit succeeded (the relay's fast path, see `handoff.rs` and `outbox.rs`), so the
-//! relay need not read them back. A rolled-back write's rows are forgotten with it; a row that
+//! enqueued. The rows of a write that succeeded (in its last run) are handed to the outbox relay
+//! after the group's commit succeeded (the relay's fast path, see `handoff.rs` and `outbox.rs`),
+//! so the relay need not read them back. A rolled-back write's rows are forgotten with it; a row that
 //! does not fit in the channel stays in the table for the relay's poll.
 //!
 //! Between groups the writer also keeps the inbox bounded: every [`InboxRetention::every`] it
