@@ -113,7 +113,11 @@ where
             (None, Some(e)) => Err(DbError::GroupCommit(e.clone())),
             (None, None) => Err(DbError::WriteDropped),
         };
-        report_after_commit(outcome, self.reply, DbError::GroupCommit)(commit_error);
+        let _ = (self.reply).send(outcome_after_commit(
+            outcome,
+            commit_error,
+            DbError::GroupCommit,
+        ));
     }
 }
 
@@ -121,9 +125,22 @@ where
 /// (`Some`: the commit failed with that error, shared by every write of the transaction).
 pub(crate) type Report<E> = Box<dyn FnOnce(Option<Arc<E>>) + Send>;
 
-/// The [`Report`] of a write whose own `outcome` is known: its caller gets its own error if it
-/// failed, else the commit's error (as `commit_failed` names it) if that failed, else its value.
-/// Used by this writer and by PostgreSQL's batches (`pg_batch.rs`).
+/// What the caller of a write whose own `outcome` is known hears once the commit returned: its
+/// own error if it failed, else the commit's error (as `commit_failed` names it) if that failed,
+/// else its value.
+fn outcome_after_commit<R, E>(
+    outcome: Result<R, DbError>,
+    commit_error: Option<Arc<E>>,
+    commit_failed: fn(Arc<E>) -> DbError,
+) -> Result<R, DbError> {
+    match (commit_error, outcome) {
+        (Some(e), Ok(_)) => Err(commit_failed(e)),
+        (_, outcome) => outcome,
+    }
+}
+
+/// The [`Report`] of [`outcome_after_commit`], for PostgreSQL's batches (`pg_batch.rs`), which
+/// keep their writes' reports until the batch's commit returned.
 pub(crate) fn report_after_commit<R, E>(
     outcome: Result<R, DbError>,
     reply: oneshot::Sender<Result<R, DbError>>,
@@ -134,11 +151,7 @@ where
     E: Send + Sync + 'static,
 {
     Box::new(move |commit_error: Option<Arc<E>>| {
-        let result = match (commit_error, outcome) {
-            (Some(e), Ok(_)) => Err(commit_failed(e)),
-            (_, outcome) => outcome,
-        };
-        let _ = reply.send(result);
+        let _ = reply.send(outcome_after_commit(outcome, commit_error, commit_failed));
     })
 }
 

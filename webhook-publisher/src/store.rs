@@ -616,6 +616,7 @@ impl Settlement {
 /// every page a savepoint's statements change the first time they do (its statement journal),
 /// and the attempts of a pass change the same few pages (docs/benchmarks.md, session 17).
 pub fn settle_together(tx: &Transaction, settlements: &[Settlement]) -> rusqlite::Result<()> {
+    // Prepared once (cached), like every statement of the hot paths.
     let run = |sql: &str| tx.prepare_cached(sql)?.execute([]).map(drop);
     run("SAVEPOINT settle_all")?;
     match settlements.iter().try_for_each(|s| settle_attempt(tx, s)) {
@@ -628,21 +629,11 @@ pub fn settle_together(tx: &Transaction, settlements: &[Settlement]) -> rusqlite
     }
 }
 
-/// [`settle_attempt`] under a savepoint of its own: when it fails, only its own changes are
-/// undone (the delivery is then attempted again after its lease) and the rest of the
-/// transaction goes on.
+/// [`settle_attempt`] under a savepoint of its own ([`settle_together`] of one): when it fails,
+/// only its own changes are undone (the delivery is then attempted again after its lease) and
+/// the rest of the transaction goes on.
 pub fn settle_in_savepoint(tx: &Transaction, settlement: &Settlement) -> rusqlite::Result<()> {
-    // Prepared once (cached), like every statement of the hot paths: one settle per attempt.
-    let run = |sql: &str| tx.prepare_cached(sql)?.execute([]).map(drop);
-    run("SAVEPOINT settle")?;
-    match settle_attempt(tx, settlement) {
-        Ok(()) => run("RELEASE settle"),
-        Err(e) => {
-            run("ROLLBACK TO settle")?;
-            run("RELEASE settle")?;
-            Err(e)
-        }
-    }
+    settle_together(tx, std::slice::from_ref(settlement))
 }
 
 /// Writes the attempt row and moves the delivery on, in one transaction.
