@@ -110,8 +110,8 @@ struct CeilingArgs {
     /// Unconfirmed publishes in flight per queue (an outbox relay keeps up to 512 outstanding).
     #[arg(long, default_value_t = 512)]
     window: usize,
-    /// Consumer prefetch (ORDERS_PREFETCH / PRODUCTS_PREFETCH default to 32).
-    #[arg(long, default_value_t = 32)]
+    /// Consumer prefetch (as the saga's: ORDERS_PREFETCH / PRODUCTS_PREFETCH default to 64).
+    #[arg(long, default_value_t = 64)]
     prefetch: u16,
     /// Published but unconsumed messages per queue before the publisher waits.
     #[arg(long, default_value_t = 1000)]

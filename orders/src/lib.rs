@@ -55,8 +55,10 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
-        let prefetch: u16 = env_or("ORDERS_PREFETCH", 32)?;
-        let intake_prefetch: u16 = env_or("ORDERS_INTAKE_PREFETCH", 32)?;
+        // 64, not 32: at saturation the saga was held back by its windows, not by CPU
+        // (docs/benchmarks.md, session 18).
+        let prefetch: u16 = env_or("ORDERS_PREFETCH", 64)?;
+        let intake_prefetch: u16 = env_or("ORDERS_INTAKE_PREFETCH", 64)?;
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             deadline: Duration::from_millis(env_or("ORDER_DEADLINE_MS", 30_000)?),
@@ -68,13 +70,21 @@ impl Config {
 }
 
 /// The default `DATABASE_POOL_SIZE`: one connection for every message the two saga consumers
-/// may hold at once (each handles one message in one transaction), plus 8 for everything else
-/// that takes a connection at the same time: the `orders_rpc` reads (prefetch 16, handled 8 at
-/// a time), the relay's claim and settle, the deadline sweep, the inbox pruning and `/ready`.
-/// A message that finds the pool exhausted waits (up to 10 s) rather than fails.
+/// may hold at once (each handles one message in one transaction), but at most
+/// [`SAGA_CONNECTIONS`] per consumer, plus 8 for everything else that takes a connection at the
+/// same time: the `orders_rpc` reads (prefetch 16, handled 8 at a time), the relay's claim and
+/// settle, the deadline sweep, the inbox pruning and `/ready`. A message that finds the pool
+/// exhausted waits (up to 10 s) rather than fails.
 pub fn default_pool_size(intake_prefetch: u16, prefetch: u16) -> usize {
-    usize::from(intake_prefetch) + usize::from(prefetch) + 8
+    usize::from(intake_prefetch.min(SAGA_CONNECTIONS))
+        + usize::from(prefetch.min(SAGA_CONNECTIONS))
+        + 8
 }
+
+/// The most connections a saga consumer gets by default: past 32, messages queue briefly for a
+/// connection rather than make every instance's pool larger than PostgreSQL's 100 connections
+/// allow (docs/operations.md, "Pool sizing").
+const SAGA_CONNECTIONS: u16 = 32;
 
 /// Opens the store (orders.db in `DATA_DIR`, or PostgreSQL with `DATABASE_URL`: then no file
 /// is written), connects to the broker and Redis, and starts the saga. On PostgreSQL the
@@ -130,4 +140,19 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     running.spawn(move |stop| relay.run(stop));
     running.spawn(move |stop| deadline::run(saga, deadline, sweep_every, stop));
     Ok(running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_pool_size;
+
+    #[test]
+    fn the_default_pool_follows_each_prefetch_up_to_32_connections() {
+        assert_eq!(default_pool_size(16, 16), 40);
+        assert_eq!(default_pool_size(16, 32), 56);
+        // The default prefetch of 64 keeps the pool of 32 + 32 + 8 that the operations guide
+        // sizes PostgreSQL's connections with.
+        assert_eq!(default_pool_size(64, 64), 72);
+        assert_eq!(default_pool_size(1000, 8), 48);
+    }
 }

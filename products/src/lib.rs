@@ -41,14 +41,23 @@ pub struct Config {
     pub database: Option<PgConfig>,
 }
 
+/// The default `DATABASE_POOL_SIZE`: one connection per delivery the stock consumer may hold, but
+/// at most 32 (past that, deliveries queue briefly for a connection rather than make every
+/// instance's pool larger than PostgreSQL's 100 connections allow, as in orders), plus 8 for the
+/// RPC consumer, the relay and `/ready`.
+pub fn default_pool_size(prefetch: u16) -> usize {
+    usize::from(prefetch.min(32)) + 8
+}
+
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
-        let prefetch = env_or("PRODUCTS_PREFETCH", 32)?;
+        // 64, not 32: at saturation the saga was held back by its windows, not by CPU
+        // (docs/benchmarks.md, session 18).
+        let prefetch: u16 = env_or("PRODUCTS_PREFETCH", 64)?;
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             prefetch,
-            // The stock consumer's prefetch, plus the RPC consumer and the relay.
-            database: PgConfig::from_env(usize::from(prefetch) + 8)?,
+            database: PgConfig::from_env(default_pool_size(prefetch))?,
         })
     }
 }
@@ -109,4 +118,17 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     running.spawn(move |stop| relay.run(stop));
     running.run_broker(broker, db);
     Ok(running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_pool_size;
+
+    #[test]
+    fn the_default_pool_follows_the_prefetch_up_to_32_connections() {
+        assert_eq!(default_pool_size(16), 24);
+        assert_eq!(default_pool_size(32), 40);
+        // The default prefetch of 64 keeps the pool the operations guide sizes PostgreSQL with.
+        assert_eq!(default_pool_size(64), 40);
+    }
 }
