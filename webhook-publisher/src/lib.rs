@@ -73,10 +73,10 @@ pub struct Config {
     pub schedule: RetrySchedule,
     /// `WEBHOOK_TIMEOUT_MS`: time limit of one request.
     pub timeout: Duration,
-    /// `WEBHOOK_ENDPOINT_CONCURRENCY` (64): requests in flight per subscription; see
+    /// `WEBHOOK_ENDPOINT_CONCURRENCY` (128): requests in flight per subscription; see
     /// "Throughput and cost of the publisher" in docs/webhooks.md for why 64.
     pub endpoint_concurrency: usize,
-    /// `WEBHOOKS_PREFETCH` (128): unacked events the consumer may hold.
+    /// `WEBHOOKS_PREFETCH` (256): unacked events the consumer may hold.
     pub prefetch: u16,
     /// `WEBHOOK_ALLOWED_NETWORKS`: forbidden addresses that subscriptions may use all the same.
     pub allowed_networks: Vec<IpNet>,
@@ -120,7 +120,7 @@ impl Config {
         // 128 events and 64 requests per endpoint in flight: with 32 of each the webhook path
         // delivered ≈ 2,900/s at most, less than the 3 per order the saga decides at saturation
         // (docs/benchmarks.md, session 16).
-        let prefetch = env_or("WEBHOOKS_PREFETCH", 128)?;
+        let prefetch = env_or("WEBHOOKS_PREFETCH", 256)?;
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             notifier_url: env_or("NOTIFIER_URL", DEFAULT_NOTIFIER_URL.to_owned())?,
@@ -128,7 +128,7 @@ impl Config {
             jwt_secret: jwt_auth::jwt_secret_from_env(app_env)?,
             schedule,
             timeout: Duration::from_millis(env_or("WEBHOOK_TIMEOUT_MS", 10_000)?),
-            endpoint_concurrency: env_or("WEBHOOK_ENDPOINT_CONCURRENCY", 64)?,
+            endpoint_concurrency: env_or("WEBHOOK_ENDPOINT_CONCURRENCY", 128)?,
             prefetch,
             allowed_networks: egress::parse_allowed_networks(&env_or(
                 "WEBHOOK_ALLOWED_NETWORKS",
@@ -356,7 +356,7 @@ mod tests {
     fn the_default_pool_follows_the_prefetch_up_to_32_recording_connections() {
         assert_eq!(default_pool_size(16), 22);
         assert_eq!(default_pool_size(32), 38);
-        // The default prefetch of 128 keeps the pool that fits PostgreSQL's 100 connections.
-        assert_eq!(default_pool_size(128), 38);
+        // The default prefetch of 256 keeps the pool that fits PostgreSQL's 100 connections.
+        assert_eq!(default_pool_size(256), 38);
     }
 }
