@@ -346,15 +346,24 @@ async fn the_bound_holds_across_two_gateway_instances() {
     // Two poll intervals: the second instance has read the backlog by now.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut ids: Vec<String> = first_in.iter().map(Answer::order_id).collect();
-    if (first_in.len() as u64) < limit {
-        // The first burst stopped short of the bound (a slow machine): the second instance may
-        // take exactly the rest, never more.
-        let (more, _) = split(burst(&system, &two, &product, "two-a", 60).await);
+    // A burst may stop short of the bound: near it, orders are refused early and at random (a
+    // slow machine, or an unlucky draw). The second instance then takes some of the rest, never
+    // more; a few bursts fill the bound (each place left is taken with high probability).
+    for round in 0..10 {
+        if ids.len() as u64 >= limit {
+            break;
+        }
+        let (more, _) = split(burst(&system, &two, &product, &format!("two-{round}"), 60).await);
         ids.extend(more.iter().map(Answer::order_id));
-        assert_eq!(ids.len() as u64, limit);
+        assert!(
+            ids.len() as u64 <= limit,
+            "the second gateway admitted past the bound: {} of {limit}",
+            ids.len()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let (late, refused) = split(burst(&system, &two, &product, "two", 60).await);
+    assert_eq!(ids.len() as u64, limit);
+    let (late, refused) = split(burst(&system, &two, &product, "two-late", 60).await);
     assert!(
         late.is_empty(),
         "the second gateway admitted past the bound"
