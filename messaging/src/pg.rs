@@ -61,6 +61,17 @@ pub struct PgConfig {
 impl PgConfig {
     pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
+    /// The most connections one consumer's deliveries take by default: past this, deliveries
+    /// queue briefly for a connection rather than make every instance's pool larger than
+    /// PostgreSQL's 100 connections allow (docs/operations.md, "Pool sizing").
+    pub const CONSUMER_CONNECTIONS: u16 = 32;
+
+    /// The default connections of a consumer with `prefetch`: one per delivery it may be
+    /// handling at once (each in one transaction), up to [`Self::CONSUMER_CONNECTIONS`]. A
+    /// service's default pool is the sum over its consumers plus its background tasks.
+    pub fn consumer_connections(prefetch: u16) -> usize {
+        usize::from(prefetch.min(Self::CONSUMER_CONNECTIONS))
+    }
 
     /// `None` when `DATABASE_URL` is unset or empty (the service uses SQLite). `default_pool`
     /// is the service's own sizing (its consumers' prefetch plus its background tasks).

@@ -69,22 +69,14 @@ impl Config {
     }
 }
 
-/// The default `DATABASE_POOL_SIZE`: one connection for every message the two saga consumers
-/// may hold at once (each handles one message in one transaction), but at most
-/// [`SAGA_CONNECTIONS`] per consumer, plus 8 for everything else that takes a connection at the
-/// same time: the `orders_rpc` reads (prefetch 16, handled 8 at a time), the relay's claim and
-/// settle, the deadline sweep, the inbox pruning and `/ready`. A message that finds the pool
-/// exhausted waits (up to 10 s) rather than fails.
+/// The default `DATABASE_POOL_SIZE`: the two saga consumers' connections
+/// ([`PgConfig::consumer_connections`]: one per message held, at most 32 each), plus 8 for
+/// everything else that takes a connection at the same time: the `orders_rpc` reads (prefetch
+/// 16, handled 8 at a time), the relay's claim and settle, the deadline sweep, the inbox pruning
+/// and `/ready`. A message that finds the pool exhausted waits (up to 10 s) rather than fails.
 pub fn default_pool_size(intake_prefetch: u16, prefetch: u16) -> usize {
-    usize::from(intake_prefetch.min(SAGA_CONNECTIONS))
-        + usize::from(prefetch.min(SAGA_CONNECTIONS))
-        + 8
+    PgConfig::consumer_connections(intake_prefetch) + PgConfig::consumer_connections(prefetch) + 8
 }
-
-/// The most connections a saga consumer gets by default: past 32, messages queue briefly for a
-/// connection rather than make every instance's pool larger than PostgreSQL's 100 connections
-/// allow (docs/operations.md, "Pool sizing").
-const SAGA_CONNECTIONS: u16 = 32;
 
 /// Opens the store (orders.db in `DATA_DIR`, or PostgreSQL with `DATABASE_URL`: then no file
 /// is written), connects to the broker and Redis, and starts the saga. On PostgreSQL the

@@ -41,12 +41,11 @@ pub struct Config {
     pub database: Option<PgConfig>,
 }
 
-/// The default `DATABASE_POOL_SIZE`: one connection per delivery the stock consumer may hold, but
-/// at most 32 (past that, deliveries queue briefly for a connection rather than make every
-/// instance's pool larger than PostgreSQL's 100 connections allow, as in orders), plus 8 for the
-/// RPC consumer, the relay and `/ready`.
+/// The default `DATABASE_POOL_SIZE`: the stock consumer's connections
+/// ([`PgConfig::consumer_connections`]: one per delivery held, at most 32), plus 8 for the RPC
+/// consumer, the relay and `/ready`.
 pub fn default_pool_size(prefetch: u16) -> usize {
-    usize::from(prefetch.min(32)) + 8
+    PgConfig::consumer_connections(prefetch) + 8
 }
 
 impl Config {

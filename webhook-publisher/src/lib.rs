@@ -74,7 +74,7 @@ pub struct Config {
     /// `WEBHOOK_TIMEOUT_MS`: time limit of one request.
     pub timeout: Duration,
     /// `WEBHOOK_ENDPOINT_CONCURRENCY` (128): requests in flight per subscription; see
-    /// "Throughput and cost of the publisher" in docs/webhooks.md for why 64.
+    /// "Throughput and cost of the publisher" in docs/webhooks.md for why 128.
     pub endpoint_concurrency: usize,
     /// `WEBHOOKS_PREFETCH` (256): unacked events the consumer may hold.
     pub prefetch: u16,
@@ -95,17 +95,12 @@ pub struct Config {
 }
 
 /// Connections the publisher may use at once by default: one per event the consumer may be
-/// recording (`WEBHOOKS_PREFETCH`, but at most 32: past that, events queue briefly for a
-/// connection rather than make every instance's pool larger than PostgreSQL's 100 connections
-/// allow), one for the dispatcher's pass (attempts in flight hold no connection: they are
-/// written by the next pass), one for the history pruning, and four for the HTTP API and
-/// `/ready`.
+/// recording (`WEBHOOKS_PREFETCH`, but at most 32: [`PgConfig::consumer_connections`]), one for
+/// the dispatcher's pass (attempts in flight hold no connection: they are written by the next
+/// pass), one for the history pruning, and four for the HTTP API and `/ready`.
 pub fn default_pool_size(prefetch: u16) -> usize {
-    usize::from(prefetch.min(RECORDING_CONNECTIONS)) + 6
+    PgConfig::consumer_connections(prefetch) + 6
 }
-
-/// The most connections the consumer's recording gets by default (see [`default_pool_size`]).
-const RECORDING_CONNECTIONS: u16 = 32;
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
@@ -117,9 +112,9 @@ impl Config {
         )?;
         let schedule = RetrySchedule::parse_ms(&schedule_text, jitter / 100.0)
             .map_err(|e| anyhow::anyhow!("WEBHOOK_RETRY_SCHEDULE_MS: {e}"))?;
-        // 128 events and 64 requests per endpoint in flight: with 32 of each the webhook path
-        // delivered ≈ 2,900/s at most, less than the 3 per order the saga decides at saturation
-        // (docs/benchmarks.md, session 16).
+        // 256 events and 128 requests per endpoint in flight: at ≈ 1,500 orders/s (3 webhooks
+        // each) 128 events and 64 requests fell behind, as 32 of each had at ≈ 1,000/s
+        // (docs/benchmarks.md, sessions 16 and 18).
         let prefetch = env_or("WEBHOOKS_PREFETCH", 256)?;
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
