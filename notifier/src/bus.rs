@@ -92,15 +92,15 @@ pub fn stats_field(kind: EventKind) -> Option<&'static str> {
 /// most of the script's own cost in Redis (docs/benchmarks.md, session 9).
 ///
 /// A decision (confirmed, rejected, cancelled) is also counted in the minute it happened, for the
-/// dashboard's chart (see [`Bus::decisions`]).
+/// dashboard's chart (see [`Bus::decisions`]). A minute's hash gets its TTL when a count in it
+/// is created (`HINCRBY` answers 1; only this script writes those hashes, so a hash never
+/// exists without one), not again at every decision: two commands fewer per decision.
 const ACCEPT: &str = r#"
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
 if ARGV[2] == 'confirmed' or ARGV[2] == 'rejected' or ARGV[2] == 'cancelled' then
-  redis.call('HINCRBY', KEYS[6], ARGV[2], 1)
-  redis.call('EXPIRE', KEYS[6], ARGV[10])
+  if redis.call('HINCRBY', KEYS[6], ARGV[2], 1) == 1 then redis.call('EXPIRE', KEYS[6], ARGV[10]) end
   if ARGV[6] ~= '' then
-    redis.call('HINCRBY', KEYS[7], ARGV[2], 1)
-    redis.call('EXPIRE', KEYS[7], ARGV[10])
+    if redis.call('HINCRBY', KEYS[7], ARGV[2], 1) == 1 then redis.call('EXPIRE', KEYS[7], ARGV[10]) end
   end
 end
 local function count(key)

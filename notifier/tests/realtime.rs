@@ -835,6 +835,30 @@ async fn decisions_per_minute_are_counted_once_and_shown_by_role() {
     let nobody = get(None).await.unwrap();
     assert_eq!(nobody.status(), 401);
 
+    // Every minute's hash expires (it gets its TTL when its first count is made, not at every
+    // decision), and within the two hours the chart needs.
+    let mut redis = redis::Client::open(env.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let minute_keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}decisions:*", env.redis_prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // The admin's minute and the two sellers' (one minute, or two if the test crossed one).
+    assert!((3..=6).contains(&minute_keys.len()), "{minute_keys:?}");
+    for key in minute_keys {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let most = notifier::bus::MINUTES_TTL.as_secs() as i64;
+        assert!(ttl > most - 60 && ttl <= most, "{key} expires in {ttl} s");
+    }
+
     notifier.stop().await;
     cleanup(env).await;
 }

@@ -78,6 +78,9 @@ pub struct Clients {
     trusted: reqwest::Client,
     policy: Arc<Policy>,
     trusted_url: String,
+    /// `trusted_url` parsed once (when it parses): most requests go there, and parsing it for
+    /// each of them showed in the publisher's profile.
+    trusted_parsed: Option<Url>,
 }
 
 impl Clients {
@@ -88,24 +91,31 @@ impl Clients {
             trusted: builder(settings).build()?,
             policy: settings.policy.clone(),
             trusted_url: settings.trusted_url.clone(),
+            trusted_parsed: Url::parse(&settings.trusted_url).ok(),
         })
     }
 
-    /// The client for `url`, or why nothing may be sent there. Host names are checked by the
-    /// guarded client's resolver when it connects; IP literals never reach a resolver, so they
-    /// are checked here.
-    pub fn for_url(&self, url: &str) -> Result<&reqwest::Client, String> {
+    /// The client for `url` and the parsed URL to send to, or why nothing may be sent there.
+    /// Host names are checked by the guarded client's resolver when it connects; IP literals
+    /// never reach a resolver, so they are checked here.
+    pub fn for_url(&self, url: &str) -> Result<(&reqwest::Client, Url), String> {
+        let parse = |url: &str| {
+            Url::parse(url).map_err(|e| format!("the subscription URL is invalid: {e}"))
+        };
         if url == self.trusted_url {
-            return Ok(&self.trusted);
+            let parsed = match &self.trusted_parsed {
+                Some(parsed) => parsed.clone(),
+                None => parse(url)?,
+            };
+            return Ok((&self.trusted, parsed));
         }
-        let parsed =
-            Url::parse(url).map_err(|e| format!("the subscription URL is invalid: {e}"))?;
+        let parsed = parse(url)?;
         if let Some(ip) = ip_literal(&parsed) {
             self.policy
                 .check(ip)
                 .map_err(|refused| ForbiddenAddress::of(&ip.to_string(), &[refused]).to_string())?;
         }
-        Ok(&self.guarded)
+        Ok((&self.guarded, parsed))
     }
 }
 
@@ -201,7 +211,8 @@ mod tests {
             trusted_url: "http://10.0.0.5:8085/webhooks".to_owned(),
         })
         .unwrap();
-        assert!(clients.for_url("http://10.0.0.5:8085/webhooks").is_ok());
+        let (_, trusted) = clients.for_url("http://10.0.0.5:8085/webhooks").unwrap();
+        assert_eq!(trusted.as_str(), "http://10.0.0.5:8085/webhooks");
         let e = clients.for_url("http://10.0.0.5:8085/other").err().unwrap();
         assert_eq!(
             e,
@@ -216,6 +227,9 @@ mod tests {
             "{e}"
         );
         assert!(clients.for_url("https://93.184.216.34/hook").is_ok());
-        assert!(clients.for_url("https://hooks.example.com/x").is_ok());
+        let (_, other) = clients.for_url("https://hooks.example.com/x").unwrap();
+        assert_eq!(other.as_str(), "https://hooks.example.com/x");
+        let e = clients.for_url("not a url").err().unwrap();
+        assert!(e.starts_with("the subscription URL is invalid"), "{e}");
     }
 }

@@ -43,11 +43,11 @@ impl Sent {
 /// Sends the job's request once.
 pub async fn send(clients: &Clients, job: &Job) -> Sent {
     let started = Instant::now();
-    let client = match clients.for_url(&job.url) {
-        Ok(client) => client,
+    let (client, url) = match clients.for_url(&job.url) {
+        Ok(found) => found,
         Err(e) => return Sent::no_answer(started, e),
     };
-    let request = match signed_request(client, job) {
+    let request = match signed_request(client, url, job) {
         Ok(request) => request,
         Err(e) => return Sent::no_answer(started, e),
     };
@@ -75,13 +75,17 @@ pub async fn send(clients: &Clients, job: &Job) -> Sent {
 }
 
 /// The POST of one attempt, signed with this attempt's timestamp.
-fn signed_request(client: &reqwest::Client, job: &Job) -> Result<reqwest::RequestBuilder, String> {
+fn signed_request(
+    client: &reqwest::Client,
+    url: reqwest::Url,
+    job: &Job,
+) -> Result<reqwest::RequestBuilder, String> {
     let secret = Secret::parse(job.secret.expose_secret())
         .map_err(|e| format!("the subscription's secret is unusable: {e}"))?;
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
     let signature = secret.sign(&job.webhook_id, timestamp, &job.payload);
     let request = client
-        .post(&job.url)
+        .post(url)
         .header(CONTENT_TYPE, "application/json")
         .header("webhook-id", &job.webhook_id)
         .header("webhook-timestamp", timestamp.to_string())
