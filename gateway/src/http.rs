@@ -42,8 +42,28 @@ const RETRY_AFTER: u64 = 1;
 /// yet; past it the order goes on without (orders learns the seller from the stock answer).
 const SELLER_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// What the handlers share. axum clones the state for every request, so it is one `Arc` (its
+/// fields as [`Shared`]): cloning and dropping the fields (the broker handle, the clients, the
+/// caches) was ≈ 3 % of the gateway's CPU per order (docs/benchmarks.md, session 19).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct Shared {
     pub broker: Broker,
     pub admission: Admission,
     pub rpc: Arc<RpcClient>,

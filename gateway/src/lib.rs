@@ -106,7 +106,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
         }
         broker.attach(Arc::new(admission.clone()));
     }
-    let state = http::AppState {
+    let state = http::AppState::new(http::Shared {
         broker: broker.clone(),
         rpc,
         admission,
@@ -120,7 +120,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
             config.rate_limit_burst,
         ),
         sellers: sellers::SellerCache::default(),
-    };
+    });
     let ready = service_kit::ops::broker_and_redis(broker.clone(), redis);
     let router = http::router(state, config.max_body_bytes).merge(service_kit::ops::routes(ready));
     let mut running = Running::start(SERVICE, config.common.http_addr, router).await?;
