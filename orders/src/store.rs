@@ -189,11 +189,15 @@ pub fn get_order(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Opti
     }))
 }
 
-/// The `order_history` rows of one order, oldest first.
+/// The `order_history` rows of one order, oldest first. Found by the order's rowid, and checked
+/// against its id as well: SQLite keeps a rowid through `VACUUM` for a table with indexes, as
+/// `orders` has, but a table rebuilt by hand could renumber them, and then a history must read
+/// empty (until `order_seq` is set to NULL and the next start fills it again), never wrong.
 pub fn order_history(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Vec<HistoryEntry>> {
     conn.prepare_cached(
         "SELECT status, at, reason FROM order_history
-         WHERE order_seq = (SELECT rowid FROM orders WHERE id = ?1) ORDER BY order_seq, id",
+         WHERE order_seq = (SELECT rowid FROM orders WHERE id = ?1) AND order_id = ?1
+         ORDER BY order_seq, id",
     )?
     .query_map(params![id], |r| {
         Ok(HistoryEntry {
@@ -615,6 +619,12 @@ mod tests {
         migrated(&mut conn);
         assert_eq!(indexes(&conn), ["order_history_by_seq"]);
         assert_eq!(statuses(&conn, "a"), ["PENDING", "CANCELLED"]);
+
+        // Rows that point at another order's rowid (a table renumbered by hand) are not shown.
+        conn.execute_batch("UPDATE order_history SET order_seq = (SELECT rowid FROM orders WHERE id = 'b') WHERE order_id = 'a'")
+            .unwrap();
+        assert_eq!(statuses(&conn, "b"), ["PENDING", "CONFIRMED"]);
+        assert!(statuses(&conn, "a").is_empty());
     }
 
     #[test]
@@ -625,7 +635,8 @@ mod tests {
         let plan: Vec<String> = conn
             .prepare(
                 "EXPLAIN QUERY PLAN SELECT status, at, reason FROM order_history
-                 WHERE order_seq = (SELECT rowid FROM orders WHERE id = ?1) ORDER BY order_seq, id",
+                 WHERE order_seq = (SELECT rowid FROM orders WHERE id = ?1) AND order_id = ?1
+                 ORDER BY order_seq, id",
             )
             .unwrap()
             .query_map(["x"], |r| r.get::<_, String>(3))
