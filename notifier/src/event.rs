@@ -129,19 +129,7 @@ impl TryFrom<RawWebhook> for WebhookEvent {
     type Error = BodyError;
 
     fn try_from(raw: RawWebhook) -> Result<Self, BodyError> {
-        let kind = EventKind::parse(&raw.kind).ok_or(BodyError::UnknownType(raw.kind))?;
-        let bad = |source| BodyError::BadData { kind, source };
-        let data = match kind {
-            EventKind::StockChanged => {
-                EventData::Stock(serde_json::from_value(raw.data).map_err(bad)?)
-            }
-            _ => EventData::Order(serde_json::from_value(raw.data).map_err(bad)?),
-        };
-        Ok(Self {
-            kind,
-            timestamp: raw.timestamp,
-            data,
-        })
+        Self::read(&raw.kind, raw.timestamp, raw.data)
     }
 }
 
@@ -163,18 +151,28 @@ impl WebhookEvent {
     /// Reads a webhook body (the same checks and errors as deserializing a [`RawWebhook`]).
     pub fn parse(body: &[u8]) -> Result<Self, BodyError> {
         let raw: BorrowedWebhook = serde_json::from_slice(body).map_err(BodyError::NotAWebhook)?;
-        let kind = EventKind::parse(&raw.kind)
-            .ok_or_else(|| BodyError::UnknownType(raw.kind.into_owned()))?;
+        let data = &mut serde_json::Deserializer::from_str(raw.data.get());
+        Self::read(&raw.kind, raw.timestamp, data)
+    }
+
+    /// The event of type `kind` with its `data` read as that type says: the one place that
+    /// tells an unknown type from data that does not fit a known one, whether the data is a
+    /// parsed [`serde_json::Value`] or still the text it came in.
+    fn read<'de, D>(kind: &str, timestamp: String, data: D) -> Result<Self, BodyError>
+    where
+        D: serde::Deserializer<'de, Error = serde_json::Error>,
+    {
+        let kind = EventKind::parse(kind).ok_or_else(|| BodyError::UnknownType(kind.to_owned()))?;
         let bad = |source| BodyError::BadData { kind, source };
         let data = match kind {
             EventKind::StockChanged => {
-                EventData::Stock(serde_json::from_str(raw.data.get()).map_err(bad)?)
+                EventData::Stock(StockChanged::deserialize(data).map_err(bad)?)
             }
-            _ => EventData::Order(serde_json::from_str(raw.data.get()).map_err(bad)?),
+            _ => EventData::Order(OrderEvent::deserialize(data).map_err(bad)?),
         };
         Ok(Self {
             kind,
-            timestamp: raw.timestamp,
+            timestamp,
             data,
         })
     }

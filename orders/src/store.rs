@@ -189,24 +189,25 @@ pub fn get_order(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Opti
     }))
 }
 
+/// The history rows of order `?1`, oldest first (see [`order_history`]).
+const HISTORY_OF_ORDER: &str = "SELECT status, at, reason FROM order_history
+     WHERE order_seq = (SELECT rowid FROM orders WHERE id = ?1) AND order_id = ?1
+     ORDER BY order_seq, id";
+
 /// The `order_history` rows of one order, oldest first. Found by the order's rowid, and checked
 /// against its id as well: SQLite keeps a rowid through `VACUUM` for a table with indexes, as
 /// `orders` has, but a table rebuilt by hand could renumber them, and then a history must read
 /// empty (until `order_seq` is set to NULL and the next start fills it again), never wrong.
 pub fn order_history(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Vec<HistoryEntry>> {
-    conn.prepare_cached(
-        "SELECT status, at, reason FROM order_history
-         WHERE order_seq = (SELECT rowid FROM orders WHERE id = ?1) AND order_id = ?1
-         ORDER BY order_seq, id",
-    )?
-    .query_map(params![id], |r| {
-        Ok(HistoryEntry {
-            status: r.get(0)?,
-            at: r.get(1)?,
-            reason: r.get(2)?,
-        })
-    })?
-    .collect()
+    conn.prepare_cached(HISTORY_OF_ORDER)?
+        .query_map(params![id], |r| {
+            Ok(HistoryEntry {
+                status: r.get(0)?,
+                at: r.get(1)?,
+                reason: r.get(2)?,
+            })
+        })?
+        .collect()
 }
 
 /// Records a new PENDING order and queues `product.reserveStock` and `order.created`.
@@ -633,11 +634,7 @@ mod tests {
         conn.execute_batch(SCHEMA).unwrap();
         migrated(&mut conn);
         let plan: Vec<String> = conn
-            .prepare(
-                "EXPLAIN QUERY PLAN SELECT status, at, reason FROM order_history
-                 WHERE order_seq = (SELECT rowid FROM orders WHERE id = ?1) AND order_id = ?1
-                 ORDER BY order_seq, id",
-            )
+            .prepare(&format!("EXPLAIN QUERY PLAN {HISTORY_OF_ORDER}"))
             .unwrap()
             .query_map(["x"], |r| r.get::<_, String>(3))
             .unwrap()
